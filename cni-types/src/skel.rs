@@ -251,10 +251,16 @@ fn version_reply(stdin: &[u8]) -> Outcome {
         None
     } else {
         match serde_json::from_slice::<Value>(stdin) {
-            Ok(v) => v
-                .get("cniVersion")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Version>().ok()),
+            Ok(v) => match v.get("cniVersion") {
+                None => None,
+                Some(Value::String(s)) => s.parse::<Version>().ok(),
+                Some(other) => {
+                    let err = CniError::decode(format!(
+                        "decoding version from network config: cniVersion must be a string, not {other}"
+                    ));
+                    return Outcome::error(&err, version::LATEST.as_str());
+                }
+            },
             Err(e) => {
                 let err = CniError::decode(format!("decoding version from network config: {e}"));
                 return Outcome::error(&err, version::LATEST.as_str());

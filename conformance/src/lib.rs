@@ -1,1 +1,17 @@
+//! Test harness: throwaway network namespaces, and plugin binaries run in
+//! them the way a container runtime runs them (env + stdin, result parsed).
+//!
+//! Everything a test makes is removed on drop, also when the test panics.
+//! The harness never touches the machine's root network namespace: plugins
+//! run inside a "host" namespace the test created.
 
+// Test-support code: a failed set-up step should stop the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+pub mod bins;
+pub mod netns;
+pub mod runner;
+
+pub use bins::plugin_binary;
+pub use netns::{TestHost, TestNetns, require_root};
+pub use runner::{Invocation, PluginOutput};
