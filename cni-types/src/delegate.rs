@@ -2,7 +2,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
 
 use crate::error::{CniError, code};
 use crate::result::CniResult;
@@ -26,7 +27,10 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError>
             let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
             CniError::new(
                 code::PLUGIN_NOT_FOUND,
-                format!("failed to find plugin {plugin:?} in path [{}]", dirs.join(" ")),
+                format!(
+                    "failed to find plugin {plugin:?} in path [{}]",
+                    dirs.join(" ")
+                ),
             )
         })
 }
@@ -42,23 +46,28 @@ pub fn exec(
     env: &[(&str, &str)],
 ) -> Result<Vec<u8>, CniError> {
     let name = plugin.display();
-    let mut child = Process::new(plugin)
-        .env("CNI_COMMAND", command.as_str())
+    let mut cmd = Process::new(plugin);
+    cmd.env("CNI_COMMAND", command.as_str())
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            CniError::new(code::DELEGATE_FAILED, format!("failed to run plugin {name}: {e}"))
-        })?;
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd).map_err(|e| {
+        CniError::new(
+            code::DELEGATE_FAILED,
+            format!("failed to run plugin {name}: {e}"),
+        )
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin may exit without reading stdin (VERSION); a broken pipe
         // then is no error of ours, its exit status tells the story.
         let _ = stdin.write_all(conf);
     }
     let out = child.wait_with_output().map_err(|e| {
-        CniError::new(code::DELEGATE_FAILED, format!("failed to wait for plugin {name}: {e}"))
+        CniError::new(
+            code::DELEGATE_FAILED,
+            format!("failed to wait for plugin {name}: {e}"),
+        )
     })?;
     if out.status.success() {
         return Ok(out.stdout);
@@ -100,4 +109,23 @@ pub fn run(
 ) -> Result<(), CniError> {
     let plugin = find_in_path(plugin_type, path)?;
     exec(&plugin, command, conf, &[]).map(drop)
+}
+
+/// Spawns `cmd`, retrying briefly while the executable is busy (ETXTBSY):
+/// another thread that forked while the file was open for writing holds it
+/// until its own exec, which is over within milliseconds.
+pub fn spawn(cmd: &mut Process) -> std::io::Result<Child> {
+    let mut delay = Duration::from_millis(1);
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && delay.as_millis() < 500 =>
+            {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
 }

@@ -97,7 +97,7 @@ impl Invocation {
                 setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
             });
         }
-        let mut child = cmd.spawn().expect("cannot start the plugin");
+        let mut child = cni_types::delegate::spawn(&mut cmd).expect("cannot start the plugin");
         drop(ns);
         if let Some(mut stdin) = child.stdin.take() {
             // The plugin may exit before reading it all; its output says why.
