@@ -2,6 +2,8 @@
 //! environment and the verb asked for; its result is parsed and its error
 //! comes back unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 

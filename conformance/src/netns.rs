@@ -89,7 +89,10 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         // Best effort: a failure here must not hide the test's own failure.
-        match Command::new("ip").args(["netns", "del", &self.name]).output() {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "warning: ip netns del {} failed: {}",
@@ -113,7 +116,9 @@ pub struct TestHost {
 impl TestHost {
     pub fn new(pods: usize) -> Self {
         let host = TestNetns::new("host");
-        let pods = (0..pods).map(|i| TestNetns::new(&format!("pod{i}"))).collect();
+        let pods = (0..pods)
+            .map(|i| TestNetns::new(&format!("pod{i}")))
+            .collect();
         TestHost { pods, host }
     }
 

@@ -103,7 +103,9 @@ impl Invocation {
             // The plugin may exit before reading it all; its output says why.
             let _ = stdin.write_all(&self.stdin);
         }
-        let out = child.wait_with_output().expect("cannot wait for the plugin");
+        let out = child
+            .wait_with_output()
+            .expect("cannot wait for the plugin");
         PluginOutput {
             status: out.status,
             stdout: out.stdout,
@@ -134,19 +136,31 @@ impl PluginOutput {
     pub fn json(&self) -> Value {
         let v: Value = serde_json::from_slice(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", self.describe()));
-        assert!(v.is_object(), "stdout is not a JSON object: {}", self.describe());
+        assert!(
+            v.is_object(),
+            "stdout is not a JSON object: {}",
+            self.describe()
+        );
         v
     }
 
     /// Success with a JSON result (ADD, VERSION).
     pub fn success(&self) -> Value {
-        assert!(self.status.success(), "expected success: {}", self.describe());
+        assert!(
+            self.status.success(),
+            "expected success: {}",
+            self.describe()
+        );
         self.json()
     }
 
     /// Success with nothing on stdout (DEL, CHECK, GC, STATUS).
     pub fn silent_success(&self) {
-        assert!(self.status.success(), "expected success: {}", self.describe());
+        assert!(
+            self.status.success(),
+            "expected success: {}",
+            self.describe()
+        );
         assert!(
             self.stdout.iter().all(u8::is_ascii_whitespace),
             "expected empty stdout: {}",
@@ -157,12 +171,29 @@ impl PluginOutput {
     /// A spec error with `code`: non-zero exit, the error object alone on
     /// stdout with a message a person can read. Returns the object.
     pub fn error(&self, code: u64) -> Value {
-        assert!(!self.status.success(), "expected an error: {}", self.describe());
+        assert!(
+            !self.status.success(),
+            "expected an error: {}",
+            self.describe()
+        );
         let v = self.json();
-        assert_eq!(v["code"].as_u64(), Some(code), "wrong code: {}", self.describe());
+        assert_eq!(
+            v["code"].as_u64(),
+            Some(code),
+            "wrong code: {}",
+            self.describe()
+        );
         let msg = v["msg"].as_str().unwrap_or_default();
-        assert!(!msg.trim().is_empty(), "error without a message: {}", self.describe());
-        assert!(v["cniVersion"].is_string(), "error without cniVersion: {}", self.describe());
+        assert!(
+            !msg.trim().is_empty(),
+            "error without a message: {}",
+            self.describe()
+        );
+        assert!(
+            v["cniVersion"].is_string(),
+            "error without cniVersion: {}",
+            self.describe()
+        );
         v
     }
 }

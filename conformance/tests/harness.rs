@@ -1,6 +1,8 @@
 //! The harness itself: namespaces are real, plugins run inside the host
 //! namespace, and nothing is left behind, also when a test panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -80,6 +82,9 @@ fn a_plugin_runs_inside_the_host_namespace_with_only_the_cni_environment() {
     let lines: Vec<&str> = text.lines().collect();
     let host_ino = std::fs::metadata(host.host.path()).unwrap().ino();
     assert_eq!(lines[0], host_ino.to_string());
-    assert_eq!(lines[1], "5", "CNI_COMMAND, CONTAINERID, IFNAME, NETNS, PATH");
+    assert_eq!(
+        lines[1], "5",
+        "CNI_COMMAND, CONTAINERID, IFNAME, NETNS, PATH"
+    );
     assert_eq!(lines[2], "hello");
 }

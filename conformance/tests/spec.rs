@@ -3,11 +3,15 @@
 //! result or the error. Each call runs as a runtime makes it, inside a
 //! throwaway host namespace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
 use conformance::{Invocation, PluginOutput, TestHost, plugin_binary};
 use serde_json::{Value, json};
 
 const PLUGINS: [&str; 3] = ["bridge", "host-local", "flannel"];
-const VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 fn conf(version: &str) -> Value {
     json!({"cniVersion": version, "name": "cnirs-net", "type": "bridge"})
@@ -89,7 +93,10 @@ fn missing_environment_is_code_4_and_names_the_variable() {
                 .config(&conf("1.1.0"))
                 .run(&plugin_binary(name), &host.host);
             let err = out.error(4);
-            assert!(err["msg"].as_str().unwrap().contains(var), "{name} {command}: {err}");
+            assert!(
+                err["msg"].as_str().unwrap().contains(var),
+                "{name} {command}: {err}"
+            );
         }
     }
 }
@@ -130,7 +137,10 @@ fn unsupported_cni_version_is_code_1_with_details() {
                 .run(&plugin_binary(name), &host.host);
             let err = out.error(1);
             let details = err["details"].as_str().unwrap_or_default();
-            assert!(details.contains("1.2.0") && details.contains("1.1.0"), "{err}");
+            assert!(
+                details.contains("1.2.0") && details.contains("1.1.0"),
+                "{err}"
+            );
         }
     }
 }
@@ -142,7 +152,9 @@ fn invalid_network_name_is_code_7() {
         for name in PLUGINS {
             let mut c = conf("1.0.0");
             c["name"] = bad.clone();
-            let out = add_call(&host).config(&c).run(&plugin_binary(name), &host.host);
+            let out = add_call(&host)
+                .config(&c)
+                .run(&plugin_binary(name), &host.host);
             out.error(7);
         }
     }
@@ -172,7 +184,10 @@ fn check_needs_0_4_0_and_gc_status_need_1_1_0() {
                 .run(&plugin_binary(name), &host.host);
             let err = out.error(1);
             assert!(err["msg"].as_str().unwrap().contains(command), "{err}");
-            assert_eq!(err["cniVersion"], version, "errors are tagged with the config version");
+            assert_eq!(
+                err["cniVersion"], version,
+                "errors are tagged with the config version"
+            );
         }
     }
 }
@@ -202,7 +217,10 @@ fn unbuilt_verbs_answer_with_a_clear_plugin_error() {
                 .config(&conf("1.1.0"))
                 .run(&plugin_binary(name), &host.host);
             let err = out.error(102);
-            assert!(err["msg"].as_str().unwrap().contains("not implemented"), "{err}");
+            assert!(
+                err["msg"].as_str().unwrap().contains("not implemented"),
+                "{err}"
+            );
         }
     }
     for name in PLUGINS {

@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn a_panic_inside_is_an_error_not_a_crash() {
         let (ns, _) = private_netns();
-        let err = ns.run(|| panic!("boom")).map(|()| ()).unwrap_err();
+        let err = ns.run(|| -> () { panic!("boom") }).unwrap_err();
         assert!(matches!(err, NetnsError::Panicked { .. }), "{err}");
     }
 }
