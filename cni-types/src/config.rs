@@ -161,6 +161,8 @@ pub struct Dns {
     pub search: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl Dns {
@@ -169,15 +171,18 @@ impl Dns {
             && self.domain.is_empty()
             && self.search.is_empty()
             && self.options.is_empty()
+            && self.extra.is_empty()
     }
 }
 
 /// One attachment in GC's list of attachments to keep.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The `args` object (CONVENTIONS.md); `args.cni` is the part plugins read.
@@ -205,6 +210,8 @@ pub struct CniConfArgs {
 pub struct Label {
     pub key: String,
     pub value: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// `runtimeConfig`: the capabilities a runtime fills in (CONVENTIONS.md).
@@ -238,6 +245,8 @@ pub struct IpRange {
     pub range_end: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +258,8 @@ pub struct PortMapping {
     pub protocol: String,
     #[serde(rename = "hostIP", default, skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +273,8 @@ pub struct Bandwidth {
     pub egress_rate: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_burst: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The `dns` capability: note the names differ from the result's `dns`.
@@ -273,6 +286,8 @@ pub struct RuntimeDns {
     pub searches: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// A requested address, `ip` or `ip/prefix` (the prefix is kept only so the

@@ -80,7 +80,10 @@ impl CniError {
     }
 
     pub fn not_implemented(what: &str) -> Self {
-        Self::new(code::NOT_IMPLEMENTED, format!("{what} is not implemented yet"))
+        Self::new(
+            code::NOT_IMPLEMENTED,
+            format!("{what} is not implemented yet"),
+        )
     }
 
     /// Prefix the message with context, keeping code and details.

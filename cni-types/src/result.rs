@@ -286,7 +286,10 @@ impl CniResult {
                     .routes
                     .iter()
                     .filter(|r| r.dst.is_ipv4() == v4)
-                    .map(|r| RouteLegacy { dst: r.dst, gw: r.gw })
+                    .map(|r| RouteLegacy {
+                        dst: r.dst,
+                        gw: r.gw,
+                    })
                     .collect(),
             })
         };

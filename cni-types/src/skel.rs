@@ -48,12 +48,9 @@ impl Command {
     /// skeleton requires them).
     fn required_env(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => &[
-                "CNI_CONTAINERID",
-                "CNI_NETNS",
-                "CNI_IFNAME",
-                "CNI_PATH",
-            ],
+            Command::Add | Command::Check => {
+                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+            }
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
             Command::Gc | Command::Status => &["CNI_PATH"],
             Command::Version => &[],
@@ -83,7 +80,11 @@ impl FromStr for Command {
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
             "VERSION" => Command::Version,
-            other => return Err(CniError::invalid_env(format!("unknown CNI_COMMAND: {other}"))),
+            other => {
+                return Err(CniError::invalid_env(format!(
+                    "unknown CNI_COMMAND: {other}"
+                )));
+            }
         })
     }
 }
@@ -203,6 +204,10 @@ pub fn dispatch(
     if command == Command::Version {
         return version_reply(&stdin);
     }
+    // The environment first, as the reference skeleton does.
+    if let Err(e) = check_required_env(command, &env) {
+        return Outcome::error(&e, tag_version(&stdin));
+    }
     let conf = match decode_conf(&stdin) {
         Ok(conf) => conf,
         Err(e) => return Outcome::error(&e, latest),
@@ -216,7 +221,10 @@ pub fn dispatch(
         Err(e) => return Outcome::error(&e, version.as_str()),
     };
     let done = match command {
-        Command::Add => plugin.add(&args).and_then(|r| r.to_value(version)).map(Some),
+        Command::Add => plugin
+            .add(&args)
+            .and_then(|r| r.to_value(version))
+            .map(Some),
         Command::Del => plugin.del(&args).map(|()| None),
         Command::Check => plugin.check(&args).map(|()| None),
         Command::Gc => plugin.gc(&args).map(|()| None),
@@ -274,6 +282,16 @@ fn version_reply(stdin: &[u8]) -> Outcome {
     Outcome::success(render(&reply))
 }
 
+/// The version to tag an error with before the config is decoded: the
+/// config's own when it names a supported one.
+fn tag_version(stdin: &[u8]) -> &'static str {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str()?.parse::<Version>().ok())
+        .unwrap_or(version::LATEST)
+        .as_str()
+}
+
 fn decode_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     let value: Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::decode(format!("decoding network config from stdin: {e}")))?;
@@ -286,6 +304,41 @@ fn decode_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         .map_err(|e| CniError::decode(format!("decoding network config from stdin: {e}")))
 }
 
+/// A variable's value; unset and empty are the same (as in the reference).
+fn env_string(
+    env: &impl Fn(&str) -> Option<OsString>,
+    key: &str,
+) -> Result<Option<String>, CniError> {
+    match env(key) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(Some)
+            .map_err(|_| CniError::invalid_env(format!("{key} is not valid UTF-8"))),
+    }
+}
+
+fn check_required_env(
+    command: Command,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> Result<(), CniError> {
+    let mut missing = Vec::new();
+    for key in command.required_env() {
+        if env_string(env, key)?.is_none() {
+            missing.push(*key);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::invalid_env(format!(
+            "required env variables [{}] missing",
+            missing.join(",")
+        )))
+    }
+}
+
 fn collect_args(
     command: Command,
     env: &impl Fn(&str) -> Option<OsString>,
@@ -293,28 +346,7 @@ fn collect_args(
     conf: NetConf,
     version: Version,
 ) -> Result<CmdArgs, CniError> {
-    let get = |key: &str| -> Result<Option<String>, CniError> {
-        match env(key) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => v
-                .into_string()
-                .map(Some)
-                .map_err(|_| CniError::invalid_env(format!("{key} is not valid UTF-8"))),
-        }
-    };
-    let mut missing = Vec::new();
-    for key in command.required_env() {
-        if get(key)?.is_none() {
-            missing.push(*key);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(CniError::invalid_env(format!(
-            "required env variables [{}] missing",
-            missing.join(",")
-        )));
-    }
+    let get = |key: &str| env_string(env, key);
     validate::network_name(conf.name.as_deref().unwrap_or_default())?;
     match command {
         Command::Check if !version.allows_check() => {
@@ -342,7 +374,9 @@ fn collect_args(
     Ok(CmdArgs {
         command,
         container_id,
-        netns: env("CNI_NETNS").filter(|n| !n.is_empty()).map(PathBuf::from),
+        netns: env("CNI_NETNS")
+            .filter(|n| !n.is_empty())
+            .map(PathBuf::from),
         ifname,
         args,
         path,

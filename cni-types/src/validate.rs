@@ -17,7 +17,10 @@ pub fn is_valid_identifier(s: &str) -> bool {
 
 pub fn container_id(id: &str) -> Result<(), CniError> {
     if id.is_empty() {
-        return Err(CniError::new(code::UNKNOWN_CONTAINER, "missing containerID"));
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "missing containerID",
+        ));
     }
     if !is_valid_identifier(id) {
         return Err(CniError::invalid_env(format!(
@@ -46,7 +49,10 @@ pub fn interface_name(name: &str) -> Result<(), CniError> {
         "interface name is too long (at most 15 bytes)"
     } else if name == "." || name == ".." {
         "interface name is . or .."
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         "interface name contains / or : or whitespace characters"
     } else {
         return Ok(());
@@ -73,7 +79,16 @@ mod tests {
         for ok in ["eth0", "a", "123456789012345", "veth.1", "net-1"] {
             assert!(interface_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "1234567890123456", "a/b", "a:b", "a b", "a\tb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+        ] {
             let err = interface_name(bad).unwrap_err();
             assert_eq!(err.code, code::INVALID_ENV, "{bad:?}");
         }
@@ -89,7 +104,10 @@ mod tests {
     #[test]
     fn network_names() {
         assert_eq!(network_name("").unwrap_err().code, code::INVALID_CONFIG);
-        assert_eq!(network_name("bad name").unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            network_name("bad name").unwrap_err().code,
+            code::INVALID_CONFIG
+        );
         assert!(network_name("cbr0").is_ok());
     }
 }

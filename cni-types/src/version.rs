@@ -77,7 +77,10 @@ impl Version {
 
     /// The supported list rendered as the spec's error details do.
     pub fn supported_list() -> String {
-        let names: Vec<String> = SUPPORTED.iter().map(|v| format!("{:?}", v.as_str())).collect();
+        let names: Vec<String> = SUPPORTED
+            .iter()
+            .map(|v| format!("{:?}", v.as_str()))
+            .collect();
         format!("[{}]", names.join(", "))
     }
 }
