@@ -15,3 +15,6 @@ pub mod runner;
 pub use bins::plugin_binary;
 pub use netns::{TestHost, TestNetns, require_root};
 pub use runner::{Invocation, PluginOutput};
+
+pub mod tempdir;
+pub use tempdir::TempDir;

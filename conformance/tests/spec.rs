@@ -207,11 +207,13 @@ fn run_by_hand_without_a_command_prints_about_on_stderr_only() {
 
 // The verbs themselves come with the plugin issues; until then each answers
 // with a plugin error that says so, and STATUS reports "not available".
+const UNBUILT: [&str; 2] = ["bridge", "flannel"];
+
 #[test]
 fn unbuilt_verbs_answer_with_a_clear_plugin_error() {
     let host = TestHost::new(1);
     for command in ["ADD", "DEL", "CHECK", "GC"] {
-        for name in PLUGINS {
+        for name in UNBUILT {
             let out = add_call(&host)
                 .env("CNI_COMMAND", command)
                 .config(&conf("1.1.0"))
@@ -223,7 +225,7 @@ fn unbuilt_verbs_answer_with_a_clear_plugin_error() {
             );
         }
     }
-    for name in PLUGINS {
+    for name in UNBUILT {
         let out = add_call(&host)
             .env("CNI_COMMAND", "STATUS")
             .config(&conf("1.1.0"))
