@@ -1,6 +1,13 @@
-//! Helpers shared by the plugins and the agent for working with network
-//! namespaces (and, as the plugins grow, netlink).
+//! Helpers shared by the plugins and the agent: network namespaces, a small
+//! blocking rtnetlink socket and the link/address/route operations built on
+//! it, and sysctls.
 
+pub mod addr;
+pub mod link;
+pub mod netlink;
 pub mod netns;
+pub mod route;
+pub mod sysctl;
 
+pub use netlink::{Netlink, NetlinkError};
 pub use netns::{NetNs, NetnsError};

@@ -27,6 +27,12 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
+    #[error("cannot open a netlink socket in network namespace {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: crate::NetlinkError,
+    },
     #[error("the thread working in network namespace {path} panicked")]
     Panicked { path: PathBuf },
 }
@@ -66,6 +72,19 @@ impl NetNs {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A netlink socket bound to this namespace, usable from any thread.
+    pub fn socket(&self) -> Result<crate::Netlink, NetnsError> {
+        self.run(crate::Netlink::new)?
+            .map_err(|e| NetnsError::Socket {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
     }
 
     /// Runs `f` on a fresh thread inside this namespace and returns its value.

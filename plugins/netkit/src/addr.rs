@@ -1,0 +1,94 @@
+//! Interface addresses.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// An address on a link, with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkAddress {
+    pub index: u32,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    pub scope: AddressScope,
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(addr);
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg.attributes.push(AddressAttribute::Address(addr));
+    msg
+}
+
+impl Netlink {
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::NewAddress(message(index, addr, prefix)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    pub fn del_address(
+        &mut self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::DelAddress(message(index, addr, prefix)),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Every address in the namespace, or of one link.
+    pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<LinkAddress>, NetlinkError> {
+        let msgs = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let addr = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let addr = addr.or_else(|| {
+                        a.attributes.iter().find_map(|attr| match attr {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                    Some(LinkAddress {
+                        index: a.header.index,
+                        addr,
+                        prefix: a.header.prefix_len,
+                        scope: a.header.scope,
+                    })
+                }
+                _ => None,
+            })
+            .filter(|a| index.is_none_or(|i| i == a.index))
+            .collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! Routes.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// A unicast route as the plugins program and check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub priority: Option<u32>,
+    /// `None` is the main table.
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+}
+
+impl Route {
+    pub fn new(dst: IpAddr, prefix: u8) -> Route {
+        Route {
+            dst,
+            prefix,
+            gateway: None,
+            oif: None,
+            priority: None,
+            table: None,
+            scope: None,
+            mtu: None,
+            advmss: None,
+        }
+    }
+
+    fn table_id(&self) -> u32 {
+        self.table.unwrap_or(u32::from(RouteHeader::RT_TABLE_MAIN))
+    }
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    pub fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessage::default();
+        let table = route.table_id();
+        msg.header.address_family = if route.dst.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.destination_prefix_length = route.prefix;
+        msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = match route.scope {
+            Some(s) => RouteScope::from(s),
+            None if route.gateway.is_none() => RouteScope::Link,
+            None => RouteScope::Universe,
+        };
+        if route.prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route_address(route.dst)));
+        }
+        if let Some(gw) = route.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(p) = route.priority {
+            msg.attributes.push(RouteAttribute::Priority(p));
+        }
+        if table > 255 {
+            msg.attributes.push(RouteAttribute::Table(table));
+        }
+        let mut metrics = Vec::new();
+        if let Some(mtu) = route.mtu {
+            metrics.push(RouteMetric::Mtu(mtu));
+        }
+        if let Some(mss) = route.advmss {
+            metrics.push(RouteMetric::Advmss(mss));
+        }
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Every unicast route of one family in every table.
+    pub fn routes(&mut self, v4: bool) -> Result<Vec<Route>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let msgs = self.dump(RouteNetlinkMessage::GetRoute(req))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Unicast => {
+                    let unspecified: IpAddr = if v4 {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u16; 8])
+                    };
+                    let mut route = Route::new(unspecified, r.header.destination_prefix_length);
+                    route.table = Some(u32::from(r.header.table));
+                    route.scope = Some(u8::from(r.header.scope));
+                    for attr in &r.attributes {
+                        match attr {
+                            RouteAttribute::Destination(a) => {
+                                route.dst = ip_of(a).unwrap_or(unspecified)
+                            }
+                            RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
+                            RouteAttribute::Oif(i) => route.oif = Some(*i),
+                            RouteAttribute::Priority(p) => route.priority = Some(*p),
+                            RouteAttribute::Table(t) => route.table = Some(*t),
+                            RouteAttribute::Metrics(ms) => {
+                                for m in ms {
+                                    match m {
+                                        RouteMetric::Mtu(v) => route.mtu = Some(*v),
+                                        RouteMetric::Advmss(v) => route.advmss = Some(*v),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(route)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
