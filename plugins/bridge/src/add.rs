@@ -1,0 +1,195 @@
+//! ADD: validate, apply step by step, and undo every step on failure.
+
+use std::net::IpAddr;
+
+use cni_types::result::{CniResult, Interface, IpConfig, Route};
+use cni_types::{CmdArgs, CniError, Command, delegate};
+use ipnetwork::IpNetwork;
+use netkit::link::Link;
+use netkit::{NetNs, Netlink};
+
+use crate::config::{self, Config};
+use crate::errors::{self, IPAM, NETNS};
+use crate::masq::{self, Attachment};
+use crate::{bridge_link, pod, veth};
+
+/// What a failed ADD must take back, newest last.
+enum Undo {
+    Veth(u32),
+    Ipam(String),
+    Masq,
+}
+
+pub fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
+    let conf = config::load(args)?;
+    let netns_path = args
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for ADD"))?;
+    let pod_ns =
+        NetNs::open(netns_path).map_err(|e| errors::err(NETNS, "failed to open netns", e))?;
+    let mut host = Netlink::new().map_err(|e| errors::err(NETNS, "failed to open netlink", e))?;
+    let mut pod_nl = pod_ns
+        .socket()
+        .map_err(|e| errors::err(NETNS, "failed to open netlink in the pod", e))?;
+    let who = Attachment {
+        network: args.network_name(),
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    };
+    let mut undo = Vec::new();
+    let out = apply(
+        args,
+        &conf,
+        &pod_ns,
+        &mut host,
+        &mut pod_nl,
+        &who,
+        &mut undo,
+    );
+    if out.is_err() {
+        roll_back(args, &mut host, &who, undo);
+    }
+    out
+}
+
+/// Best effort: the error being returned is the one the caller sees.
+fn roll_back(args: &CmdArgs, host: &mut Netlink, who: &Attachment<'_>, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let _ = match step {
+            Undo::Veth(index) => host.del_link(index).map_err(|e| e.to_string()),
+            Undo::Ipam(plugin) => delegate::run(&plugin, &args.path, Command::Del, &args.stdin)
+                .map_err(|e| e.to_string()),
+            Undo::Masq => masq::del(who).map_err(|e| e.to_string()),
+        };
+    }
+}
+
+fn apply(
+    args: &CmdArgs,
+    conf: &Config,
+    pod_ns: &NetNs,
+    host: &mut Netlink,
+    pod_nl: &mut Netlink,
+    who: &Attachment<'_>,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult, CniError> {
+    let br = bridge_link::ensure(host, conf)?;
+    let (host_veth, pod_link) = veth::create(host, pod_nl, pod_ns, conf, &args.ifname)?;
+    undo.push(Undo::Veth(host_veth.index));
+    veth::attach(host, &host_veth, &br, conf)?;
+
+    let mut result = CniResult::default();
+    if let Some(ipam) = &conf.ipam {
+        let ipam_result = delegate::add(ipam, &args.path, &args.stdin, args.version)?;
+        undo.push(Undo::Ipam(ipam.clone()));
+        if ipam_result.ips.is_empty() {
+            return Err(errors::msg(IPAM, "IPAM plugin returned missing IP config"));
+        }
+        result.ips = ipam_result.ips;
+        result.routes = ipam_result.routes;
+        result.dns = ipam_result.dns;
+        let gateways = calc_gateways(conf, &mut result.ips, &mut result.routes);
+        pod::configure(
+            pod_ns,
+            pod_nl,
+            &pod_link,
+            &result.ips,
+            &result.routes,
+            conf.enable_dad,
+        )?;
+        if conf.is_gateway {
+            for gw in &gateways {
+                bridge_link::ensure_gateway(host, &br, gw.ip(), gw.prefix(), conf.force_address)?;
+            }
+            bridge_link::enable_forwarding(
+                gateways.iter().any(IpNetwork::is_ipv4),
+                gateways.iter().any(IpNetwork::is_ipv6),
+            )?;
+        }
+        if conf.ip_masq {
+            let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
+            undo.push(Undo::Masq);
+            masq::add(who, &addrs)?;
+        }
+    } else if !conf.disable_container_interface {
+        pod_nl.set_up(pod_link.index).map_err(|e| {
+            errors::err(
+                errors::CONFIGURE,
+                format!("failed to bring up {}", args.ifname),
+                e,
+            )
+        })?;
+    }
+    if let Some(dns) = &conf.dns {
+        result.dns = dns.clone();
+    }
+    // The bridge's MAC may have moved when the port was added.
+    let br = host.link_by_name(&br.name).ok().flatten().unwrap_or(br);
+    let sandbox = args
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    result.interfaces = vec![
+        interface(&br, String::new()),
+        interface(&host_veth, String::new()),
+        interface(&pod_link, sandbox),
+    ];
+    Ok(result)
+}
+
+fn interface(link: &Link, sandbox: String) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac_string(),
+        sandbox,
+        ..Interface::default()
+    }
+}
+
+/// Marks every address as the pod interface's, fills in missing gateways
+/// (network + 1) when the bridge is the gateway, adds default routes for
+/// `isDefaultGateway`, and returns the gateway addresses (with the pod's
+/// prefix) to put on the bridge.
+fn calc_gateways(conf: &Config, ips: &mut [IpConfig], routes: &mut Vec<Route>) -> Vec<IpNetwork> {
+    let mut gateways: Vec<IpNetwork> = Vec::new();
+    for ip in ips.iter_mut() {
+        ip.interface = Some(2);
+        if !conf.is_gateway {
+            continue;
+        }
+        let gw = *ip
+            .gateway
+            .get_or_insert_with(|| next_ip(ip.address.network()));
+        if let Ok(net) = IpNetwork::new(gw, ip.address.prefix())
+            && !gateways.iter().any(|g| g.ip() == gw)
+        {
+            gateways.push(net);
+        }
+    }
+    if conf.is_default_gateway {
+        for v4 in [true, false] {
+            let Some(gw) = pod::family_gateway(ips, v4) else {
+                continue;
+            };
+            let has_default = routes
+                .iter()
+                .any(|r| r.dst.prefix() == 0 && r.dst.is_ipv4() == v4 && r.gw.is_some());
+            if !has_default {
+                let dst = if v4 { "0.0.0.0/0" } else { "::/0" };
+                if let Ok(dst) = dst.parse() {
+                    routes.push(Route::new(dst, Some(gw)));
+                }
+            }
+        }
+    }
+    gateways
+}
+
+fn next_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(u32::from(v4).wrapping_add(1).into()),
+        IpAddr::V6(v6) => IpAddr::V6(u128::from(v6).wrapping_add(1).into()),
+    }
+}

@@ -1,0 +1,54 @@
+//! bridge: a Linux bridge on the node, a veth pair per pod, addresses and
+//! routes in the pod, the gateway on the bridge, and masquerade.
+
+mod add;
+mod bridge_link;
+mod check;
+pub mod config;
+mod del;
+pub mod errors;
+mod masq;
+mod pod;
+mod veth;
+
+use cni_types::result::CniResult;
+use cni_types::{CmdArgs, CniError, Command, Plugin, delegate};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Bridge;
+
+impl Plugin for Bridge {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        add::add(args)
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        del::del(args)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        check::check(args)
+    }
+
+    /// GC goes to IPAM (the spec's MUST, which the reference skips) and
+    /// removes masquerade rules of attachments not in the list.
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = config::load(args)?;
+        if let Some(ipam) = &conf.ipam {
+            delegate::run(ipam, &args.path, Command::Gc, &args.stdin)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = config::load(args)?;
+        match &conf.ipam {
+            Some(ipam) => delegate::run(ipam, &args.path, Command::Status, &args.stdin),
+            None => Ok(()),
+        }
+    }
+
+    fn about(&self) -> String {
+        "CNI bridge plugin (cni-rs) for spec 0.1.0-1.1.0".into()
+    }
+}
