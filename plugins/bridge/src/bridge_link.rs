@@ -116,7 +116,8 @@ pub fn ensure_gateway(
             nl.del_address(br.index, a.addr, a.prefix).map_err(fail)?;
         }
     }
-    match nl.add_address(br.index, gw, prefix) {
+    // No DAD: the gateway is unique by construction, and pods can use it at once.
+    match nl.add_address_nodad(br.index, gw, prefix) {
         Err(e) if e.is_exists() => Ok(()),
         other => other.map_err(fail),
     }

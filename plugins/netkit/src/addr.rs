@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -44,6 +46,27 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         self.request(
             RouteNetlinkMessage::NewAddress(message(index, addr, prefix)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Adds an IPv6 address usable at once, skipping duplicate address
+    /// detection (for addresses unique by construction, like a gateway).
+    pub fn add_address_nodad(
+        &mut self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = message(index, addr, prefix);
+        if addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map(drop)
