@@ -204,32 +204,3 @@ fn run_by_hand_without_a_command_prints_about_on_stderr_only() {
         assert!(out.stderr.contains("CNI"), "{name}: {}", out.stderr);
     }
 }
-
-// The verbs themselves come with the plugin issues; until then each answers
-// with a plugin error that says so, and STATUS reports "not available".
-const UNBUILT: [&str; 1] = ["flannel"];
-
-#[test]
-fn unbuilt_verbs_answer_with_a_clear_plugin_error() {
-    let host = TestHost::new(1);
-    for command in ["ADD", "DEL", "CHECK", "GC"] {
-        for name in UNBUILT {
-            let out = add_call(&host)
-                .env("CNI_COMMAND", command)
-                .config(&conf("1.1.0"))
-                .run(&plugin_binary(name), &host.host);
-            let err = out.error(102);
-            assert!(
-                err["msg"].as_str().unwrap().contains("not implemented"),
-                "{err}"
-            );
-        }
-    }
-    for name in UNBUILT {
-        let out = add_call(&host)
-            .env("CNI_COMMAND", "STATUS")
-            .config(&conf("1.1.0"))
-            .run(&plugin_binary(name), &host.host);
-        out.error(50);
-    }
-}
