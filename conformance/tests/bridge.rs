@@ -644,3 +644,26 @@ fn a_hundred_pods_at_once_reach_each_other_and_leave_only_the_bridge() {
     assert_eq!(node.host_links(), ["lo", "cni0"]);
     assert_eq!(node.reservations(), 0);
 }
+
+#[test]
+fn duplicate_address_detection_off_by_default_and_waited_for_when_on() {
+    let node = Node::new(2);
+    let v6 = json!([[{"subnet": "fd00:88::/64"}]]);
+    let sysctl = |pod: usize, key: &str| {
+        let out = node
+            .host
+            .pod(pod)
+            .exec("cat", &[&format!("/proc/sys/net/ipv6/conf/eth0/{key}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    node.add(0, &node.conf("1.1.0", v6.clone(), json!({})));
+    assert_eq!(sysctl(0, "accept_dad"), "0");
+    node.add(1, &node.conf("1.1.0", v6, json!({"enabledad": true})));
+    assert_eq!(sysctl(1, "accept_dad"), "1");
+    assert_eq!(sysctl(1, "enhanced_dad"), "1");
+    let addrs = node.host.pod(1).ip(&["-6", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains("fd00:88::3/64") && !addrs.contains("tentative"),
+        "ADD returns once DAD is over: {addrs}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Inside the pod: sysctls, addresses, link up, routes.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use cni_types::CniError;
 use cni_types::result::{IpConfig, Route};
@@ -62,6 +63,9 @@ pub fn configure(
     }
     nl.set_up(link.index)
         .map_err(|e| errors::err(CONFIGURE, format!("failed to bring up {name}"), e))?;
+    if enable_dad && has_v6 {
+        settle_addresses(nl, link)?;
+    }
     for r in routes {
         let spec = route_spec(r, ips, link.index);
         nl.add_route(&spec).map_err(|e| {
@@ -73,6 +77,36 @@ pub fn configure(
         })?;
     }
     Ok(())
+}
+
+/// With DAD on, IPv6 addresses are unusable (and routes through them
+/// refused) until detection ends: wait for it, at most 5 s as the reference.
+fn settle_addresses(nl: &mut Netlink, link: &Link) -> Result<(), CniError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let addrs = nl
+            .addresses(Some(link.index))
+            .map_err(|e| errors::err(CONFIGURE, "failed to list the pod's addresses", e))?;
+        if let Some(dup) = addrs.iter().find(|a| a.dad_failed) {
+            return Err(errors::msg(
+                CONFIGURE,
+                format!(
+                    "duplicate address detection failed for {} on {}: the address is in use",
+                    dup.addr, link.name
+                ),
+            ));
+        }
+        if !addrs.iter().any(|a| a.tentative) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(errors::msg(
+                CONFIGURE,
+                format!("IPv6 addresses on {} still tentative after 5 s", link.name),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The kernel route a result route becomes on the pod interface.

@@ -17,6 +17,10 @@ pub struct LinkAddress {
     pub addr: IpAddr,
     pub prefix: u8,
     pub scope: AddressScope,
+    /// Still in duplicate address detection (IPv6).
+    pub tentative: bool,
+    /// Duplicate address detection found the address in use.
+    pub dad_failed: bool,
 }
 
 fn family(addr: IpAddr) -> AddressFamily {
@@ -102,11 +106,23 @@ impl Netlink {
                             _ => None,
                         })
                     })?;
+                    let flags = a
+                        .attributes
+                        .iter()
+                        .find_map(|attr| match attr {
+                            AddressAttribute::Flags(f) => Some(*f),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| {
+                            AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+                        });
                     Some(LinkAddress {
                         index: a.header.index,
                         addr,
                         prefix: a.header.prefix_len,
                         scope: a.header.scope,
+                        tentative: flags.contains(AddressFlags::Tentative),
+                        dad_failed: flags.contains(AddressFlags::Dadfailed),
                     })
                 }
                 _ => None,
