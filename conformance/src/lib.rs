@@ -9,10 +9,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod bins;
+pub mod daemon;
 pub mod netns;
 pub mod runner;
 
 pub use bins::plugin_binary;
+pub use daemon::{Daemon, wait_for};
 pub use netns::{TestHost, TestNetns, require_root};
 pub use runner::{Invocation, PluginOutput};
 

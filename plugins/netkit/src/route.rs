@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
@@ -61,56 +61,76 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+fn route_message(route: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    let table = route.table_id();
+    msg.header.address_family = if route.dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.header.destination_prefix_length = route.prefix;
+    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = match route.scope {
+        Some(s) => RouteScope::from(s),
+        None if route.gateway.is_none() => RouteScope::Link,
+        None => RouteScope::Universe,
+    };
+    if route.prefix > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(route.dst)));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(p) = route.priority {
+        msg.attributes.push(RouteAttribute::Priority(p));
+    }
+    if table > 255 {
+        msg.attributes.push(RouteAttribute::Table(table));
+    }
+    let mut metrics = Vec::new();
+    if let Some(mtu) = route.mtu {
+        metrics.push(RouteMetric::Mtu(mtu));
+    }
+    if let Some(mss) = route.advmss {
+        metrics.push(RouteMetric::Advmss(mss));
+    }
+    if !metrics.is_empty() {
+        msg.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    msg
+}
+
 impl Netlink {
     pub fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessage::default();
-        let table = route.table_id();
-        msg.header.address_family = if route.dst.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        msg.header.destination_prefix_length = route.prefix;
-        msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-        msg.header.protocol = RouteProtocol::Boot;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.scope = match route.scope {
-            Some(s) => RouteScope::from(s),
-            None if route.gateway.is_none() => RouteScope::Link,
-            None => RouteScope::Universe,
-        };
-        if route.prefix > 0 {
-            msg.attributes
-                .push(RouteAttribute::Destination(route_address(route.dst)));
-        }
-        if let Some(gw) = route.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(route_address(gw)));
-        }
-        if let Some(oif) = route.oif {
-            msg.attributes.push(RouteAttribute::Oif(oif));
-        }
-        if let Some(p) = route.priority {
-            msg.attributes.push(RouteAttribute::Priority(p));
-        }
-        if table > 255 {
-            msg.attributes.push(RouteAttribute::Table(table));
-        }
-        let mut metrics = Vec::new();
-        if let Some(mtu) = route.mtu {
-            metrics.push(RouteMetric::Mtu(mtu));
-        }
-        if let Some(mss) = route.advmss {
-            metrics.push(RouteMetric::Advmss(mss));
-        }
-        if !metrics.is_empty() {
-            msg.attributes.push(RouteAttribute::Metrics(metrics));
-        }
         self.request(
-            RouteNetlinkMessage::NewRoute(msg),
+            RouteNetlinkMessage::NewRoute(route_message(route)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map(drop)
+    }
+
+    /// Adds the route, or replaces one to the same destination.
+    pub fn replace_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::NewRoute(route_message(route)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    pub fn del_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        let mut msg = route_message(route);
+        msg.header.scope = RouteScope::NoWhere;
+        self.request(RouteNetlinkMessage::DelRoute(msg), 0)
+            .map(drop)
     }
 
     /// Every unicast route of one family in every table.

@@ -1,0 +1,101 @@
+//! A long-running program (the node agent) started inside a test namespace
+//! and stopped on drop: SIGTERM, then SIGKILL if it lingers.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::netns::TestNetns;
+
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary args` in `ns`; its stderr goes to `log`.
+    pub fn start(binary: &Path, args: &[String], ns: &TestNetns, log: &Path) -> Daemon {
+        let ns_file = File::open(ns.path()).expect("cannot open the namespace");
+        let fd = ns_file.as_raw_fd();
+        let err = File::create(log).expect("cannot create the daemon log");
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        // SAFETY: runs in the forked child before exec and only calls
+        // setns(2), which is async-signal-safe; the fd outlives spawn().
+        unsafe {
+            cmd.pre_exec(move || {
+                // SAFETY: fd is open in the parent until spawn() returns.
+                let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
+                setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        let child = cni_types::delegate::spawn(&mut cmd).expect("cannot start the daemon");
+        drop(ns_file);
+        Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGTERM and wait (up to 10 s, then SIGKILL). Returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok().and_then(|s| s.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

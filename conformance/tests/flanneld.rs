@@ -1,0 +1,277 @@
+//! flanneld across simulated hosts: network namespaces joined by a bridge
+//! in their own "switch" namespace, one agent per host on the embedded
+//! store, pods made through the real CNI chain (flannel -> bridge ->
+//! host-local), and traffic between pods on different hosts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use conformance::{Daemon, Invocation, TempDir, TestNetns, plugin_binary, wait_for};
+use serde_json::{Value, json};
+
+struct Host {
+    ns: TestNetns,
+    pods: Vec<TestNetns>,
+    dir: PathBuf,
+    underlay_ip: String,
+    agent: Option<Daemon>,
+}
+
+struct Cluster {
+    // Dropped in order: agents stop before their namespaces go.
+    hosts: Vec<Host>,
+    switch: TestNetns,
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn new(hosts: usize, pods_per_host: usize, config: &Value) -> Cluster {
+        let switch = TestNetns::new("switch");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let dir = TempDir::new("flanneld");
+        std::fs::create_dir_all(dir.path().join("store")).unwrap();
+        std::fs::write(dir.path().join("store/config"), config.to_string()).unwrap();
+        let mut list = Vec::new();
+        for h in 0..hosts {
+            let ns = TestNetns::new(&format!("h{h}"));
+            let port = format!("port{h}");
+            switch.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ]);
+            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+            let underlay_ip = format!("192.168.77.{}", 10 + h);
+            ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            let pods = (0..pods_per_host)
+                .map(|p| TestNetns::new(&format!("h{h}p{p}")))
+                .collect();
+            let hdir = dir.path().join(format!("host{h}"));
+            std::fs::create_dir_all(&hdir).unwrap();
+            list.push(Host {
+                ns,
+                pods,
+                dir: hdir,
+                underlay_ip,
+                agent: None,
+            });
+        }
+        let mut c = Cluster {
+            hosts: list,
+            switch,
+            dir,
+        };
+        for h in 0..hosts {
+            c.start(h);
+        }
+        c
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn start(&mut self, h: usize) {
+        let store = self.store();
+        let host = &mut self.hosts[h];
+        let args: Vec<String> = [
+            "--store-dir",
+            store.to_str().unwrap(),
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            host.dir.join("subnet.env").to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = host.dir.join("flanneld.log");
+        host.agent = Some(Daemon::start(
+            &plugin_binary("flanneld"),
+            &args,
+            &host.ns,
+            &log,
+        ));
+        let env = host.dir.join("subnet.env");
+        assert!(
+            wait_for(Duration::from_secs(10), || env.exists()),
+            "host {h} wrote no subnet.env: {}",
+            host.agent.as_ref().unwrap().log()
+        );
+    }
+
+    fn subnet_env(&self, h: usize) -> String {
+        std::fs::read_to_string(self.hosts[h].dir.join("subnet.env")).unwrap()
+    }
+
+    fn conf(&self, h: usize) -> Value {
+        let dir = &self.hosts[h].dir;
+        json!({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+            "subnetFile": dir.join("subnet.env"), "dataDir": dir.join("cache"),
+            "ipam": {"dataDir": dir.join("ipam")}, "delegate": {"isDefaultGateway": true}
+        })
+    }
+
+    /// Adds pod `p` of host `h` through the CNI chain; returns its IPv4 address.
+    fn add_pod(&self, h: usize, p: usize) -> String {
+        let host = &self.hosts[h];
+        let out = Invocation::new("ADD")
+            .container_id(&format!("h{h}p{p}"))
+            .netns(&host.pods[p])
+            .config(&self.conf(h))
+            .run(&plugin_binary("flannel"), &host.ns);
+        let r = out.success();
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn reaches(&self, h: usize, p: usize, target: &str) -> bool {
+        self.hosts[h].pods[p]
+            .exec("ping", &["-c1", "-W1", target])
+            .status
+            .success()
+    }
+}
+
+fn host_gw() -> Value {
+    json!({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}})
+}
+
+#[test]
+fn host_gw_pods_on_every_host_reach_each_other() {
+    let cluster = Cluster::new(3, 2, &host_gw());
+    let mut addrs = Vec::new();
+    for h in 0..3 {
+        let env = cluster.subnet_env(h);
+        assert!(
+            env.contains("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244."),
+            "{env}"
+        );
+        assert!(
+            env.contains("FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"),
+            "{env}"
+        );
+        for p in 0..2 {
+            addrs.push(((h, p), cluster.add_pod(h, p)));
+        }
+    }
+    // Every pod reaches every other pod (the agents program within a resync).
+    for ((h, p), _) in &addrs {
+        for (_, target) in &addrs {
+            assert!(
+                wait_for(Duration::from_secs(10), || cluster.reaches(*h, *p, target)),
+                "pod {h}/{p} cannot reach {target}"
+            );
+        }
+    }
+    // Leases are upstream's key layout, one per host, with the public IP.
+    let keys: Vec<String> = std::fs::read_dir(cluster.store().join("subnets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("10.244.") && k.ends_with("-24")),
+        "{keys:?}"
+    );
+    let _ = &cluster.switch;
+}
+
+#[test]
+fn a_deleted_route_is_repaired_and_a_departed_host_is_forgotten() {
+    let mut cluster = Cluster::new(3, 1, &host_gw());
+    let a = cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    let c = cluster.add_pod(2, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster
+        .reaches(0, 0, &b)
+        && cluster.reaches(0, 0, &c)));
+    // Someone deletes the route to host 1's pods: back within 5 s.
+    let route_to_b =
+        cluster.hosts[0]
+            .ns
+            .ip(&["route", "show", "via", &cluster.hosts[1].underlay_ip]);
+    let dst = route_to_b.split_whitespace().next().unwrap().to_string();
+    cluster.hosts[0].ns.ip(&["route", "del", &dst]);
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
+        "route to {dst} not repaired"
+    );
+    // Host 2 leaves: agent stopped and its lease deleted; host 0 drops the route.
+    cluster.hosts[2].agent.as_mut().unwrap().stop();
+    for e in std::fs::read_dir(cluster.store().join("subnets")).unwrap() {
+        let path = e.unwrap().path();
+        if std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(&cluster.hosts[2].underlay_ip)
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let via_c = cluster.hosts[2].underlay_ip.clone();
+    assert!(wait_for(Duration::from_secs(5), || cluster.hosts[0]
+        .ns
+        .ip(&["route", "show", "via", &via_c])
+        .trim()
+        .is_empty()));
+    // Pod 0 still reaches pod 1, and pod 1 pod 0.
+    assert!(cluster.reaches(0, 0, &b) && cluster.reaches(1, 0, &a));
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_subnet_and_pods_keep_talking_meanwhile() {
+    let mut cluster = Cluster::new(2, 1, &host_gw());
+    let before = cluster.subnet_env(0);
+    cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)));
+    let code = cluster.hosts[0].agent.as_mut().unwrap().stop();
+    assert_eq!(code, Some(0), "SIGTERM is a clean stop");
+    assert!(
+        cluster.reaches(0, 0, &b),
+        "the data plane stays while the agent is down"
+    );
+    cluster.start(0);
+    assert_eq!(cluster.subnet_env(0), before);
+    assert!(cluster.reaches(0, 0, &b));
+}
+
+#[test]
+fn bad_network_config_names_the_field() {
+    let switch = TestNetns::new("cfg");
+    let dir = TempDir::new("flanneld-cfg");
+    std::fs::write(
+        dir.path().join("config"),
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard-ish"}}"#,
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let args = vec![
+        "--store-dir".to_string(),
+        dir.path().display().to_string(),
+        "--iface".into(),
+        "lo".into(),
+    ];
+    let mut agent = Daemon::start(&plugin_binary("flanneld"), &args, &switch, &log);
+    assert!(wait_for(Duration::from_secs(5), || !agent.alive()));
+    assert!(agent.log().contains("Backend.Type"), "{}", agent.log());
+}

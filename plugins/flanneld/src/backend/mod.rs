@@ -1,0 +1,3 @@
+//! Data planes: what a peer's lease turns into in the kernel.
+
+pub mod hostgw;

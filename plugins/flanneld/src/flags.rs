@@ -1,0 +1,282 @@
+//! Command line flags compatible with upstream flanneld (`--flag value`,
+//! `--flag=value`, `-flag`; booleans bare or `=true|false`), each also read
+//! from `FLANNELD_<FLAG>` (upper case, `-` as `_`) when not given.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub etcd_cafile: Option<String>,
+    pub etcd_certfile: Option<String>,
+    pub etcd_keyfile: Option<String>,
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
+    /// The embedded store's directory: run with no server at all.
+    pub store_dir: Option<PathBuf>,
+    pub ifaces: Vec<String>,
+    pub iface_regex: Vec<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub subnet_file: PathBuf,
+    pub renew_margin_minutes: u64,
+    pub ip_masq: bool,
+    pub iptables_forward_rules: bool,
+    pub healthz_ip: String,
+    pub healthz_port: u16,
+    pub version: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            etcd_endpoints: vec![
+                "http://127.0.0.1:4001".into(),
+                "http://127.0.0.1:2379".into(),
+            ],
+            etcd_prefix: "/coreos.com/network".into(),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
+            etcd_username: None,
+            etcd_password: None,
+            store_dir: None,
+            ifaces: Vec::new(),
+            iface_regex: Vec::new(),
+            public_ip: None,
+            public_ipv6: None,
+            subnet_file: PathBuf::from("/run/flannel/subnet.env"),
+            renew_margin_minutes: 60,
+            ip_masq: false,
+            iptables_forward_rules: true,
+            healthz_ip: "0.0.0.0".into(),
+            healthz_port: 0,
+            version: false,
+        }
+    }
+}
+
+const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "version", "v"];
+/// Every flag that can also come from the environment.
+const FLAGS: &[&str] = &[
+    "etcd-endpoints",
+    "etcd-prefix",
+    "etcd-cafile",
+    "etcd-certfile",
+    "etcd-keyfile",
+    "etcd-username",
+    "etcd-password",
+    "store-dir",
+    "iface",
+    "iface-regex",
+    "public-ip",
+    "public-ipv6",
+    "subnet-file",
+    "subnet-lease-renew-margin",
+    "ip-masq",
+    "iptables-forward-rules",
+    "healthz-ip",
+    "healthz-port",
+];
+
+fn bool_value(flag: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {v:?} for --{flag}")),
+    }
+}
+
+impl Options {
+    fn set(&mut self, flag: &str, value: &str) -> Result<(), String> {
+        let parse_err = |what: &str| format!("invalid value {value:?} for --{flag}: {what}");
+        let some = || Some(value.to_string());
+        match flag {
+            "etcd-endpoints" => {
+                self.etcd_endpoints = value
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
+            "etcd-prefix" => self.etcd_prefix = value.to_string(),
+            "etcd-cafile" => self.etcd_cafile = some(),
+            "etcd-certfile" => self.etcd_certfile = some(),
+            "etcd-keyfile" => self.etcd_keyfile = some(),
+            "etcd-username" => self.etcd_username = some(),
+            "etcd-password" => self.etcd_password = some(),
+            "store-dir" => self.store_dir = Some(PathBuf::from(value)),
+            "iface" => self.ifaces.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            "iface-regex" => self.iface_regex.push(value.to_string()),
+            "public-ip" => {
+                self.public_ip = Some(
+                    value
+                        .parse()
+                        .map_err(|_| parse_err("not an IPv4 address"))?,
+                )
+            }
+            "public-ipv6" => {
+                self.public_ipv6 = Some(
+                    value
+                        .parse()
+                        .map_err(|_| parse_err("not an IPv6 address"))?,
+                )
+            }
+            "subnet-file" => self.subnet_file = PathBuf::from(value),
+            "subnet-lease-renew-margin" => {
+                let m: u64 = value
+                    .parse()
+                    .map_err(|_| parse_err("not a number of minutes"))?;
+                if !(1..=1439).contains(&m) {
+                    return Err(parse_err("must be between 1 and 1439 minutes"));
+                }
+                self.renew_margin_minutes = m;
+            }
+            "ip-masq" => self.ip_masq = bool_value(flag, value)?,
+            "iptables-forward-rules" => self.iptables_forward_rules = bool_value(flag, value)?,
+            "healthz-ip" => self.healthz_ip = value.to_string(),
+            "healthz-port" => {
+                self.healthz_port = value.parse().map_err(|_| parse_err("not a port number"))?
+            }
+            "version" | "v" => self.version = bool_value(flag, value)?,
+            other => return Err(format!("unknown flag --{other} (see --help)")),
+        }
+        Ok(())
+    }
+
+    /// Parses `args` (without the program name), then fills what was not
+    /// given from `env` (`FLANNELD_*`).
+    pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+        let mut opts = Options::default();
+        let mut given: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            let (flag, inline) = match body.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_string())),
+                None => (body, None),
+            };
+            if flag == "help" || flag == "h" {
+                return Err(usage());
+            }
+            if !FLAGS.contains(&flag) && !BOOLS.contains(&flag) {
+                return Err(format!("unknown flag --{flag} (see --help)"));
+            }
+            let value = match inline {
+                Some(v) => v,
+                None if BOOLS.contains(&flag) => "true".to_string(),
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("flag --{flag} needs a value"))?
+                }
+            };
+            opts.set(flag, &value)?;
+            given.push(flag.to_string());
+            i += 1;
+        }
+        for flag in FLAGS {
+            if given.iter().any(|g| g == *flag) {
+                continue;
+            }
+            let var = format!("FLANNELD_{}", flag.to_uppercase().replace('-', "_"));
+            if let Some(v) = env(&var).filter(|v| !v.is_empty()) {
+                opts.set(flag, &v).map_err(|e| format!("{var}: {e}"))?;
+            }
+        }
+        Ok(opts)
+    }
+}
+
+pub fn usage() -> String {
+    "usage: flanneld [flags]\n\
+     \x20 --store-dir DIR                 embedded lease store (no server); the network config is DIR/config\n\
+     \x20 --etcd-endpoints URLS           etcd v3 endpoints (comma-separated)\n\
+     \x20 --etcd-prefix PREFIX            key prefix (default /coreos.com/network)\n\
+     \x20 --etcd-cafile/--etcd-certfile/--etcd-keyfile FILE, --etcd-username/--etcd-password S\n\
+     \x20 --iface NAME|IP (repeatable)    interface for inter-host traffic (default: the default route's)\n\
+     \x20 --public-ip IP, --public-ipv6 IP address other hosts reach this one at\n\
+     \x20 --subnet-file FILE              default /run/flannel/subnet.env\n\
+     \x20 --subnet-lease-renew-margin M   minutes before expiry to renew (1-1439, default 60)\n\
+     \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
+     \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
+     \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\
+     \x20 --version\n\
+     every flag is also read from FLANNELD_<FLAG> (e.g. FLANNELD_IFACE)"
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Options::parse(&args, |_| None)
+    }
+
+    #[test]
+    fn forms() {
+        let o = parse(&[
+            "--iface",
+            "eth0",
+            "-iface=eth1",
+            "--ip-masq",
+            "--iptables-forward-rules=false",
+            "--healthz-port=8081",
+            "--subnet-lease-renew-margin",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(o.ifaces, ["eth0", "eth1"]);
+        assert!(o.ip_masq && !o.iptables_forward_rules);
+        assert_eq!((o.healthz_port, o.renew_margin_minutes), (8081, 30));
+    }
+
+    #[test]
+    fn environment_fills_what_was_not_given() {
+        let env = |k: &str| match k {
+            "FLANNELD_IFACE" => Some("eth9".to_string()),
+            "FLANNELD_IP_MASQ" => Some("true".to_string()),
+            "FLANNELD_PUBLIC_IP" => Some("192.0.2.7".to_string()),
+            _ => None,
+        };
+        let o = Options::parse(&["--iface".to_string(), "eth0".to_string()], env).unwrap();
+        assert_eq!(o.ifaces, ["eth0"]);
+        assert!(o.ip_masq);
+        assert_eq!(o.public_ip, Some("192.0.2.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(
+            parse(&["--nope"])
+                .unwrap_err()
+                .contains("unknown flag --nope")
+        );
+        assert!(parse(&["--iface"]).unwrap_err().contains("needs a value"));
+        assert!(
+            parse(&["--subnet-lease-renew-margin=0"])
+                .unwrap_err()
+                .contains("1439")
+        );
+        assert!(
+            parse(&["--public-ip=foo"])
+                .unwrap_err()
+                .contains("--public-ip")
+        );
+        assert!(parse(&["--ip-masq=maybe"]).unwrap_err().contains("boolean"));
+    }
+}

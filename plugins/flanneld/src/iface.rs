@@ -1,0 +1,89 @@
+//! The external interface: the one inter-host traffic uses, and the
+//! addresses this node is reached at.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netkit::Netlink;
+use netlink_packet_route::address::AddressScope;
+
+use crate::flags::Options;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtIface {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
+    let link = nl
+        .link_by_index(index)
+        .map_err(|e| format!("cannot read interface {index}: {e}"))?
+        .ok_or_else(|| format!("interface {index} vanished"))?;
+    let addrs = nl
+        .addresses(Some(index))
+        .map_err(|e| format!("cannot read addresses of {}: {e}", link.name))?;
+    let global = addrs.iter().filter(|a| a.scope == AddressScope::Universe);
+    let mut ipv4 = None;
+    let mut ipv6 = None;
+    for a in global {
+        match a.addr {
+            IpAddr::V4(v4) if ipv4.is_none() => ipv4 = Some(v4),
+            IpAddr::V6(v6) if ipv6.is_none() => ipv6 = Some(v6),
+            _ => {}
+        }
+    }
+    Ok(ExtIface {
+        index,
+        name: link.name,
+        mtu: link.mtu,
+        ipv4,
+        ipv6,
+    })
+}
+
+/// `--iface` entries in order (name or address), else the interface of
+/// the default route.
+pub fn choose(nl: &mut Netlink, opts: &Options) -> Result<ExtIface, String> {
+    if !opts.iface_regex.is_empty() {
+        return Err("--iface-regex is not supported yet: name the interface with --iface".into());
+    }
+    for want in &opts.ifaces {
+        let index = match want.parse::<IpAddr>() {
+            Ok(ip) => nl
+                .addresses(None)
+                .map_err(|e| format!("cannot list addresses: {e}"))?
+                .into_iter()
+                .find(|a| a.addr == ip)
+                .map(|a| a.index),
+            Err(_) => nl
+                .link_by_name(want)
+                .map_err(|e| format!("cannot look up {want}: {e}"))?
+                .map(|l| l.index),
+        };
+        if let Some(index) = index {
+            return describe(nl, index);
+        }
+    }
+    if !opts.ifaces.is_empty() {
+        return Err(format!(
+            "none of --iface {} exists on this host",
+            opts.ifaces.join(",")
+        ));
+    }
+    for v4 in [true, false] {
+        let routes = nl
+            .routes(v4)
+            .map_err(|e| format!("cannot list routes: {e}"))?;
+        if let Some(oif) = routes
+            .iter()
+            .find(|r| r.prefix == 0 && r.table == Some(254))
+            .and_then(|r| r.oif)
+        {
+            return describe(nl, oif);
+        }
+    }
+    Err("no default route to pick the external interface from: use --iface".into())
+}

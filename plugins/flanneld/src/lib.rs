@@ -1,0 +1,13 @@
+//! flanneld: leases this node's pod subnet from a store, writes subnet.env
+//! for the CNI plugin, and programs the data plane to every other node.
+
+pub mod agent;
+pub mod alloc;
+pub mod backend;
+pub mod flags;
+pub mod health;
+pub mod iface;
+pub mod lease;
+pub mod netconfig;
+pub mod store;
+pub mod subnet_env;

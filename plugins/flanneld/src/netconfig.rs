@@ -1,0 +1,352 @@
+//! The network config (upstream keeps it at `<prefix>/config`): the
+//! cluster networks, how they are cut into node subnets, and the backend.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendType {
+    Vxlan,
+    HostGw,
+    Udp,
+}
+
+impl BackendType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendType::Vxlan => "vxlan",
+            BackendType::HostGw => "host-gw",
+            BackendType::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub kind: BackendType,
+    pub vni: u32,
+    /// 0: the kernel's default (8472) for vxlan; 8285 for udp.
+    pub port: u16,
+    pub direct_routing: bool,
+    /// 0: the external interface's MTU.
+    pub mtu: u32,
+}
+
+/// One family's cut: the network and the node subnets inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub network: IpNetwork,
+    pub subnet_len: u8,
+    pub subnet_min: IpAddr,
+    pub subnet_max: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub ipv4: Option<Family>,
+    pub ipv6: Option<Family>,
+    pub backend: Backend,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Raw {
+    network: Option<String>,
+    #[serde(rename = "IPv6Network")]
+    ipv6_network: Option<String>,
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: Option<bool>,
+    subnet_len: Option<u8>,
+    subnet_min: Option<String>,
+    subnet_max: Option<String>,
+    #[serde(rename = "IPv6SubnetLen")]
+    ipv6_subnet_len: Option<u8>,
+    #[serde(rename = "IPv6SubnetMin")]
+    ipv6_subnet_min: Option<String>,
+    #[serde(rename = "IPv6SubnetMax")]
+    ipv6_subnet_max: Option<String>,
+    backend: Option<Value>,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(v: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(u32::try_from(v).unwrap_or(u32::MAX).into())
+    } else {
+        IpAddr::V6(v.into())
+    }
+}
+
+impl Family {
+    fn bits(&self) -> u32 {
+        if self.network.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// The size of one node subnet.
+    pub fn step(&self) -> u128 {
+        1u128 << (self.bits() - u32::from(self.subnet_len))
+    }
+
+    /// Every candidate subnet from SubnetMin to SubnetMax.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> + '_ {
+        let (min, max, step) = (
+            to_u128(self.subnet_min),
+            to_u128(self.subnet_max),
+            self.step(),
+        );
+        let v4 = self.network.is_ipv4();
+        (0..)
+            .map(move |i: u128| min.saturating_add(i.saturating_mul(step)))
+            .take_while(move |v| *v <= max)
+            .filter_map(move |v| IpNetwork::new(from_u128(v, v4), self.subnet_len).ok())
+    }
+
+    /// A subnet this config could have handed out.
+    pub fn fits(&self, subnet: &IpNetwork) -> bool {
+        subnet.prefix() == self.subnet_len
+            && subnet.is_ipv4() == self.network.is_ipv4()
+            && to_u128(subnet.ip()) >= to_u128(self.subnet_min)
+            && to_u128(subnet.ip()) <= to_u128(self.subnet_max)
+            && subnet.network() == subnet.ip()
+    }
+}
+
+fn family(
+    what: &str,
+    network: &str,
+    len: Option<u8>,
+    min: Option<&str>,
+    max: Option<&str>,
+) -> Result<Family, String> {
+    let network: IpNetwork = network
+        .parse()
+        .map_err(|e| format!("{what}: {network:?} is not a CIDR ({e})"))?;
+    if network.network() != network.ip() {
+        return Err(format!(
+            "{what}: {network} has host bits set (the network is {})",
+            network.network()
+        ));
+    }
+    let v4 = network.is_ipv4();
+    let (default_len, min_len, max_len) = if v4 {
+        (24u8, 28u8, 30u8)
+    } else {
+        (64, 124, 126)
+    };
+    let prefix = network.prefix();
+    let subnet_len = match len {
+        Some(l) => {
+            if l > max_len || l < prefix + 2 {
+                return Err(format!(
+                    "{what}: subnet length {l} is invalid for {network}: it must be between {} and {max_len}",
+                    prefix + 2
+                ));
+            }
+            l
+        }
+        None if prefix <= default_len - 2 => default_len,
+        None if prefix <= min_len => prefix + 2,
+        None => {
+            return Err(format!(
+                "{what}: {network} is too small to split into node subnets"
+            ));
+        }
+    };
+    let step = 1u128 << ((if v4 { 32 } else { 128 }) - u32::from(subnet_len));
+    let base = to_u128(network.ip());
+    let last = to_u128(network.broadcast()) + 1 - step;
+    let parse_bound = |name: &str, text: Option<&str>, default: u128| -> Result<IpAddr, String> {
+        let Some(text) = text else {
+            return Ok(from_u128(default, v4));
+        };
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|e| format!("{what}: {name} {text:?} is not an address ({e})"))?;
+        let v = to_u128(ip);
+        if ip.is_ipv4() != v4 || !network.contains(ip) {
+            return Err(format!("{what}: {name} {ip} is not in {network}"));
+        }
+        if !(v - base).is_multiple_of(step) {
+            return Err(format!(
+                "{what}: {name} {ip} is not aligned to the subnet length /{subnet_len}"
+            ));
+        }
+        Ok(ip)
+    };
+    // The first subnet is skipped by default, as upstream does.
+    let subnet_min = parse_bound("SubnetMin", min, base + step)?;
+    let subnet_max = parse_bound("SubnetMax", max, last)?;
+    if to_u128(subnet_min) > to_u128(subnet_max) {
+        return Err(format!(
+            "{what}: SubnetMin {subnet_min} is after SubnetMax {subnet_max}"
+        ));
+    }
+    Ok(Family {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+fn backend(raw: Option<&Value>) -> Result<Backend, String> {
+    let empty = Value::Object(Default::default());
+    let raw = raw.unwrap_or(&empty);
+    let obj = raw.as_object().ok_or("Backend: must be an object")?;
+    // A missing type means vxlan (upstream's code says udp; its docs vxlan).
+    let kind = match obj
+        .get("Type")
+        .map(|t| t.as_str().ok_or("Backend.Type: must be a string"))
+    {
+        None => BackendType::Vxlan,
+        Some(Ok("vxlan")) => BackendType::Vxlan,
+        Some(Ok("host-gw")) => BackendType::HostGw,
+        Some(Ok("udp")) => BackendType::Udp,
+        Some(Ok(other)) => {
+            return Err(format!(
+                "Backend.Type: {other:?} is not supported (use vxlan, host-gw or udp)"
+            ));
+        }
+        Some(Err(e)) => return Err(e.into()),
+    };
+    let num =
+        |key: &str, max: u64| -> Result<Option<u64>, String> {
+            match obj.get(key) {
+                None => Ok(None),
+                Some(v) => v.as_u64().filter(|n| *n <= max).map(Some).ok_or_else(|| {
+                    format!("Backend.{key}: {v} is not a number between 0 and {max}")
+                }),
+            }
+        };
+    let vni = num("VNI", (1 << 24) - 1)?.unwrap_or(1);
+    let default_port = if kind == BackendType::Udp { 8285 } else { 0 };
+    let port = num("Port", 65535)?.unwrap_or(default_port);
+    let mtu = num("MTU", 65535)?.unwrap_or(0);
+    let direct_routing = match obj.get("DirectRouting") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or("Backend.DirectRouting: must be true or false")?,
+    };
+    Ok(Backend {
+        kind,
+        vni: u32::try_from(vni).unwrap_or(1),
+        port: u16::try_from(port).unwrap_or(0),
+        direct_routing,
+        mtu: u32::try_from(mtu).unwrap_or(0),
+    })
+}
+
+impl NetConfig {
+    pub fn parse(text: &str) -> Result<NetConfig, String> {
+        let raw: Raw = serde_json::from_str(text)
+            .map_err(|e| format!("network config is not valid JSON: {e}"))?;
+        let enable_v4 = raw.enable_ipv4.unwrap_or(true);
+        let enable_v6 = raw.enable_ipv6.unwrap_or(false);
+        let ipv4 = if enable_v4 {
+            let network = raw
+                .network
+                .as_deref()
+                .ok_or("Network: missing (or set EnableIPv4 to false)")?;
+            Some(family(
+                "Network",
+                network,
+                raw.subnet_len,
+                raw.subnet_min.as_deref(),
+                raw.subnet_max.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        let ipv6 = if enable_v6 {
+            let network = raw
+                .ipv6_network
+                .as_deref()
+                .ok_or("IPv6Network: missing while EnableIPv6 is true")?;
+            Some(family(
+                "IPv6Network",
+                network,
+                raw.ipv6_subnet_len,
+                raw.ipv6_subnet_min.as_deref(),
+                raw.ipv6_subnet_max.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        if ipv4.as_ref().is_some_and(|f| !f.network.is_ipv4()) {
+            return Err("Network: must be an IPv4 network".into());
+        }
+        if ipv6.as_ref().is_some_and(|f| f.network.is_ipv4()) {
+            return Err("IPv6Network: must be an IPv6 network".into());
+        }
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err("EnableIPv4 and EnableIPv6 are both false: nothing to do".into());
+        }
+        Ok(NetConfig {
+            ipv4,
+            ipv6,
+            backend: backend(raw.backend.as_ref())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = NetConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let f = c.ipv4.unwrap();
+        assert_eq!(f.subnet_len, 24);
+        assert_eq!(f.subnet_min.to_string(), "10.244.1.0");
+        assert_eq!(f.subnet_max.to_string(), "10.244.255.0");
+        assert_eq!(c.backend.kind, BackendType::Vxlan);
+        assert_eq!(c.backend.vni, 1);
+        let small =
+            NetConfig::parse(r#"{"Network":"10.1.0.0/26","Backend":{"Type":"host-gw"}}"#).unwrap();
+        assert_eq!(small.ipv4.unwrap().subnet_len, 28);
+        assert_eq!(small.backend.kind, BackendType::HostGw);
+        let udp =
+            NetConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert_eq!(udp.backend.port, 8285);
+        let v6 = NetConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:244::/56"}"#,
+        )
+        .unwrap();
+        assert_eq!(v6.ipv6.unwrap().subnet_len, 64);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |t: &str| NetConfig::parse(t).unwrap_err();
+        assert!(err(r#"{}"#).starts_with("Network"));
+        assert!(err(r#"{"Network":"10.1.0.0/29"}"#).contains("too small"));
+        assert!(err(r#"{"Network":"10.1.0.5/16"}"#).contains("host bits"));
+        assert!(err(r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#).contains("subnet length"));
+        assert!(err(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.0.7"}"#).contains("SubnetMin"));
+        assert!(
+            err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"ipsec"}}"#).contains("Backend.Type")
+        );
+        assert!(err(r#"{"Network":"10.1.0.0/16","Backend":{"VNI":"x"}}"#).contains("Backend.VNI"));
+        assert!(err(r#"{"Network":"10.1.0.0/16","EnableIPv6":true}"#).starts_with("IPv6Network"));
+    }
+
+    #[test]
+    fn candidate_subnets() {
+        let c = NetConfig::parse(r#"{"Network":"10.1.0.0/22","SubnetLen":24}"#).unwrap();
+        let all: Vec<String> = c.ipv4.unwrap().subnets().map(|s| s.to_string()).collect();
+        assert_eq!(all, ["10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"]);
+    }
+}

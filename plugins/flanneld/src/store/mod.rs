@@ -1,0 +1,42 @@
+//! Where leases live: an embedded file store (no server needed), and etcd
+//! v3 with upstream's layout (to come).
+
+pub mod file;
+
+use std::time::Duration;
+
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lease store {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lease store: {0}")]
+    Invalid(String),
+}
+
+pub trait Store {
+    /// The network config JSON.
+    fn network_config(&mut self) -> Result<String, StoreError>;
+    /// Every live lease (expired ones are not returned).
+    fn leases(&mut self) -> Result<Vec<Lease>, StoreError>;
+    /// Creates a lease if nobody holds the key; `false` when taken.
+    fn create(
+        &mut self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError>;
+    /// Rewrites (renews) a lease.
+    fn update(
+        &mut self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+    fn delete(&mut self, key: &SubnetKey) -> Result<(), StoreError>;
+}
