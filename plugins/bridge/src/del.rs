@@ -1,42 +1,77 @@
 //! DEL: best effort and idempotent. The pod interface goes (and its host
 //! end with it), IPAM's DEL always runs, and the attachment's masquerade
 //! rules are removed even when the namespace is already gone.
+//!
+//! The slow steps wait on the kernel, not on the CPU: deleting the veth
+//! waits for RCU grace periods (~18 ms), and so does closing the nf_tables
+//! socket after deleting rules (5-25 ms). The rules are removed on a second
+//! thread while the link goes, and the socket is closed only after the
+//! link is gone: the close holds the namespace's nf_tables lock while it
+//! waits, and unregistering the host end of the veth needs that lock too,
+//! so an earlier close would make the two waits queue up instead of
+//! overlap. By the time we close, the kernel has released the rules.
 
 use cni_types::{CmdArgs, CniError, Command, delegate};
 use netkit::NetNs;
 
 use crate::config;
-use crate::errors::{self, NETNS};
+use crate::errors::{self, MASQUERADE, NETNS};
 use crate::masq::{self, Attachment};
 
 pub fn del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = config::load(args)?;
-    let mut failures: Vec<CniError> = Vec::new();
-    if let Some(path) = args.netns.as_ref().filter(|p| p.exists())
-        && let Err(e) = remove_pod_interface(path, &args.ifname)
-    {
-        failures.push(e);
-    }
-    if let Some(ipam) = &conf.ipam
-        && let Err(e) = delegate::run(ipam, &args.path, Command::Del, &args.stdin)
-    {
-        failures.push(e);
-    }
     let who = Attachment {
         network: args.network_name(),
         container_id: &args.container_id,
         ifname: &args.ifname,
     };
-    if let Err(e) = masq::del(&who) {
-        failures.push(e);
-    }
+    let (failures, nft) = std::thread::scope(|s| {
+        // The thread enters no namespace: its socket is in ours, the node's.
+        let masq = conf.ip_masq.then(|| {
+            s.spawn(|| {
+                let mut nft = masq::open()?;
+                masq::del_with(&mut nft, &who).map(|()| nft)
+            })
+        });
+        let mut failures: Vec<CniError> = Vec::new();
+        if let Some(path) = args.netns.as_ref().filter(|p| p.exists())
+            && let Err(e) = remove_pod_interface(path, &args.ifname)
+        {
+            failures.push(e);
+        }
+        if let Some(ipam) = &conf.ipam
+            && let Err(e) = delegate::run(ipam, &args.path, Command::Del, &args.stdin)
+        {
+            failures.push(e);
+        }
+        let mut nft = None;
+        if let Some(thread) = masq {
+            match thread.join() {
+                Ok(Ok(socket)) => nft = Some(socket),
+                Ok(Err(e)) => failures.push(e),
+                Err(_) => failures.push(errors::msg(
+                    MASQUERADE,
+                    "removing masquerade rules panicked",
+                )),
+            }
+        }
+        (failures, nft)
+    });
+    drop(nft); // now that the link is gone (see above)
+    report("DEL", failures)
+}
+
+/// The first failure, with the others in its details.
+pub(crate) fn report(verb: &str, mut failures: Vec<CniError>) -> Result<(), CniError> {
     match failures.len() {
         0 => Ok(()),
         1 => Err(failures.remove(0)),
         _ => {
             let first = failures.remove(0);
             let rest: Vec<String> = failures.iter().map(ToString::to_string).collect();
-            Err(first.context("DEL failed").with_details(rest.join("; ")))
+            Err(first
+                .context(format!("{verb} failed"))
+                .with_details(rest.join("; ")))
         }
     }
 }

@@ -31,13 +31,32 @@ impl Plugin for Bridge {
     }
 
     /// GC goes to IPAM (the spec's MUST, which the reference skips) and
-    /// removes masquerade rules of attachments not in the list.
+    /// removes masquerade rules of attachments not in the list (none when
+    /// the runtime sends no list).
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = config::load(args)?;
-        if let Some(ipam) = &conf.ipam {
-            delegate::run(ipam, &args.path, Command::Gc, &args.stdin)?;
+        let mut failures = Vec::new();
+        if let Some(ipam) = &conf.ipam
+            && let Err(e) = delegate::run(ipam, &args.path, Command::Gc, &args.stdin)
+        {
+            failures.push(e);
         }
-        Ok(())
+        if conf.ip_masq
+            && let Some(valid) = args.conf.gc_valid_attachments()
+        {
+            let keep: Vec<masq::Attachment<'_>> = valid
+                .iter()
+                .map(|a| masq::Attachment {
+                    network: args.network_name(),
+                    container_id: &a.container_id,
+                    ifname: &a.ifname,
+                })
+                .collect();
+            if let Err(e) = masq::gc(args.network_name(), &keep) {
+                failures.push(e);
+            }
+        }
+        del::report("GC", failures)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -7,7 +7,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -125,6 +125,20 @@ fn message(index: u32) -> LinkMessage {
     msg
 }
 
+/// A VXLAN device as an overlay uses it: one VNI, unicast peers only
+/// (learning off, entries programmed), bound to the underlay interface.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub underlay: u32,
+    pub local: std::net::IpAddr,
+    /// 0: the kernel's default port.
+    pub port: u16,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+}
+
 /// How a veth pair is made: the host end here, the peer in another namespace.
 #[derive(Debug, Clone)]
 pub struct VethSpec<'a> {
@@ -188,6 +202,33 @@ impl Netlink {
             ])));
         }
         msg.attributes.push(LinkAttribute::LinkInfo(info));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    pub fn add_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<(), NetlinkError> {
+        let mut opts = vec![
+            InfoVxlan::Id(spec.vni),
+            InfoVxlan::Link(spec.underlay),
+            InfoVxlan::Learning(false),
+        ];
+        match spec.local {
+            std::net::IpAddr::V4(v4) => opts.push(InfoVxlan::Local(v4)),
+            std::net::IpAddr::V6(v6) => opts.push(InfoVxlan::Local6(v6)),
+        }
+        if spec.port != 0 {
+            opts.push(InfoVxlan::Port(spec.port));
+        }
+        let mut msg = message(0);
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        msg.attributes
+            .push(LinkAttribute::Address(spec.mac.to_vec()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(opts)),
+        ]));
         self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
             .map(drop)
     }

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -24,6 +24,8 @@ pub struct Route {
     pub scope: Option<u8>,
     pub mtu: Option<u32>,
     pub advmss: Option<u32>,
+    /// The gateway is on the link even without a matching prefix.
+    pub onlink: bool,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             scope: None,
             mtu: None,
             advmss: None,
+            onlink: false,
         }
     }
 
@@ -85,6 +88,9 @@ fn route_message(route: &Route) -> RouteMessage {
     if let Some(gw) = route.gateway {
         msg.attributes
             .push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    if route.onlink {
+        msg.header.flags |= RouteFlags::Onlink;
     }
     if let Some(oif) = route.oif {
         msg.attributes.push(RouteAttribute::Oif(oif));
@@ -153,6 +159,7 @@ impl Netlink {
                     };
                     let mut route = Route::new(unspecified, r.header.destination_prefix_length);
                     route.table = Some(u32::from(r.header.table));
+                    route.onlink = r.header.flags.contains(RouteFlags::Onlink);
                     route.scope = Some(u8::from(r.header.scope));
                     for attr in &r.attributes {
                         match attr {

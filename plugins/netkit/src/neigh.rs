@@ -1,0 +1,130 @@
+//! Neighbour (ARP/NDP) and bridge forwarding database entries, as a VXLAN
+//! data plane programs them per peer.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// A permanent entry: `ip` -> `mac` (neighbour) or `mac` -> `ip` (fdb).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub ifindex: u32,
+    pub ip: IpAddr,
+    pub mac: Vec<u8>,
+}
+
+fn address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn message(family: AddressFamily, e: &Entry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    msg.header.ifindex = e.ifindex;
+    msg.header.state = NeighbourState::Permanent;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(address(e.ip)));
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(e.mac.clone()));
+    msg
+}
+
+fn ip_family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+impl Netlink {
+    /// A permanent neighbour entry: `ip` is at `mac` on the link.
+    pub fn set_neighbour(&mut self, e: &Entry) -> Result<(), NetlinkError> {
+        let msg = message(ip_family(e.ip), e);
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    pub fn del_neighbour(&mut self, e: &Entry) -> Result<(), NetlinkError> {
+        let msg = message(ip_family(e.ip), e);
+        self.request(RouteNetlinkMessage::DelNeighbour(msg), 0)
+            .map(drop)
+    }
+
+    /// A forwarding entry on a VXLAN device: frames for `mac` go to `ip`.
+    pub fn set_fdb(&mut self, e: &Entry) -> Result<(), NetlinkError> {
+        let mut msg = message(AddressFamily::Bridge, e);
+        msg.header.flags = NeighbourFlags::Own;
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    pub fn del_fdb(&mut self, e: &Entry) -> Result<(), NetlinkError> {
+        let mut msg = message(AddressFamily::Bridge, e);
+        msg.header.flags = NeighbourFlags::Own;
+        self.request(RouteNetlinkMessage::DelNeighbour(msg), 0)
+            .map(drop)
+    }
+
+    fn dump_neigh(
+        &mut self,
+        family: AddressFamily,
+        ifindex: u32,
+    ) -> Result<Vec<Entry>, NetlinkError> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = family;
+        let msgs = self.dump(RouteNetlinkMessage::GetNeighbour(req))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == ifindex => {
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(d) => ip_of(d),
+                        _ => None,
+                    })?;
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+                        _ => None,
+                    })?;
+                    Some(Entry { ifindex, ip, mac })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Neighbour entries of one link, both families.
+    pub fn neighbours(&mut self, ifindex: u32) -> Result<Vec<Entry>, NetlinkError> {
+        let mut all = self.dump_neigh(AddressFamily::Inet, ifindex)?;
+        all.extend(self.dump_neigh(AddressFamily::Inet6, ifindex)?);
+        Ok(all)
+    }
+
+    /// Forwarding entries of one VXLAN link that have a destination.
+    pub fn fdb(&mut self, ifindex: u32) -> Result<Vec<Entry>, NetlinkError> {
+        self.dump_neigh(AddressFamily::Bridge, ifindex)
+    }
+}

@@ -1,0 +1,156 @@
+//! The nf_tables layer against the kernel, in namespaces private to the
+//! test (made on throwaway threads, held by fd; never the machine's own).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
+use netkit::NetNs;
+use netkit::nft::{BaseChain, Exprs, Family, HeaderMatch, Nft, Table, Verdict};
+use nix::libc;
+use nix::sched::{CloneFlags, unshare};
+
+const T: Table<'static> = Table {
+    family: Family::Inet,
+    name: "nft_test",
+};
+
+/// A socket in a fresh private namespace (kept alive by the NetNs).
+fn private_nft() -> (NetNs, Nft) {
+    let ns = std::thread::spawn(|| {
+        unshare(CloneFlags::CLONE_NEWNET).expect("this test needs root (CAP_SYS_ADMIN)");
+        NetNs::current().unwrap()
+    })
+    .join()
+    .unwrap();
+    let nft = ns.run(Nft::new).unwrap().unwrap();
+    (ns, nft)
+}
+
+fn masq_rule(addr: &str, prefix: u8) -> Exprs {
+    let ip = addr.parse().unwrap();
+    let mut e = Exprs::new();
+    e.nfproto(addr.contains(':'))
+        .header(&HeaderMatch::address(true, ip, 128, false))
+        .header(&HeaderMatch::address(false, ip, prefix, true))
+        .masquerade();
+    e
+}
+
+#[test]
+fn tables_chains_and_rules_are_made_listed_and_deleted() {
+    let (_ns, mut nft) = private_nft();
+    assert!(nft.chains(T).unwrap().is_empty(), "no table yet");
+    assert!(nft.rules(T, Some("c")).unwrap().is_empty());
+
+    let mut b = nft.batch(None);
+    b.add_table(T, Some("a table"));
+    b.add_chain(T, "checks", None, None);
+    b.add_chain(T, "post", Some(BaseChain::SRCNAT), Some("a base chain"));
+    let mut goto = Exprs::new();
+    goto.verdict(&Verdict::Goto("checks".into()));
+    b.add_rule(T, "post", &goto, None);
+    b.add_rule(T, "checks", &masq_rule("10.9.0.5", 16), Some("pod a"));
+    b.add_rule(T, "checks", &masq_rule("fd00:9::5", 64), Some("pod a"));
+    b.add_rule(T, "checks", &masq_rule("10.9.0.6", 16), Some("pod b"));
+    assert_eq!(b.len(), 7);
+    nft.commit(b).unwrap();
+
+    let mut chains = nft.chains(T).unwrap();
+    chains.sort();
+    assert_eq!(chains, ["checks", "post"]);
+    let all = nft.rules(T, None).unwrap();
+    assert_eq!(all.len(), 4);
+    let post: Vec<_> = all.iter().filter(|r| r.chain == "post").collect();
+    assert_eq!(post.len(), 1);
+    assert_eq!(
+        post[0].exprs[0].verdict(),
+        Some(Verdict::Goto("checks".into()))
+    );
+    let checks = nft.rules(T, Some("checks")).unwrap();
+    let comments: Vec<_> = checks.iter().map(|r| r.comment.as_deref()).collect();
+    assert_eq!(comments, [Some("pod a"), Some("pod a"), Some("pod b")]);
+    let m = netkit::nft::Expr::header_matches(&checks[1].exprs);
+    let ip6 = "fd00:9::5".parse().unwrap();
+    assert_eq!(
+        m,
+        [
+            HeaderMatch::address(true, ip6, 128, false),
+            HeaderMatch::address(false, ip6, 64, true)
+        ]
+    );
+    assert!(checks[1].exprs.iter().any(|e| e.name == "masq"));
+
+    let mut b = nft.batch(None);
+    for r in checks
+        .iter()
+        .filter(|r| r.comment.as_deref() == Some("pod a"))
+    {
+        b.del_rule(T, "checks", r.handle);
+    }
+    nft.commit(b).unwrap();
+    let left = nft.rules(T, Some("checks")).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].handle, checks[2].handle);
+
+    let mut b = nft.batch(None);
+    b.flush_chain(T, "checks");
+    nft.commit(b).unwrap();
+    assert!(nft.rules(T, Some("checks")).unwrap().is_empty());
+    let empty = nft.batch(None);
+    nft.commit(empty).unwrap(); // nothing to send
+}
+
+#[test]
+fn a_failing_batch_applies_nothing_and_names_the_culprit() {
+    let (_ns, mut nft) = private_nft();
+    let mut b = nft.batch(None);
+    b.add_table(T, None);
+    b.add_chain(T, "checks", None, None);
+    b.add_rule(T, "missing", &masq_rule("10.9.0.5", 16), None);
+    let err = nft.commit(b).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(
+        err.to_string().contains("add rule inet nft_test missing"),
+        "{err}"
+    );
+    assert!(nft.chains(T).unwrap().is_empty(), "the table was not made");
+
+    // masquerade outside a nat postrouting chain fails validation.
+    let mut b = nft.batch(None);
+    b.add_table(T, None);
+    b.add_chain(T, "checks", None, None);
+    b.add_rule(T, "checks", &masq_rule("10.9.0.5", 16), None);
+    let mut goto = Exprs::new();
+    goto.verdict(&Verdict::Goto("checks".into()));
+    let filter = BaseChain {
+        kind: "filter",
+        hook: libc::NF_INET_FORWARD as u32,
+        priority: 0,
+    };
+    b.add_chain(T, "fwd", Some(filter), None);
+    b.add_rule(T, "fwd", &goto, None);
+    let err = nft.commit(b).unwrap_err();
+    assert!(err.errno().is_some(), "{err}");
+    assert!(nft.chains(T).unwrap().is_empty());
+}
+
+#[test]
+fn a_batch_built_on_a_stale_generation_is_refused() {
+    let (_ns, mut nft) = private_nft();
+    let generation = nft.generation().unwrap();
+    let mut b = nft.batch(None);
+    b.add_table(T, None);
+    nft.commit(b).unwrap();
+    assert_ne!(nft.generation().unwrap(), generation);
+
+    let mut b = nft.batch(Some(generation));
+    b.add_chain(T, "c", None, None);
+    let err = nft.commit(b).unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert!(nft.chains(T).unwrap().is_empty());
+
+    let current = nft.generation().unwrap();
+    let mut b = nft.batch(Some(current));
+    b.add_chain(T, "c", None, None);
+    nft.commit(b).unwrap();
+    assert_eq!(nft.chains(T).unwrap(), ["c"]);
+}
