@@ -1,92 +1,127 @@
 #!/usr/bin/env bash
-# The demo, from a fresh Debian machine: builds the plugins and plays a
-# container runtime against them, the way kubelet/containerd would on a
-# flannel node: a "node" network namespace with two "pod" namespaces, a
-# subnet.env as the node agent writes it, then ADD (flannel -> bridge ->
-# host-local), the pods pinging each other and their gateway, CHECK, and DEL.
-# Nothing is changed in the machine's own network namespace or in
-# /var/lib/cni; everything is removed at the end, also on failure. Run as root.
+# The demo, from a fresh Debian machine: a small flannel cluster inside
+# throwaway network namespaces. It builds the suite, makes N simulated hosts
+# on a shared underlay (a bridge in its own "switch" namespace), starts one
+# flanneld per host on the embedded lease store, creates two pods per host
+# through the CNI chain (flannel -> bridge -> host-local), and prints each
+# host's subnet, each pod's address and a pod-to-pod reachability matrix.
+# Then it removes everything it made, also on failure. Run as root.
+#
+#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
+
+HOSTS=3
+BACKEND=vxlan
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hosts) HOSTS=$2; shift 2 ;;
+    --backend) BACKEND=$2; shift 2 ;;
+    --etcd) die "--etcd: the etcd lease store is not built yet (the embedded store is used)" ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+case "$BACKEND" in vxlan|host-gw) ;; udp) die "--backend udp is not built yet: use vxlan or host-gw" ;; *) die "unknown backend $BACKEND" ;; esac
+[[ "$HOSTS" =~ ^[0-9]+$ ]] && [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || die "--hosts must be between 2 and 20"
 
 need_root
 ensure_packages iproute2 iputils-ping nftables ca-certificates
 ensure_rust
 
-step "building the plugins (release)"
+step "building the suite (release)"
 cargo build --locked --release --bins -q
 BIN=$PWD/target/release
 
-NODE=${NETNS_PREFIX}demo-node-$$
-PODS=(${NETNS_PREFIX}demo-pod-a-$$ ${NETNS_PREFIX}demo-pod-b-$$)
+TAG=$$
+SWITCH=${NETNS_PREFIX}demo-switch-$TAG
 WORK=$(mktemp -d /tmp/cnirs-demo.XXXXXX)
+AGENTS=()
+host() { echo "${NETNS_PREFIX}demo-h$1-$TAG"; }
+pod() { echo "${NETNS_PREFIX}demo-h$1-p$2-$TAG"; }
 cleanup() {
-  for ns in "${PODS[@]}" "$NODE"; do ip netns del "$ns" 2>/dev/null || true; done
+  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${AGENTS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ns in $(ip netns list | awk '{print $1}' | grep -- "-$TAG\$"); do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-for ns in "$NODE" "${PODS[@]}"; do ip netns add "$ns"; done
 
-# What flanneld writes for this node (the agent is the next piece).
-cat >"$WORK/subnet.env" <<ENV
-FLANNEL_NETWORK=10.244.0.0/16
-FLANNEL_SUBNET=10.244.7.1/24
-FLANNEL_IPV6_NETWORK=fd00:244::/56
-FLANNEL_IPV6_SUBNET=fd00:244:0:7::1/64
-FLANNEL_MTU=1450
-FLANNEL_IPMASQ=false
-ENV
-CONF=$(cat <<JSON
-{"cniVersion":"1.1.0","name":"cbr0","type":"flannel",
- "subnetFile":"$WORK/subnet.env","dataDir":"$WORK/flannel",
- "ipam":{"dataDir":"$WORK/ipam"},
- "delegate":{"hairpinMode":true,"isDefaultGateway":true}}
+step "making $HOSTS hosts on a shared underlay (192.168.77.0/24)"
+ip netns add "$SWITCH"
+ip -n "$SWITCH" link add br0 type bridge
+ip -n "$SWITCH" link set br0 up
+mkdir -p "$WORK/store"
+echo "{\"Network\":\"10.244.0.0/16\",\"Backend\":{\"Type\":\"$BACKEND\"}}" >"$WORK/store/config"
+for h in $(seq 0 $((HOSTS - 1))); do
+  ip netns add "$(host "$h")"
+  ip -n "$SWITCH" link add "port$h" type veth peer name eth0 netns "$(host "$h")"
+  ip -n "$SWITCH" link set "port$h" master br0 up
+  ip -n "$(host "$h")" addr add "192.168.77.$((10 + h))/24" dev eth0
+  ip -n "$(host "$h")" link set eth0 up
+  ip -n "$(host "$h")" link set lo up
+  mkdir -p "$WORK/h$h"
+done
+
+step "starting flanneld on every host (backend $BACKEND, embedded store $WORK/store)"
+for h in $(seq 0 $((HOSTS - 1))); do
+  ip netns exec "$(host "$h")" "$BIN/flanneld" --store-dir "$WORK/store" --iface eth0 \
+    --subnet-file "$WORK/h$h/subnet.env" 2>"$WORK/h$h/flanneld.log" &
+  AGENTS+=($!)
+done
+for h in $(seq 0 $((HOSTS - 1))); do
+  for _ in $(seq 1 100); do [ -s "$WORK/h$h/subnet.env" ] && break; sleep 0.1; done
+  [ -s "$WORK/h$h/subnet.env" ] || { cat "$WORK/h$h/flanneld.log"; die "host $h wrote no subnet.env"; }
+done
+
+conf() {
+  cat <<JSON
+{"cniVersion":"1.1.0","name":"cbr0","type":"flannel","subnetFile":"$WORK/h$1/subnet.env",
+ "dataDir":"$WORK/h$1/cache","ipam":{"dataDir":"$WORK/h$1/ipam"},"delegate":{"isDefaultGateway":true}}
 JSON
-)
-
-# call VERB POD-INDEX [CONFIG]: one runtime call, as libcni makes it.
-call() {
-  local verb=$1 pod=${PODS[$2]} conf=${3:-$CONF}
-  ip netns exec "$NODE" env -i PATH="$PATH" CNI_COMMAND="$verb" CNI_CONTAINERID="ctr-$2" \
-    CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$BIN" "$BIN/flannel" <<<"$conf"
 }
+step "creating two pods per host through the CNI chain"
+declare -A ADDR
+for h in $(seq 0 $((HOSTS - 1))); do
+  for p in 0 1; do
+    ip netns add "$(pod "$h" "$p")"
+    ip -n "$(pod "$h" "$p")" link set lo up   # what a runtime's loopback plugin does
+    out=$(ip netns exec "$(host "$h")" env -i PATH="$PATH" CNI_COMMAND=ADD CNI_CONTAINERID="h$h-p$p" \
+      CNI_NETNS="/run/netns/$(pod "$h" "$p")" CNI_IFNAME=eth0 CNI_PATH="$BIN" "$BIN/flannel" <<<"$(conf "$h")")
+    ADDR[$h.$p]=$(sed -n 's/.*"address": "\([0-9.]*\)\/.*/\1/p' <<<"$out" | head -1)
+  done
+done
 
-step "subnet.env, as the node agent writes it"
-cat "$WORK/subnet.env"
-
-step "ADD pod a (flannel -> bridge -> host-local)"
-RESULT_A=$(call ADD 0)
-echo "$RESULT_A"
-step "ADD pod b"
-RESULT_B=$(call ADD 1)
-echo "$RESULT_B" | grep '"address"'
-
-addr() { sed -n 's/.*"address": "\([^"/]*\)\/.*/\1/p' <<<"$1" | sed -n "${2}p"; }
-step "pod a pings pod b and the gateway, over IPv4 and IPv6"
-ip netns exec "${PODS[0]}" ping -c1 -W2 "$(addr "$RESULT_B" 1)" | tail -2
-ip netns exec "${PODS[0]}" ping -c1 -W2 10.244.7.1 | tail -1
-ip netns exec "${PODS[0]}" ping -6 -c1 -W2 "$(addr "$RESULT_B" 2)" | tail -1
-
-step "what the node and the pod look like"
-ip -n "$NODE" -br addr
-ip -n "${PODS[0]}" -br addr
-ip -n "${PODS[0]}" route
-
-step "the delegate config flannel saved for pod a (upstream's layout)"
-cat "$WORK/flannel/ctr-0"; echo
-
-step "CHECK pod a (with its ADD result as prevResult)"
-CHECK_CONF=$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["prevResult"]=json.loads(sys.argv[2]); print(json.dumps(c))' "$CONF" "$RESULT_A" 2>/dev/null || true)
-if [ -n "$CHECK_CONF" ]; then call CHECK 0 "$CHECK_CONF" && echo "CHECK passed"; fi
-
-step "DEL both pods, then DEL again (idempotent)"
-call DEL 0; call DEL 1; call DEL 0 && echo "DEL done"
-ip -n "$NODE" -br link
-
-step "an error, as a runtime sees it (spec JSON on stdout, spec code)"
-rm "$WORK/subnet.env"
-call ADD 0 || echo "(exit status $?)"
-
+step "report"
+printf '%-6s %-18s %-8s %s\n' host subnet mtu pods
+for h in $(seq 0 $((HOSTS - 1))); do
+  sn=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/h$h/subnet.env")
+  mtu=$(sed -n 's/^FLANNEL_MTU=//p' "$WORK/h$h/subnet.env")
+  printf '%-6s %-18s %-8s %s %s\n' "h$h" "$sn" "$mtu" "${ADDR[$h.0]}" "${ADDR[$h.1]}"
+done
 echo
-echo "demo finished; namespaces and files are removed on exit"
+echo "reachability (row pings column; the agents program peers within a second):"
+KEYS=$(for h in $(seq 0 $((HOSTS - 1))); do echo "$h.0 $h.1"; done)
+printf '%-14s' ""; for k in $KEYS; do printf '%-13s' "h${k%.*}/p${k#*.}"; done; echo
+ok=0; total=0
+for src in $KEYS; do
+  printf '%-14s' "h${src%.*}/p${src#*.}"
+  for dst in $KEYS; do
+    total=$((total + 1))
+    reached=no
+    for _ in 1 2 3 4 5; do
+      if ip netns exec "$(pod "${src%.*}" "${src#*.}")" ping -c1 -W1 "${ADDR[$dst]}" >/dev/null 2>&1; then reached=yes; break; fi
+    done
+    if [ $reached = yes ]; then ok=$((ok + 1)); printf '%-13s' "ok"; else printf '%-13s' "FAIL"; fi
+  done
+  echo
+done
+echo
+echo "$ok of $total pod pairs reach each other over $BACKEND"
+step "what host h0 programmed"
+ip -n "$(host 0)" route | grep -v "^192.168.77" || true
+[ "$BACKEND" = vxlan ] && ip -n "$(host 0)" -d link show "flannel.1" | head -3 || true
+[ $ok -eq $total ] || die "some pods could not reach each other"
+echo
+echo "demo finished; agents, namespaces and files are removed on exit"

@@ -154,9 +154,22 @@ fn host_gw() -> Value {
     json!({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}})
 }
 
+fn vxlan() -> Value {
+    json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7}})
+}
+
 #[test]
 fn host_gw_pods_on_every_host_reach_each_other() {
-    let cluster = Cluster::new(3, 2, &host_gw());
+    all_pairs(&host_gw(), "FLANNEL_MTU=1500\n");
+}
+
+#[test]
+fn vxlan_pods_on_every_host_reach_each_other() {
+    all_pairs(&vxlan(), "FLANNEL_MTU=1450\n");
+}
+
+fn all_pairs(config: &Value, mtu_line: &str) {
+    let cluster = Cluster::new(3, 2, config);
     let mut addrs = Vec::new();
     for h in 0..3 {
         let env = cluster.subnet_env(h);
@@ -165,7 +178,7 @@ fn host_gw_pods_on_every_host_reach_each_other() {
             "{env}"
         );
         assert!(
-            env.contains("FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"),
+            env.contains(mtu_line) && env.ends_with("FLANNEL_IPMASQ=false\n"),
             "{env}"
         );
         for p in 0..2 {
@@ -274,4 +287,66 @@ fn bad_network_config_names_the_field() {
     let mut agent = Daemon::start(&plugin_binary("flanneld"), &args, &switch, &log);
     assert!(wait_for(Duration::from_secs(5), || !agent.alive()));
     assert!(agent.log().contains("Backend.Type"), "{}", agent.log());
+}
+
+#[test]
+fn vxlan_state_deleted_by_hand_is_restored() {
+    let cluster = Cluster::new(2, 1, &vxlan());
+    cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)));
+    let h0 = &cluster.hosts[0].ns;
+    let detail = h0.ip(&["-d", "link", "show", "flannel.7"]);
+    assert!(
+        detail.contains("vxlan id 7")
+            && detail.contains("nolearning")
+            && detail.contains("mtu 1450"),
+        "{detail}"
+    );
+    let lease = std::fs::read_dir(cluster.store().join("subnets"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(lease).unwrap();
+    assert!(
+        text.contains("\"BackendType\":\"vxlan\"") && text.contains("\"VtepMAC\""),
+        "{text}"
+    );
+    // The fdb entry, the neighbour entry, the route, and the whole device.
+    let fdb = h0.exec("bridge", &["fdb", "show", "dev", "flannel.7"]);
+    let fdb = String::from_utf8_lossy(&fdb.stdout).to_string();
+    let mac = fdb.split_whitespace().next().unwrap().to_string();
+    let peer = cluster.hosts[1].underlay_ip.clone();
+    let del_fdb = h0.exec(
+        "bridge",
+        &["fdb", "del", &mac, "dev", "flannel.7", "dst", &peer],
+    );
+    assert!(
+        del_fdb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del_fdb.stderr)
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
+        "fdb entry not restored"
+    );
+    h0.ip(&["neigh", "flush", "dev", "flannel.7"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
+        "neighbour entry not restored"
+    );
+    let route = h0.ip(&["route", "show", "dev", "flannel.7"]);
+    let dst = route.split_whitespace().next().unwrap().to_string();
+    h0.ip(&["route", "del", &dst, "dev", "flannel.7"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
+        "route not restored"
+    );
+    h0.ip(&["link", "del", "flannel.7"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
+        "device not recreated with its peers"
+    );
 }

@@ -15,6 +15,15 @@ pub struct ExtIface {
     pub mtu: u32,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    /// The interface's own networks (to tell peers on the same segment).
+    pub networks: Vec<ipnetwork::IpNetwork>,
+}
+
+impl ExtIface {
+    /// `ip` is on one of the interface's networks (no router in between).
+    pub fn on_link(&self, ip: IpAddr) -> bool {
+        self.networks.iter().any(|n| n.contains(ip))
+    }
 }
 
 fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
@@ -25,10 +34,17 @@ fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
     let addrs = nl
         .addresses(Some(index))
         .map_err(|e| format!("cannot read addresses of {}: {e}", link.name))?;
-    let global = addrs.iter().filter(|a| a.scope == AddressScope::Universe);
+    let global: Vec<_> = addrs
+        .iter()
+        .filter(|a| a.scope == AddressScope::Universe)
+        .collect();
+    let networks = global
+        .iter()
+        .filter_map(|a| ipnetwork::IpNetwork::new(a.addr, a.prefix).ok())
+        .collect();
     let mut ipv4 = None;
     let mut ipv6 = None;
-    for a in global {
+    for a in &global {
         match a.addr {
             IpAddr::V4(v4) if ipv4.is_none() => ipv4 = Some(v4),
             IpAddr::V6(v6) if ipv6.is_none() => ipv6 = Some(v6),
@@ -41,6 +57,7 @@ fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
         mtu: link.mtu,
         ipv4,
         ipv6,
+        networks,
     })
 }
 

@@ -9,5 +9,6 @@ pub mod health;
 pub mod iface;
 pub mod lease;
 pub mod netconfig;
+pub mod reconcile;
 pub mod store;
 pub mod subnet_env;

@@ -1,3 +1,4 @@
 //! Data planes: what a peer's lease turns into in the kernel.
 
 pub mod hostgw;
+pub mod vxlan;

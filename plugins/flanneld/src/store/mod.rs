@@ -19,7 +19,7 @@ pub enum StoreError {
     Invalid(String),
 }
 
-pub trait Store {
+pub trait Store: std::fmt::Debug {
     /// The network config JSON.
     fn network_config(&mut self) -> Result<String, StoreError>;
     /// Every live lease (expired ones are not returned).

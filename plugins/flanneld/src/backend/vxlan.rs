@@ -1,0 +1,164 @@
+//! vxlan: a kernel VTEP `flannel.<VNI>` with learning off; per peer a
+//! permanent neighbour entry (the peer subnet's address -> its VTEP MAC), a
+//! forwarding entry (that MAC -> the peer's public address) and an onlink
+//! route. With DirectRouting, a peer on this host's L2 segment gets a plain
+//! route instead, as host-gw would.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use netkit::Netlink;
+use netkit::link::{VxlanSpec, format_mac, parse_mac};
+use netkit::neigh::Entry;
+use netkit::route::Route;
+use netlink_packet_route::link::InfoKind;
+use serde_json::{Value, json};
+
+use crate::iface::ExtIface;
+use crate::lease::Lease;
+
+/// The VXLAN header and the inner Ethernet/IPv4/UDP headers.
+pub const OVERHEAD: u32 = 50;
+
+pub fn device_name(vni: u32) -> String {
+    format!("flannel.{vni}")
+}
+
+/// A MAC that is the same for this node and VNI across restarts (locally
+/// administered, unicast), so peers' entries stay right when we come back.
+pub fn stable_mac(public_ip: IpAddr, vni: u32) -> [u8; 6] {
+    let seed = format!("{public_ip}/{vni}");
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+pub fn backend_data(vni: u32, mac: &[u8; 6]) -> Value {
+    json!({"VNI": vni, "VtepMAC": format_mac(mac)})
+}
+
+/// The peer's VTEP MAC from its lease.
+fn peer_mac(peer: &Lease) -> Option<[u8; 6]> {
+    peer.attrs
+        .backend_data
+        .as_ref()?
+        .get("VtepMAC")?
+        .as_str()
+        .and_then(parse_mac)
+}
+
+#[derive(Debug)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    pub local: IpAddr,
+    pub direct_routing: bool,
+    /// This node's subnets: the device's addresses.
+    pub own: Vec<IpNetwork>,
+}
+
+impl Vxlan {
+    /// Makes sure the device exists as configured, up, with our addresses;
+    /// recreates it when it is gone or different. Returns its index.
+    pub fn ensure_device(&self, nl: &mut Netlink, ext: &ExtIface) -> Result<u32, String> {
+        let name = device_name(self.vni);
+        let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
+        let existing = nl
+            .link_by_name(&name)
+            .map_err(|e| err("cannot look up", e))?;
+        let link = match existing {
+            Some(l) if l.kind == Some(InfoKind::Vxlan) && l.mac == self.mac => l,
+            other => {
+                if let Some(l) = other {
+                    nl.del_link(l.index)
+                        .map_err(|e| err("cannot remove the stale", e))?;
+                }
+                let spec = VxlanSpec {
+                    name: &name,
+                    vni: self.vni,
+                    underlay: ext.index,
+                    local: self.local,
+                    port: self.port,
+                    mtu: self.mtu,
+                    mac: self.mac,
+                };
+                nl.add_vxlan(&spec).map_err(|e| err("cannot create", e))?;
+                nl.link_by_name(&name)
+                    .map_err(|e| err("cannot look up", e))?
+                    .ok_or_else(|| format!("{name} vanished right after it was made"))?
+            }
+        };
+        let addrs = nl
+            .addresses(Some(link.index))
+            .map_err(|e| err("cannot read addresses of", e))?;
+        for sn in &self.own {
+            let prefix = if sn.is_ipv4() { 32 } else { 128 };
+            if !addrs
+                .iter()
+                .any(|a| a.addr == sn.network() && a.prefix == prefix)
+            {
+                match nl.add_address_nodad(link.index, sn.network(), prefix) {
+                    Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
+                    _ => {}
+                }
+            }
+        }
+        if !link.is_up() {
+            nl.set_up(link.index)
+                .map_err(|e| err("cannot bring up", e))?;
+        }
+        Ok(link.index)
+    }
+
+    /// What one peer needs: neighbour and forwarding entries on the device,
+    /// and routes.
+    pub fn desired(
+        &self,
+        dev: u32,
+        ext: &ExtIface,
+        peer: &Lease,
+    ) -> (Vec<Entry>, Vec<Entry>, Vec<Route>) {
+        let (mut neigh, mut fdb, mut routes) = (Vec::new(), Vec::new(), Vec::new());
+        let Some(mac) = peer_mac(peer) else {
+            return (neigh, fdb, routes);
+        };
+        let Some(public) = peer
+            .attrs
+            .public_ip
+            .map(IpAddr::V4)
+            .or(peer.attrs.public_ipv6.map(IpAddr::V6))
+        else {
+            return (neigh, fdb, routes);
+        };
+        let direct = self.direct_routing && ext.on_link(public);
+        for sn in [peer.key.ipv4, peer.key.ipv6].into_iter().flatten() {
+            let mut r = Route::new(sn.network(), sn.prefix());
+            if direct && sn.is_ipv4() == public.is_ipv4() {
+                r.gateway = Some(public);
+                r.oif = Some(ext.index);
+            } else {
+                r.gateway = Some(sn.network());
+                r.oif = Some(dev);
+                r.onlink = true;
+                neigh.push(Entry {
+                    ifindex: dev,
+                    ip: sn.network(),
+                    mac: mac.to_vec(),
+                });
+            }
+            routes.push(r);
+        }
+        if !neigh.is_empty() {
+            fdb.push(Entry {
+                ifindex: dev,
+                ip: public,
+                mac: mac.to_vec(),
+            });
+        }
+        (neigh, fdb, routes)
+    }
+}
