@@ -7,19 +7,22 @@
 # host's subnet, each pod's address and a pod-to-pod reachability matrix.
 # Then it removes everything it made, also on failure. Run as root.
 #
-#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw]
+#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw] [--etcd]
+# --etcd runs Debian's etcd-server on the underlay (in the switch namespace)
+# and the agents use it instead of the embedded store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 HOSTS=3
 BACKEND=vxlan
+ETCD=
 while [ $# -gt 0 ]; do
   case "$1" in
     --hosts) HOSTS=$2; shift 2 ;;
     --backend) BACKEND=$2; shift 2 ;;
-    --etcd) die "--etcd: the etcd lease store is not built yet (the embedded store is used)" ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --etcd) ETCD=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -27,7 +30,8 @@ case "$BACKEND" in vxlan|host-gw) ;; udp) die "--backend udp is not built yet: u
 [[ "$HOSTS" =~ ^[0-9]+$ ]] && [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || die "--hosts must be between 2 and 20"
 
 need_root
-ensure_packages iproute2 iputils-ping nftables ca-certificates
+ensure_packages iproute2 iputils-ping nftables ca-certificates protobuf-compiler
+[ -n "$ETCD" ] && ensure_packages etcd-server etcd-client
 ensure_rust
 
 step "building the suite (release)"
@@ -52,6 +56,7 @@ step "making $HOSTS hosts on a shared underlay (192.168.77.0/24)"
 ip netns add "$SWITCH"
 ip -n "$SWITCH" link add br0 type bridge
 ip -n "$SWITCH" link set br0 up
+ip -n "$SWITCH" link set lo up
 mkdir -p "$WORK/store"
 echo "{\"Network\":\"10.244.0.0/16\",\"Backend\":{\"Type\":\"$BACKEND\"}}" >"$WORK/store/config"
 for h in $(seq 0 $((HOSTS - 1))); do
@@ -64,9 +69,25 @@ for h in $(seq 0 $((HOSTS - 1))); do
   mkdir -p "$WORK/h$h"
 done
 
-step "starting flanneld on every host (backend $BACKEND, embedded store $WORK/store)"
+STORE=(--store-dir "$WORK/store")
+if [ -n "$ETCD" ]; then
+  step "starting etcd on the underlay (192.168.77.1:2379)"
+  ip -n "$SWITCH" addr add 192.168.77.1/24 dev br0
+  EP=http://192.168.77.1:2379
+  ip netns exec "$SWITCH" etcd --name demo --data-dir "$WORK/etcd" --listen-client-urls $EP \
+    --advertise-client-urls $EP --listen-peer-urls http://192.168.77.1:2380 \
+    --initial-advertise-peer-urls http://192.168.77.1:2380 \
+    --initial-cluster demo=http://192.168.77.1:2380 >"$WORK/etcd.log" 2>&1 &
+  AGENTS+=($!)
+  for _ in $(seq 1 100); do
+    ip netns exec "$SWITCH" etcdctl --endpoints $EP put /coreos.com/network/config "$(cat "$WORK/store/config")" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  STORE=(--etcd-endpoints $EP)
+fi
+step "starting flanneld on every host (backend $BACKEND, store: ${STORE[*]})"
 for h in $(seq 0 $((HOSTS - 1))); do
-  ip netns exec "$(host "$h")" "$BIN/flanneld" --store-dir "$WORK/store" --iface eth0 \
+  ip netns exec "$(host "$h")" "$BIN/flanneld" "${STORE[@]}" --iface eth0 \
     --subnet-file "$WORK/h$h/subnet.env" 2>"$WORK/h$h/flanneld.log" &
   AGENTS+=($!)
 done
@@ -119,6 +140,10 @@ for src in $KEYS; do
 done
 echo
 echo "$ok of $total pod pairs reach each other over $BACKEND"
+if [ -n "$ETCD" ]; then
+  step "the leases in etcd (upstream's layout)"
+  ip netns exec "$SWITCH" etcdctl --endpoints $EP get --prefix /coreos.com/network/subnets/
+fi
 step "what host h0 programmed"
 ip -n "$(host 0)" route | grep -v "^192.168.77" || true
 [ "$BACKEND" = vxlan ] && ip -n "$(host 0)" -d link show "flannel.1" | head -3 || true

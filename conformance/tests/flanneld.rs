@@ -20,20 +20,83 @@ struct Host {
 }
 
 struct Cluster {
-    // Dropped in order: agents stop before their namespaces go.
+    // Dropped in order: agents stop before their namespaces and the store go.
     hosts: Vec<Host>,
+    etcd: Option<Daemon>,
     switch: TestNetns,
     dir: TempDir,
 }
 
+const ETCD: &str = "http://192.168.77.1:2379";
+
+/// etcd in the switch namespace, on the underlay (Debian's etcd-server).
+fn start_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daemon {
+    assert!(
+        std::path::Path::new("/usr/bin/etcd").is_file(),
+        "apt-get install etcd-server etcd-client (scripts/test.sh does)"
+    );
+    switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+    let args: Vec<String> = [
+        "--name",
+        "test",
+        "--data-dir",
+        dir.join("etcd").to_str().unwrap(),
+        "--listen-client-urls",
+        ETCD,
+        "--advertise-client-urls",
+        ETCD,
+        "--listen-peer-urls",
+        "http://192.168.77.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://192.168.77.1:2380",
+        "--initial-cluster",
+        "test=http://192.168.77.1:2380",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let etcd = Daemon::start(
+        std::path::Path::new("/usr/bin/etcd"),
+        &args,
+        switch,
+        &dir.join("etcd.log"),
+    );
+    let put = || {
+        switch
+            .exec(
+                "etcdctl",
+                &[
+                    "--endpoints",
+                    ETCD,
+                    "put",
+                    "/coreos.com/network/config",
+                    &config.to_string(),
+                ],
+            )
+            .status
+            .success()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), put),
+        "etcd did not come up: {}",
+        etcd.log()
+    );
+    etcd
+}
+
 impl Cluster {
     fn new(hosts: usize, pods_per_host: usize, config: &Value) -> Cluster {
+        Self::with_store(hosts, pods_per_host, config, false)
+    }
+
+    fn with_store(hosts: usize, pods_per_host: usize, config: &Value, use_etcd: bool) -> Cluster {
         let switch = TestNetns::new("switch");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
         let dir = TempDir::new("flanneld");
         std::fs::create_dir_all(dir.path().join("store")).unwrap();
         std::fs::write(dir.path().join("store/config"), config.to_string()).unwrap();
+        let etcd = use_etcd.then(|| start_etcd(&switch, dir.path(), config));
         let mut list = Vec::new();
         for h in 0..hosts {
             let ns = TestNetns::new(&format!("h{h}"));
@@ -69,6 +132,7 @@ impl Cluster {
         }
         let mut c = Cluster {
             hosts: list,
+            etcd,
             switch,
             dir,
         };
@@ -84,10 +148,15 @@ impl Cluster {
 
     fn start(&mut self, h: usize) {
         let store = self.store();
+        let store_args = if self.etcd.is_some() {
+            ["--etcd-endpoints", ETCD]
+        } else {
+            ["--store-dir", store.to_str().unwrap()]
+        };
         let host = &mut self.hosts[h];
         let args: Vec<String> = [
-            "--store-dir",
-            store.to_str().unwrap(),
+            store_args[0],
+            store_args[1],
             "--iface",
             "eth0",
             "--subnet-file",
@@ -348,5 +417,53 @@ fn vxlan_state_deleted_by_hand_is_restored() {
     assert!(
         wait_for(Duration::from_secs(5), || cluster.reaches(0, 0, &b)),
         "device not recreated with its peers"
+    );
+}
+
+#[test]
+fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
+    let mut cluster = Cluster::with_store(2, 1, &vxlan(), true);
+    let a = cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster
+        .reaches(0, 0, &b)
+        && cluster.reaches(1, 0, &a)));
+    // Upstream's keys and values.
+    let out = cluster.switch.exec(
+        "etcdctl",
+        &[
+            "--endpoints",
+            ETCD,
+            "get",
+            "--prefix",
+            "/coreos.com/network/subnets/",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "two keys, two values: {text}");
+    for pair in lines.chunks(2) {
+        assert!(
+            pair[0].starts_with("/coreos.com/network/subnets/10.244.") && pair[0].ends_with("-24"),
+            "{text}"
+        );
+        let v: Value = serde_json::from_str(pair[1]).unwrap();
+        assert_eq!(v["BackendType"], "vxlan");
+        assert_eq!(v["BackendData"]["VNI"], 7);
+        assert!(v["PublicIP"].as_str().unwrap().starts_with("192.168.77."));
+        assert!(v["BackendData"]["VtepMAC"].as_str().unwrap().len() == 17);
+    }
+    // etcd goes away: the data plane stays.
+    cluster.etcd.as_mut().unwrap().stop();
+    for _ in 0..5 {
+        assert!(
+            cluster.reaches(0, 0, &b),
+            "pods lost each other while etcd was down"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        cluster.hosts[0].agent.as_mut().unwrap().alive(),
+        "the agent survives the store's absence"
     );
 }

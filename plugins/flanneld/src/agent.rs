@@ -16,6 +16,7 @@ use crate::iface::{self, ExtIface};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconfig::{BackendType, NetConfig};
 use crate::store::Store;
+use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::subnet_env;
 
@@ -26,13 +27,23 @@ pub fn log(msg: impl AsRef<str>) {
     eprintln!("flanneld: {}", msg.as_ref());
 }
 
-fn open_store(opts: &Options) -> Result<Box<dyn Store>, String> {
-    match &opts.store_dir {
-        Some(dir) => Ok(Box::new(FileStore::open(dir).map_err(|e| e.to_string())?)),
-        None => Err(format!(
-            "the etcd store ({}) is not built yet: run with --store-dir DIR for the embedded store",
-            opts.etcd_endpoints.join(",")
-        )),
+/// The embedded store with `--store-dir`, else etcd (retried until it
+/// answers, as upstream does).
+fn open_store(opts: &Options, stop: &AtomicBool) -> Result<Option<Box<dyn Store>>, String> {
+    if let Some(dir) = &opts.store_dir {
+        return Ok(Some(Box::new(
+            FileStore::open(dir).map_err(|e| e.to_string())?,
+        )));
+    }
+    loop {
+        match EtcdStore::connect(opts) {
+            Ok(s) => return Ok(Some(Box::new(s))),
+            Err(e) => log(format!("waiting for etcd: {e}")),
+        }
+        pause(Duration::from_secs(1), stop);
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
     }
 }
 
@@ -74,7 +85,9 @@ fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<Ne
 }
 
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
-    let mut store = open_store(opts)?;
+    let Some(mut store) = open_store(opts, stop)? else {
+        return Ok(());
+    };
     let Some(config) = wait_for_config(store.as_mut(), stop)? else {
         return Ok(());
     };

@@ -1,6 +1,7 @@
 //! Where leases live: an embedded file store (no server needed), and etcd
 //! v3 with upstream's layout (to come).
 
+pub mod etcd;
 pub mod file;
 
 use std::time::Duration;
