@@ -186,7 +186,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     while !stop.load(Ordering::Relaxed) {
         state.renew();
         state.reconcile();
-        pause(RESYNC, stop);
+        state.wait_for_change(RESYNC, stop);
     }
     // The data plane stays: pods keep working while the agent restarts.
     log("stopping; the data plane is left in place");
@@ -194,6 +194,17 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
 }
 
 impl State {
+    /// Sleeps until the next tick, or less when the store reports a change.
+    fn wait_for_change(&mut self, d: Duration, stop: &AtomicBool) {
+        let end = Instant::now() + d;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.store.changed() {
+                return;
+            }
+        }
+    }
+
     fn renew(&mut self) {
         let Some(expires) = self.lease.expires else {
             return;

@@ -27,6 +27,8 @@ struct Record {
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
+    /// The subnets directory's change time at the last `changed` call.
+    seen: Option<(i64, i64)>,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -46,6 +48,7 @@ impl FileStore {
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
         Ok(FileStore {
             dir: dir.to_path_buf(),
+            seen: None,
         })
     }
 
@@ -98,6 +101,16 @@ impl FileStore {
 }
 
 impl Store for FileStore {
+    fn changed(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let now = fs::metadata(self.dir.join("subnets"))
+            .ok()
+            .map(|m| (m.ctime(), m.ctime_nsec()));
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+
     fn network_config(&mut self) -> Result<String, StoreError> {
         let path = self.dir.join("config");
         fs::read_to_string(&path).map_err(io_err(format!(

@@ -40,4 +40,10 @@ pub trait Store: std::fmt::Debug {
         ttl: Option<Duration>,
     ) -> Result<(), StoreError>;
     fn delete(&mut self, key: &SubnetKey) -> Result<(), StoreError>;
+    /// A cheap hint that leases may have changed since the last call, so
+    /// the agent can resync at once instead of at the next tick. Stores
+    /// without one answer `false` and rely on the tick.
+    fn changed(&mut self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmarks flanneld's data planes against the same paths built by hand
+# with `ip` in one run (pod-to-pod iperf3 over vxlan and host-gw across two
+# simulated hosts), and the time until a new host's pods are reachable in a
+# 10-host cluster. Everything happens in throwaway namespaces. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+
+need_root
+ensure_packages iproute2 iputils-ping iperf3 nftables protobuf-compiler
+ensure_rust
+
+step "building (release)"
+cargo build --locked --release --bins -q
+target/release/bench-flanneld "$PWD/target/release"
