@@ -425,9 +425,13 @@ fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
     let mut cluster = Cluster::with_store(2, 1, &vxlan(), true);
     let a = cluster.add_pod(0, 0);
     let b = cluster.add_pod(1, 0);
-    assert!(wait_for(Duration::from_secs(10), || cluster
-        .reaches(0, 0, &b)
-        && cluster.reaches(1, 0, &a)));
+    assert!(
+        wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)
+            && cluster.reaches(1, 0, &a)),
+        "pods on two hosts cannot talk; agent logs:\n{}\n---\n{}",
+        cluster.hosts[0].agent.as_ref().unwrap().log(),
+        cluster.hosts[1].agent.as_ref().unwrap().log()
+    );
     // Upstream's keys and values.
     let out = cluster.switch.exec(
         "etcdctl",

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::runtime::Runtime;
 
@@ -22,6 +22,11 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// The revision of the last listing: watches start after it.
+    revision: i64,
+    /// A prefix watch on the subnets, made lazily and dropped on any trouble
+    /// (the next tick re-lists and watches again).
+    watch: Option<WatchStream>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -83,6 +88,8 @@ impl EtcdStore {
             client,
             prefix: opts.etcd_prefix.trim_end_matches('/').to_string(),
             endpoints,
+            revision: 0,
+            watch: None,
         })
     }
 
@@ -96,6 +103,46 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
+    /// Polls a prefix watch (started after the last listing) without
+    /// waiting. A cancelled or compacted watch, or a broken stream, also
+    /// answers `true`: the agent then re-lists, which is the full resync
+    /// that compaction requires.
+    fn changed(&mut self) -> bool {
+        let dir = format!("{}/subnets/", self.prefix);
+        if self.watch.is_none() {
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(self.revision + 1);
+            let client = &mut self.client;
+            // The timer must be made inside the runtime.
+            let made = self.rt.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(2), client.watch(dir, Some(opts))).await
+            });
+            match made {
+                Ok(Ok(ws)) => self.watch = Some(ws),
+                _ => return false,
+            }
+        }
+        let Some(ws) = self.watch.as_mut() else {
+            return false;
+        };
+        let polled = self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_millis(1), ws.message()).await
+        });
+        match polled {
+            Err(_) => false,
+            Ok(Ok(Some(resp))) if resp.canceled() || resp.compact_revision() != 0 => {
+                self.watch = None;
+                true
+            }
+            Ok(Ok(Some(resp))) => !resp.events().is_empty(),
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                self.watch = None;
+                true
+            }
+        }
+    }
+
     fn network_config(&mut self) -> Result<String, StoreError> {
         let key = format!("{}/config", self.prefix);
         let resp = self
@@ -122,6 +169,9 @@ impl Store for EtcdStore {
                     .get(dir.clone(), Some(GetOptions::new().with_prefix())),
             )
             .map_err(|e| etcd_err("cannot list leases", &self.endpoints, e))?;
+        if let Some(h) = resp.header() {
+            self.revision = h.revision();
+        }
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let Some(key) = kv
