@@ -7,7 +7,7 @@
 # host's subnet, each pod's address and a pod-to-pod reachability matrix.
 # Then it removes everything it made, also on failure. Run as root.
 #
-#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw] [--etcd]
+#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw|udp] [--etcd]
 # --etcd runs Debian's etcd-server on the underlay (in the switch namespace)
 # and the agents use it instead of the embedded store.
 set -euo pipefail
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-case "$BACKEND" in vxlan|host-gw) ;; udp) die "--backend udp is not built yet: use vxlan or host-gw" ;; *) die "unknown backend $BACKEND" ;; esac
+case "$BACKEND" in vxlan|host-gw|udp) ;; *) die "unknown backend $BACKEND (vxlan, host-gw or udp)" ;; esac
 [[ "$HOSTS" =~ ^[0-9]+$ ]] && [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || die "--hosts must be between 2 and 20"
 
 need_root

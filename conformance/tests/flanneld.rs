@@ -90,6 +90,21 @@ impl Cluster {
     }
 
     fn with_store(hosts: usize, pods_per_host: usize, config: &Value, use_etcd: bool) -> Cluster {
+        Self::build(hosts, pods_per_host, config, use_etcd, &[])
+    }
+
+    /// On the embedded store, every agent started with `extra` flags.
+    fn with_args(hosts: usize, pods_per_host: usize, config: &Value, extra: &[&str]) -> Cluster {
+        Self::build(hosts, pods_per_host, config, false, extra)
+    }
+
+    fn build(
+        hosts: usize,
+        pods_per_host: usize,
+        config: &Value,
+        use_etcd: bool,
+        extra: &[&str],
+    ) -> Cluster {
         let switch = TestNetns::new("switch");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
@@ -137,7 +152,7 @@ impl Cluster {
             dir,
         };
         for h in 0..hosts {
-            c.start(h);
+            c.start_with(h, extra);
         }
         c
     }
@@ -147,6 +162,11 @@ impl Cluster {
     }
 
     fn start(&mut self, h: usize) {
+        self.start_with(h, &[]);
+    }
+
+    /// Starts host `h`'s agent with `extra` flags after the harness's own.
+    fn start_with(&mut self, h: usize, extra: &[&str]) {
         let store = self.store();
         let store_args = if self.etcd.is_some() {
             ["--etcd-endpoints", ETCD]
@@ -163,6 +183,7 @@ impl Cluster {
             host.dir.join("subnet.env").to_str().unwrap(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let log = host.dir.join("flanneld.log");
@@ -470,4 +491,249 @@ fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
         cluster.hosts[0].agent.as_mut().unwrap().alive(),
         "the agent survives the store's absence"
     );
+}
+
+#[test]
+fn udp_pods_on_every_host_reach_each_other() {
+    let cluster = Cluster::new(
+        2,
+        1,
+        &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}),
+    );
+    assert!(cluster.subnet_env(0).contains("FLANNEL_MTU=1472\n"));
+    let a = cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)
+            && cluster.reaches(1, 0, &a)),
+        "udp pods cannot talk: {}",
+        cluster.hosts[0].agent.as_ref().unwrap().log()
+    );
+    let tun = cluster.hosts[0].ns.ip(&["-d", "link", "show", "flannel0"]);
+    assert!(tun.contains("tun") && tun.contains("mtu 1472"), "{tun}");
+}
+
+/// `nft <args>` in `ns`: stdout, or `None` when nft fails (e.g. no such table).
+fn nft(ns: &TestNetns, args: &[&str]) -> Option<String> {
+    let out = ns.exec("nft", args);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn flannel_table(ns: &TestNetns) -> Option<String> {
+    nft(ns, &["list", "table", "ip", "flannel-ipv4"])
+}
+
+/// The packets counted by the first `counter` in `listing`.
+fn packets(listing: &str) -> u64 {
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ip_masq_nats_only_traffic_leaving_the_cluster_and_is_restored() {
+    let mut cluster = Cluster::with_args(2, 1, &vxlan(), &["--ip-masq"]);
+    assert!(
+        cluster.subnet_env(0).ends_with("FLANNEL_IPMASQ=true\n"),
+        "{}",
+        cluster.subnet_env(0)
+    );
+    let a = cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)));
+    let h0 = &cluster.hosts[0].ns;
+    let subnet = cluster
+        .subnet_env(0)
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .unwrap()
+        .replace(".1/24", ".0/24");
+
+    // Upstream's rules, in its order, where an operator looks for them.
+    let listing = flannel_table(h0).expect("no table ip flannel-ipv4");
+    let want = [
+        "chain postrtg {",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return",
+        &format!("ip saddr {subnet} ip daddr 10.244.0.0/16 return"),
+        &format!("ip saddr 10.244.0.0/16 ip daddr {subnet} return"),
+        &format!("ip saddr != 10.244.0.0/16 ip daddr {subnet} return"),
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+        "chain forward {",
+        "type filter hook forward priority filter; policy accept;",
+        "ip saddr 10.244.0.0/16 accept",
+        "ip daddr 10.244.0.0/16 accept",
+    ];
+    let mut rest = listing.as_str();
+    for line in want {
+        let at = rest
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{listing}"));
+        rest = &rest[at + line.len()..];
+    }
+    // flannel told the bridge not to masquerade: the agent's rules do it all.
+    assert!(
+        nft(h0, &["list", "table", "inet", "cni_plugins_masquerade"]).is_none(),
+        "the bridge plugin masquerades too"
+    );
+
+    // Outside: the switch's own address, with no route back to the pods.
+    cluster
+        .switch
+        .ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.reaches(
+            0,
+            0,
+            "192.168.77.1"
+        )),
+        "a pod cannot reach an address outside the cluster"
+    );
+
+    // Pod to pod across hosts keeps the pod's address: pod b sees a's.
+    let pod_b = &cluster.hosts[1].pods[0];
+    nft(pod_b, &["add", "table", "ip", "seen"]).unwrap();
+    nft(
+        pod_b,
+        &[
+            "add",
+            "chain",
+            "ip",
+            "seen",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    )
+    .unwrap();
+    nft(
+        pod_b,
+        &[
+            "add",
+            "rule",
+            "ip",
+            "seen",
+            "in",
+            "ip",
+            "saddr",
+            &a,
+            "icmp",
+            "type",
+            "echo-request",
+            "counter",
+        ],
+    )
+    .unwrap();
+    assert!(cluster.reaches(0, 0, &b));
+    let seen = nft(pod_b, &["list", "table", "ip", "seen"]).unwrap();
+    assert!(
+        packets(&seen) >= 1,
+        "pod b never saw pod a's address: {seen}"
+    );
+
+    // Deleted by hand: the table, then one rule; both back within 5 s.
+    nft(h0, &["delete", "table", "ip", "flannel-ipv4"]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || flannel_table(h0).as_deref()
+            == Some(listing.as_str())),
+        "table not restored: {:?}\n{}",
+        flannel_table(h0),
+        cluster.hosts[0].agent.as_ref().unwrap().log()
+    );
+    let with_handles = nft(
+        h0,
+        &["-a", "list", "chain", "ip", "flannel-ipv4", "postrtg"],
+    )
+    .unwrap();
+    let handle = with_handles
+        .lines()
+        .find(|l| l.contains("daddr != 224.0.0.0/4"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, h)| h.trim().to_string())
+        .unwrap();
+    nft(
+        h0,
+        &[
+            "delete",
+            "rule",
+            "ip",
+            "flannel-ipv4",
+            "postrtg",
+            "handle",
+            &handle,
+        ],
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || flannel_table(h0).as_deref()
+            == Some(listing.as_str())),
+        "rule not restored: {:?}",
+        flannel_table(h0)
+    );
+    assert!(cluster.reaches(0, 0, "192.168.77.1"));
+    let log = cluster.hosts[0].agent.as_ref().unwrap().log();
+    assert!(
+        log.contains("nftables: repaired: made chain postrtg"),
+        "{log}"
+    );
+
+    // SIGTERM leaves the rules in place, as the rest of the data plane.
+    assert_eq!(cluster.hosts[0].agent.as_mut().unwrap().stop(), Some(0));
+    assert_eq!(
+        flannel_table(&cluster.hosts[0].ns).as_deref(),
+        Some(listing.as_str())
+    );
+    assert!(cluster.reaches(0, 0, "192.168.77.1"));
+    // Control: without the table (and no agent to restore it) the outside
+    // address is out of reach, so it was our masquerade that did it.
+    nft(
+        &cluster.hosts[0].ns,
+        &["delete", "table", "ip", "flannel-ipv4"],
+    )
+    .unwrap();
+    assert!(!cluster.reaches(0, 0, "192.168.77.1"));
+}
+
+#[test]
+fn forward_rules_by_default_and_leftovers_removed_when_the_flags_go() {
+    let mut cluster = Cluster::with_args(1, 0, &host_gw(), &["--ip-masq"]);
+    let h0 = &cluster.hosts[0].ns;
+    let both = flannel_table(h0).expect("no table ip flannel-ipv4");
+    assert!(
+        both.contains("chain postrtg") && both.contains("chain forward"),
+        "{both}"
+    );
+    // Restarted without --ip-masq: the masquerade chain of the last run goes,
+    // the forward rules (on by default) stay.
+    cluster.hosts[0].agent.as_mut().unwrap().stop();
+    cluster.start(0);
+    let h0 = &cluster.hosts[0].ns;
+    let forward_only = |t: Option<String>| {
+        t.is_some_and(|t| {
+            !t.contains("chain postrtg") && t.contains("ip daddr 10.244.0.0/16 accept")
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || forward_only(flannel_table(h0))),
+        "{:?}",
+        flannel_table(h0)
+    );
+    // Without forward rules either: no table at all.
+    cluster.hosts[0].agent.as_mut().unwrap().stop();
+    cluster.start_with(0, &["--iptables-forward-rules=false"]);
+    let h0 = &cluster.hosts[0].ns;
+    assert!(
+        wait_for(Duration::from_secs(5), || flannel_table(h0).is_none()),
+        "{:?}",
+        flannel_table(h0)
+    );
+    // And it stays away while the agent runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(flannel_table(h0).is_none());
+    assert!(cluster.hosts[0].agent.as_mut().unwrap().alive());
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use netkit::Netlink;
 
 use crate::alloc::{self, LEASE_TTL};
+use crate::backend::udp;
 use crate::backend::vxlan::{self, Vxlan};
 use crate::flags::Options;
 use crate::health::{self, Metrics};
@@ -19,6 +20,7 @@ use crate::store::Store;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::subnet_env;
+use crate::traffic::Traffic;
 
 /// How often the data plane is compared with the store (and repaired).
 const RESYNC: Duration = Duration::from_secs(1);
@@ -65,6 +67,10 @@ pub struct State {
     pub lease: Lease,
     pub attrs: LeaseAttrs,
     pub vtep: Option<Vxlan>,
+    /// The udp backend's peer table, shared with its forwarding threads.
+    pub udp: Option<udp::Peers>,
+    /// Masquerade and forward rules (nftables).
+    pub traffic: Traffic,
     pub metrics: Arc<Metrics>,
     renew_margin: Duration,
 }
@@ -84,6 +90,41 @@ fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<Ne
     }
 }
 
+/// The udp backend: TUN device with this node's address, the route for the
+/// whole cluster network through it, and the forwarding threads.
+fn start_udp(
+    nl: &mut Netlink,
+    config: &NetConfig,
+    lease: &Lease,
+    public_ip: Option<std::net::Ipv4Addr>,
+    underlay_mtu: u32,
+) -> Result<udp::Peers, String> {
+    let (Some(local), Some(net), Some(own)) = (public_ip, config.ipv4.as_ref(), lease.key.ipv4)
+    else {
+        return Err("the udp backend carries IPv4 only: set Network".into());
+    };
+    let peers = udp::Peers::default();
+    udp::start(local, config.backend.port, peers.clone())?;
+    let err = |what: &str, e: netkit::NetlinkError| format!("{what} {}: {e}", udp::TUN_NAME);
+    let tun = nl
+        .link_by_name(udp::TUN_NAME)
+        .map_err(|e| err("cannot look up", e))?
+        .ok_or_else(|| format!("{} vanished right after it was made", udp::TUN_NAME))?;
+    nl.set_mtu(tun.index, underlay_mtu.saturating_sub(udp::OVERHEAD))
+        .map_err(|e| err("cannot set the MTU of", e))?;
+    match nl.add_address(tun.index, own.network(), 32) {
+        Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
+        _ => {}
+    }
+    nl.set_up(tun.index)
+        .map_err(|e| err("cannot bring up", e))?;
+    let mut route = netkit::route::Route::new(net.network.network(), net.network.prefix());
+    route.oif = Some(tun.index);
+    nl.replace_route(&route)
+        .map_err(|e| err("cannot route the cluster network through", e))?;
+    Ok(peers)
+}
+
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     let Some(mut store) = open_store(opts, stop)? else {
         return Ok(());
@@ -91,9 +132,6 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     let Some(config) = wait_for_config(store.as_mut(), stop)? else {
         return Ok(());
     };
-    if config.backend.kind == BackendType::Udp {
-        return Err("backend udp is not built yet: use vxlan or host-gw".into());
-    }
     let mut nl = Netlink::new().map_err(|e| format!("cannot open netlink: {e}"))?;
     let ext = iface::choose(&mut nl, opts)?;
     let public_ip = config.ipv4.as_ref().and(opts.public_ip.or(ext.ipv4));
@@ -159,7 +197,33 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             .collect();
         v.ensure_device(&mut nl, &ext)?;
     }
-    let mtu = vtep.as_ref().map_or(underlay_mtu, |v| v.mtu);
+    // Before subnet.env, as upstream: pods made from it get their NAT.
+    let mut traffic = Traffic::new(opts.ip_masq, opts.iptables_forward_rules);
+    match traffic.setup(&config, &lease.key) {
+        Ok(done) => {
+            for d in done {
+                log(format!("nftables: {d}"));
+            }
+        }
+        // Upstream stops when it cannot masquerade, and only logs forward rules.
+        Err(e) if opts.ip_masq => return Err(e.to_string()),
+        Err(e) => log(format!("{e} (tried again every resync)")),
+    }
+    let udp = match config.backend.kind {
+        BackendType::Udp => Some(start_udp(
+            &mut nl,
+            &config,
+            &lease,
+            public_ip,
+            underlay_mtu,
+        )?),
+        _ => None,
+    };
+    let mtu = match (&vtep, &udp) {
+        (Some(v), _) => v.mtu,
+        (None, Some(_)) => underlay_mtu.saturating_sub(udp::OVERHEAD),
+        (None, None) => underlay_mtu,
+    };
     subnet_env::write(
         &opts.subnet_file,
         &subnet_env::render(&config, &lease.key, mtu, opts.ip_masq),
@@ -180,6 +244,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         lease,
         attrs,
         vtep,
+        udp,
+        traffic,
         metrics,
         renew_margin: Duration::from_secs(opts.renew_margin_minutes * 60),
     };

@@ -12,3 +12,4 @@ pub mod netconfig;
 pub mod reconcile;
 pub mod store;
 pub mod subnet_env;
+pub mod traffic;

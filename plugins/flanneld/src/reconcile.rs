@@ -1,8 +1,9 @@
 //! Keeping the kernel equal to the store: each resync lists the leases and
 //! adds what is missing (a repair, counted), removes what belongs to peers
 //! that left, and leaves everything as is when the store cannot be read.
+//! It also restores the masquerade and forward rules (see `traffic`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use ipnetwork::IpNetwork;
@@ -34,6 +35,8 @@ impl State {
     }
 
     pub fn reconcile(&mut self) {
+        // The rules depend on the config and our lease only: kept whatever the store says.
+        self.sync_traffic();
         let leases = match self.store.leases() {
             Ok(l) => l,
             Err(e) => {
@@ -60,6 +63,26 @@ impl State {
             .peers
             .store(peers.len() as u64, Ordering::Relaxed);
 
+        if let Some(table) = &self.udp {
+            let port = if self.config.backend.port == 0 {
+                8285
+            } else {
+                self.config.backend.port
+            };
+            let entries = peers
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.key.ipv4?,
+                        SocketAddr::new(p.attrs.public_ip?.into(), port),
+                    ))
+                })
+                .collect();
+            if let Ok(mut t) = table.write() {
+                *t = entries;
+            }
+            return;
+        }
         let (mut routes, mut neigh, mut fdb) = (Vec::new(), Vec::new(), Vec::new());
         let mut dev = None;
         match &self.vtep {
@@ -89,6 +112,19 @@ impl State {
             self.sync_entries(index, &neigh, &fdb);
         }
         self.sync_routes(&routes, dev);
+    }
+
+    /// Masquerade and forward rules: restored when someone removed them.
+    fn sync_traffic(&mut self) {
+        match self.traffic.ensure(&self.config, &self.lease.key) {
+            Ok(done) => {
+                for d in done {
+                    self.repaired();
+                    log(format!("nftables: repaired: {d}"));
+                }
+            }
+            Err(e) => log(e.to_string()),
+        }
     }
 
     /// Neighbour and forwarding entries on the vxlan device.

@@ -291,6 +291,12 @@ impl Netlink {
         self.set_link(msg)
     }
 
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let mut msg = message(index);
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.set_link(msg)
+    }
+
     pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> Result<(), NetlinkError> {
         let mut msg = message(index);
         msg.attributes.push(LinkAttribute::Address(mac.to_vec()));

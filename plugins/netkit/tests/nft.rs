@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use netkit::NetNs;
-use netkit::nft::{BaseChain, Exprs, Family, HeaderMatch, Nft, Table, Verdict};
+use netkit::nft::{
+    BaseChain, Expr, Exprs, Family, HeaderMatch, MetaMatch, NAT_FULLY_RANDOM, Nft, Step, Table,
+    Verdict,
+};
 use nix::libc;
 use nix::sched::{CloneFlags, unshare};
 
@@ -153,4 +156,106 @@ fn a_batch_built_on_a_stale_generation_is_refused() {
     b.add_chain(T, "c", None, None);
     nft.commit(b).unwrap();
     assert_eq!(nft.chains(T).unwrap(), ["c"]);
+}
+
+const IP: Table<'static> = Table {
+    family: Family::Ip,
+    name: "nft_test_ip",
+};
+
+/// flanneld's kind of rules: a mark test, negated network matches,
+/// masquerade fully-random, accept.
+fn flannel_like() -> Vec<(&'static str, Exprs)> {
+    let net = "10.244.0.0".parse().unwrap();
+    let pods = "10.244.3.0".parse().unwrap();
+    let mcast = "224.0.0.0".parse().unwrap();
+    let mut mark = Exprs::new();
+    mark.meta(&MetaMatch::mark(0x4000, 0x4000))
+        .verdict(&Verdict::Return);
+    let mut inside = Exprs::new();
+    inside
+        .header(&HeaderMatch::address(true, net, 16, true))
+        .header(&HeaderMatch::address(false, pods, 24, false))
+        .verdict(&Verdict::Return);
+    let mut masq = Exprs::new();
+    masq.header(&HeaderMatch::address(true, net, 16, false))
+        .header(&HeaderMatch::address(false, mcast, 4, true))
+        .masquerade_fully_random();
+    let mut fwd = Exprs::new();
+    fwd.header(&HeaderMatch::address(false, net, 16, false))
+        .verdict(&Verdict::Accept);
+    vec![
+        ("post", mark),
+        ("post", inside),
+        ("post", masq),
+        ("fwd", fwd),
+    ]
+}
+
+#[test]
+fn ip_family_rules_with_marks_negations_and_flags_read_back_the_same() {
+    let (_ns, mut nft) = private_nft();
+    assert!(!nft.has_table(IP).unwrap());
+    let mut b = nft.batch(None);
+    b.add_table(IP, None);
+    b.add_chain(IP, "post", Some(BaseChain::SRCNAT), None);
+    b.add_chain(IP, "fwd", Some(BaseChain::FORWARD), None);
+    b.add_chain(IP, "plain", None, None);
+    let rules = flannel_like();
+    for (chain, e) in &rules {
+        b.add_rule(IP, chain, e, None);
+    }
+    nft.commit(b).unwrap();
+    assert!(nft.has_table(IP).unwrap());
+    assert!(!nft.has_table(T).unwrap(), "another family, another name");
+
+    let mut chains = nft.chain_list(IP).unwrap();
+    chains.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(chains.len(), 3);
+    assert!(chains[0].is(Some(&BaseChain::FORWARD)), "{:?}", chains[0]);
+    assert!(!chains[0].is(Some(&BaseChain::SRCNAT)));
+    assert!(chains[1].is(None), "{:?}", chains[1]);
+    assert!(chains[2].is(Some(&BaseChain::SRCNAT)), "{:?}", chains[2]);
+    assert!(!chains[2].is(None));
+
+    let dumped = nft.rules(IP, None).unwrap();
+    assert_eq!(dumped.len(), rules.len());
+    for ((chain, want), got) in rules.iter().zip(&dumped) {
+        assert_eq!(&got.chain, chain);
+        assert!(want.same_rule(&got.exprs), "{:?}", Expr::steps(&got.exprs));
+    }
+    assert!(!rules[0].1.same_rule(&dumped[1].exprs));
+    let steps = Expr::steps(&dumped[2].exprs);
+    assert_eq!(
+        steps.last(),
+        Some(&Step::Masquerade {
+            flags: NAT_FULLY_RANDOM
+        })
+    );
+    assert_eq!(
+        Expr::steps(&dumped[3].exprs).last(),
+        Some(&Step::Verdict(Verdict::Accept))
+    );
+
+    // A chain deleted and made again in one batch, rules and all.
+    let generation = nft.generation().unwrap();
+    let mut b = nft.batch(Some(generation));
+    b.flush_chain(IP, "post");
+    b.del_chain(IP, "post");
+    b.add_chain(IP, "post", Some(BaseChain::SRCNAT), None);
+    b.add_rule(IP, "post", &rules[0].1, None);
+    b.del_chain(IP, "plain");
+    nft.commit(b).unwrap();
+    let post = nft.rules(IP, Some("post")).unwrap();
+    assert_eq!(post.len(), 1);
+    assert!(rules[0].1.same_rule(&post[0].exprs));
+    let mut names = nft.chains(IP).unwrap();
+    names.sort();
+    assert_eq!(names, ["fwd", "post"]);
+
+    let mut b = nft.batch(None);
+    b.del_table(IP);
+    nft.commit(b).unwrap();
+    assert!(!nft.has_table(IP).unwrap());
+    assert!(nft.chain_list(IP).unwrap().is_empty());
 }

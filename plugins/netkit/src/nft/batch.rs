@@ -24,6 +24,13 @@ impl BaseChain<'static> {
         hook: nix::libc::NF_INET_POST_ROUTING as u32,
         priority: nix::libc::NF_IP_PRI_NAT_SRC,
     };
+
+    /// `type filter hook forward priority filter`.
+    pub const FORWARD: BaseChain<'static> = BaseChain {
+        kind: "filter",
+        hook: nix::libc::NF_INET_FORWARD as u32,
+        priority: nix::libc::NF_IP_PRI_FILTER,
+    };
 }
 
 /// Changes to send with [`super::Nft::commit`]. Every message asks for an
@@ -130,6 +137,23 @@ impl Batch {
             if let Some(c) = comment {
                 w.put(NFTA_CHAIN_USERDATA, &udata_comment(c));
             }
+        });
+    }
+
+    /// `delete table`, with everything in it.
+    pub fn del_table(&mut self, t: Table<'_>) {
+        self.push(NFT_MSG_DELTABLE, 0, t.family, format!("delete {t}"), |w| {
+            w.put_str(NFTA_TABLE_NAME, t.name);
+        });
+    }
+
+    /// `delete chain`. Older kernels refuse to delete a chain that still
+    /// has rules: flush it first in the same batch.
+    pub fn del_chain(&mut self, t: Table<'_>, name: &str) {
+        let what = format!("delete chain {} {} {name}", t.family.name(), t.name);
+        self.push(NFT_MSG_DELCHAIN, 0, t.family, what, |w| {
+            w.put_str(NFTA_CHAIN_TABLE, t.name);
+            w.put_str(NFTA_CHAIN_NAME, name);
         });
     }
 

@@ -2,8 +2,10 @@
 //! rules of our own without the `nft` binary.
 //!
 //! Changes go in a [`Batch`], which the kernel applies as one transaction:
-//! all of it or nothing. [`Nft::rules`] and [`Nft::chains`] read what is
-//! there. Like [`crate::Netlink`], a socket is bound to the network
+//! all of it or nothing. [`Nft::rules`], [`Nft::chains`] (or
+//! [`Nft::chain_list`], with how each hooks in) and [`Nft::has_table`]
+//! read what is there, and [`Exprs::same_rule`] compares a dumped rule
+//! with one we would write. Like [`crate::Netlink`], a socket is bound to the network
 //! namespace it was made in.
 //!
 //! Cost worth knowing: making objects is cheap, but a transaction that
@@ -21,8 +23,8 @@ use std::io;
 use nix::libc;
 
 pub use batch::{BaseChain, Batch};
-pub use expr::{Expr, Exprs, HeaderMatch, Verdict};
-pub use socket::{Nft, Rule};
+pub use expr::{Expr, Exprs, HeaderMatch, MetaMatch, NAT_FULLY_RANDOM, Step, Verdict};
+pub use socket::{Chain, Nft, Rule};
 
 /// An nf_tables address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +125,10 @@ mod sys {
     pub const NFPROTO_UNSPEC: u8 = libc::NFPROTO_UNSPEC as u8;
 
     pub const NFT_MSG_NEWTABLE: u8 = libc::NFT_MSG_NEWTABLE as u8;
+    pub const NFT_MSG_GETTABLE: u8 = libc::NFT_MSG_GETTABLE as u8;
+    pub const NFT_MSG_DELTABLE: u8 = libc::NFT_MSG_DELTABLE as u8;
     pub const NFT_MSG_NEWCHAIN: u8 = libc::NFT_MSG_NEWCHAIN as u8;
+    pub const NFT_MSG_DELCHAIN: u8 = libc::NFT_MSG_DELCHAIN as u8;
     pub const NFT_MSG_GETCHAIN: u8 = libc::NFT_MSG_GETCHAIN as u8;
     pub const NFT_MSG_NEWRULE: u8 = libc::NFT_MSG_NEWRULE as u8;
     pub const NFT_MSG_GETRULE: u8 = libc::NFT_MSG_GETRULE as u8;
@@ -164,21 +169,32 @@ mod sys {
     pub const NFTA_BITWISE_LEN: u16 = 3;
     pub const NFTA_BITWISE_MASK: u16 = 4;
     pub const NFTA_BITWISE_XOR: u16 = 5;
+    pub const NFTA_BITWISE_OP: u16 = 6;
     pub const NFTA_CMP_SREG: u16 = 1;
     pub const NFTA_CMP_OP: u16 = 2;
     pub const NFTA_CMP_DATA: u16 = 3;
     pub const NFTA_IMMEDIATE_DREG: u16 = 1;
     pub const NFTA_IMMEDIATE_DATA: u16 = 2;
+    pub const NFTA_MASQ_FLAGS: u16 = 1;
+    pub const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
+    pub const NFTA_MASQ_REG_PROTO_MAX: u16 = 3;
 
     pub const NFT_REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
     pub const NFT_REG_1: u32 = libc::NFT_REG_1 as u32;
     pub const NFT_META_NFPROTO: u32 = libc::NFT_META_NFPROTO as u32;
+    pub const NFT_META_MARK: u32 = libc::NFT_META_MARK as u32;
+    /// `NFT_BITWISE_BOOL`: `(reg & mask) ^ xor`, the only kind older
+    /// kernels have (they send no NFTA_BITWISE_OP).
+    pub const NFT_BITWISE_BOOL: u32 = 0;
     pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = libc::NFT_PAYLOAD_NETWORK_HEADER as u32;
     pub const NFT_CMP_EQ: u32 = libc::NFT_CMP_EQ as u32;
     pub const NFT_CMP_NEQ: u32 = libc::NFT_CMP_NEQ as u32;
     pub const NFT_GOTO: i32 = libc::NFT_GOTO;
     pub const NFT_RETURN: i32 = libc::NFT_RETURN;
     pub const NF_ACCEPT: u32 = libc::NF_ACCEPT as u32;
+    /// The verdict codes as an `immediate` carries them.
+    pub const NF_ACCEPT_CODE: i32 = libc::NF_ACCEPT;
+    pub const NF_DROP_CODE: i32 = libc::NF_DROP;
 
     /// libnftnl's user-data TLV type for a comment (tables, chains, rules).
     pub const UDATA_COMMENT: u8 = 0;

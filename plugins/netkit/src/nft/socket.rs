@@ -7,7 +7,7 @@ use netlink_packet_core::{NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::libc;
 
-use super::batch::{Batch, parse_udata_comment};
+use super::batch::{BaseChain, Batch, parse_udata_comment};
 use super::expr::Expr;
 use super::sys::*;
 use super::wire::{self, Writer, attrs, replies};
@@ -20,6 +20,37 @@ pub struct Rule {
     pub handle: u64,
     pub comment: Option<String>,
     pub exprs: Vec<Expr>,
+}
+
+/// A chain as a dump shows it; a base chain has its type, hook, priority
+/// and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// `"nat"`, `"filter"`, ...
+    pub kind: Option<String>,
+    /// `NF_INET_*`.
+    pub hook: Option<u32>,
+    pub priority: Option<i32>,
+    /// `NF_ACCEPT` or `NF_DROP`.
+    pub policy: Option<u32>,
+}
+
+impl Chain {
+    /// Whether it is what [`super::Batch::add_chain`] makes with `base`: a
+    /// regular chain for `None`, else that type, hook and priority with an
+    /// accept policy.
+    pub fn is(&self, base: Option<&BaseChain<'_>>) -> bool {
+        match base {
+            None => self.hook.is_none(),
+            Some(b) => {
+                self.kind.as_deref() == Some(b.kind)
+                    && self.hook == Some(b.hook)
+                    && self.priority == Some(b.priority)
+                    && self.policy == Some(NF_ACCEPT)
+            }
+        }
+    }
 }
 
 /// An nf_tables netlink socket in the namespace it was made in.
@@ -180,8 +211,26 @@ impl Nft {
             .ok_or_else(|| NftError::Decode("generation without an id".into()))
     }
 
+    /// Whether the table exists (an empty one too).
+    pub fn has_table(&mut self, t: Table<'_>) -> Result<bool, NftError> {
+        let what = format!("get {t}");
+        match self.request(NFT_MSG_GETTABLE, 0, t.family.proto(), &what, |w| {
+            w.put_str(NFTA_TABLE_NAME, t.name)
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The names of the table's chains; none if the table does not exist.
     pub fn chains(&mut self, t: Table<'_>) -> Result<Vec<String>, NftError> {
+        Ok(self.chain_list(t)?.into_iter().map(|c| c.name).collect())
+    }
+
+    /// The table's chains with how they hook in; none if the table does
+    /// not exist.
+    pub fn chain_list(&mut self, t: Table<'_>) -> Result<Vec<Chain>, NftError> {
         let what = format!("list chains of {t}");
         let bodies =
             match self.request(NFT_MSG_GETCHAIN, NLM_F_DUMP, t.family.proto(), &what, |w| {
@@ -194,15 +243,34 @@ impl Nft {
             .iter()
             .filter_map(|b| {
                 let mut table = None;
-                let mut name = None;
+                let mut chain = Chain {
+                    name: String::new(),
+                    kind: None,
+                    hook: None,
+                    priority: None,
+                    policy: None,
+                };
                 for (ty, d) in attrs(b) {
                     match ty {
                         NFTA_CHAIN_TABLE => table = Some(wire::string(d)),
-                        NFTA_CHAIN_NAME => name = Some(wire::string(d)),
+                        NFTA_CHAIN_NAME => chain.name = wire::string(d),
+                        NFTA_CHAIN_TYPE => chain.kind = Some(wire::string(d)),
+                        NFTA_CHAIN_POLICY => chain.policy = wire::be32(d),
+                        NFTA_CHAIN_HOOK => {
+                            for (ty, d) in attrs(d) {
+                                match ty {
+                                    NFTA_HOOK_HOOKNUM => chain.hook = wire::be32(d),
+                                    NFTA_HOOK_PRIORITY => {
+                                        chain.priority = wire::be32(d).map(|p| p as i32)
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
-                name.filter(|_| table.as_deref() == Some(t.name))
+                (table.as_deref() == Some(t.name) && !chain.name.is_empty()).then_some(chain)
             })
             .collect())
     }
