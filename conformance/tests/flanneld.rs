@@ -131,6 +131,15 @@ impl Cluster {
             switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             let underlay_ip = format!("192.168.77.{}", 10 + h);
             ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"]);
+            // An IPv6 underlay too, for the dual-stack tests.
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:77::{}/64", 10 + h),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ns.ip(&["link", "set", "eth0", "up"]);
             let pods = (0..pods_per_host)
                 .map(|p| TestNetns::new(&format!("h{h}p{p}")))
@@ -216,6 +225,11 @@ impl Cluster {
 
     /// Adds pod `p` of host `h` through the CNI chain; returns its IPv4 address.
     fn add_pod(&self, h: usize, p: usize) -> String {
+        self.add_pod_all(h, p).remove(0)
+    }
+
+    /// Adds the pod; returns every address it got (IPv4 first).
+    fn add_pod_all(&self, h: usize, p: usize) -> Vec<String> {
         let host = &self.hosts[h];
         let out = Invocation::new("ADD")
             .container_id(&format!("h{h}p{p}"))
@@ -223,13 +237,20 @@ impl Cluster {
             .config(&self.conf(h))
             .run(&plugin_binary("flannel"), &host.ns);
         let r = out.success();
-        r["ips"][0]["address"]
-            .as_str()
+        r["ips"]
+            .as_array()
             .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
+            .iter()
+            .map(|ip| {
+                ip["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
     }
 
     fn reaches(&self, h: usize, p: usize, target: &str) -> bool {
@@ -736,4 +757,136 @@ fn forward_rules_by_default_and_leftovers_removed_when_the_flags_go() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(flannel_table(h0).is_none());
     assert!(cluster.hosts[0].agent.as_mut().unwrap().alive());
+}
+
+fn dual_stack(backend: &str) {
+    let config = json!({
+        "Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56",
+        "Backend": {"Type": backend}
+    });
+    let cluster = Cluster::new(2, 1, &config);
+    let env = cluster.subnet_env(0);
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET=fd00:244:0:"),
+        "{env}"
+    );
+    let a = cluster.add_pod_all(0, 0);
+    let b = cluster.add_pod_all(1, 0);
+    assert_eq!((a.len(), b.len()), (2, 2), "{a:?} {b:?}");
+    for (from, to) in [(0usize, &b), (1, &a)] {
+        for target in to.iter() {
+            assert!(
+                wait_for(Duration::from_secs(10), || cluster.hosts[from].pods[0]
+                    .exec("ping", &["-c1", "-W1", target])
+                    .status
+                    .success()),
+                "{backend}: host {from}'s pod cannot reach {target}: {}",
+                cluster.hosts[from].agent.as_ref().unwrap().log()
+            );
+        }
+    }
+}
+
+#[test]
+fn dual_stack_over_vxlan() {
+    dual_stack("vxlan");
+}
+
+#[test]
+fn dual_stack_over_host_gw() {
+    dual_stack("host-gw");
+}
+
+#[test]
+fn health_ready_and_metrics_endpoints() {
+    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}});
+    let cluster = Cluster::with_args(
+        2,
+        0,
+        &config,
+        &["--healthz-ip", "127.0.0.1", "--healthz-port", "18081"],
+    );
+    let ns = &cluster.hosts[0].ns;
+    ns.ip(&["link", "set", "lo", "up"]);
+    let get = |path: &str| {
+        let out = ns.exec(
+            "bash",
+            &["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/18081; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3")],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(wait_for(Duration::from_secs(5), || get("/healthz")
+        .starts_with("HTTP/1.1 200")));
+    assert!(
+        get("/readyz").starts_with("HTTP/1.1 200"),
+        "ready once subnet.env is written"
+    );
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("flannel_leases 2")
+            || wait_for(Duration::from_secs(3), || get("/metrics")
+                .contains("flannel_leases 2")),
+        "{metrics}"
+    );
+    assert!(get("/metrics").contains("flannel_peers 1"));
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn routes_of_peers_gone_while_the_agent_was_down_are_removed_at_start() {
+    let mut cluster = Cluster::new(2, 0, &host_gw());
+    let peer = cluster.hosts[1].underlay_ip.clone();
+    let route_to_peer = |c: &Cluster| {
+        !c.hosts[0]
+            .ns
+            .ip(&["route", "show", "via", &peer])
+            .trim()
+            .is_empty()
+    };
+    assert!(wait_for(Duration::from_secs(5), || route_to_peer(&cluster)));
+    cluster.hosts[0].agent.as_mut().unwrap().stop();
+    cluster.hosts[1].agent.as_mut().unwrap().stop();
+    for e in std::fs::read_dir(cluster.store().join("subnets")).unwrap() {
+        let path = e.unwrap().path();
+        if std::fs::read_to_string(&path).unwrap().contains(&peer) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(route_to_peer(&cluster), "the route outlives the agent");
+    cluster.start(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || !route_to_peer(&cluster)),
+        "stale route kept after restart"
+    );
+}
+
+#[test]
+fn a_reservation_without_ttl_is_honoured() {
+    // An operator reserves 10.244.200.0/24 for host 0's address before it starts.
+    let mut cluster = Cluster::new(1, 0, &host_gw());
+    cluster.hosts[0].agent.as_mut().unwrap().stop();
+    let subnets = cluster.store().join("subnets");
+    for e in std::fs::read_dir(&subnets).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    std::fs::remove_file(cluster.hosts[0].dir.join("subnet.env")).unwrap();
+    let ip = cluster.hosts[0].underlay_ip.clone();
+    std::fs::write(
+        subnets.join("10.244.200.0-24"),
+        format!(r#"{{"value":{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}}}"#),
+    )
+    .unwrap();
+    cluster.start(0);
+    assert!(
+        cluster
+            .subnet_env(0)
+            .contains("FLANNEL_SUBNET=10.244.200.1/24"),
+        "{}",
+        cluster.subnet_env(0)
+    );
+    let record = std::fs::read_to_string(subnets.join("10.244.200.0-24")).unwrap();
+    assert!(
+        !record.contains("expires"),
+        "a reservation stays without TTL: {record}"
+    );
 }
