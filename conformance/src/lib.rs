@@ -19,4 +19,5 @@ pub use netns::{TestHost, TestNetns, require_root};
 pub use runner::{Invocation, PluginOutput};
 
 pub mod tempdir;
+pub mod util;
 pub use tempdir::TempDir;

@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use conformance::{Invocation, PluginOutput, TempDir, TestHost, TestNetns, plugin_binary};
+use conformance::util::{link_names, reservations, with_prev};
+use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
 use serde_json::{Value, json};
 
 struct Node {
@@ -42,18 +43,7 @@ impl Node {
     }
 
     fn reservations(&self) -> usize {
-        std::fs::read_dir(self.store()).map_or(0, |d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
-            })
-            .count()
-        })
+        reservations(&self.store())
     }
 
     fn call(&self, command: &str, pod: usize, conf: &Value) -> Invocation {
@@ -78,27 +68,6 @@ impl Node {
     fn host_links(&self) -> Vec<String> {
         link_names(&self.host.host)
     }
-}
-
-fn link_names(ns: &TestNetns) -> Vec<String> {
-    ns.ip(&["-o", "link", "show"])
-        .lines()
-        .map(|l| {
-            l.split(": ")
-                .nth(1)
-                .unwrap()
-                .split('@')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
-fn with_prev(conf: &Value, result: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = result.clone();
-    c
 }
 
 fn v4() -> Value {

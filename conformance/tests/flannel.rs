@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use conformance::util::{reservations, with_prev};
 use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
 use serde_json::{Value, json};
 
@@ -70,29 +71,12 @@ impl Node {
     }
 
     fn reservations(&self) -> usize {
-        std::fs::read_dir(self.ipam_dir().join("cbr0")).map_or(0, |d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
-            })
-            .count()
-        })
+        reservations(&self.ipam_dir().join("cbr0"))
     }
 
     fn host_links(&self) -> usize {
         self.host.host.ip(&["-o", "link", "show"]).lines().count()
     }
-}
-
-fn with_prev(conf: &Value, result: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = result.clone();
-    c
 }
 
 fn file_mode(p: &Path) -> u32 {
