@@ -36,6 +36,12 @@ fn start_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daem
         "apt-get install etcd-server etcd-client (scripts/test.sh does)"
     );
     switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+    restart_etcd(switch, dir, config)
+}
+
+/// Starts etcd on its data directory (kept across restarts) and makes sure
+/// the network config is there.
+fn restart_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daemon {
     let args: Vec<String> = [
         "--name",
         "test",
@@ -499,18 +505,31 @@ fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
         assert!(v["PublicIP"].as_str().unwrap().starts_with("192.168.77."));
         assert!(v["BackendData"]["VtepMAC"].as_str().unwrap().len() == 17);
     }
-    // etcd goes away: the data plane stays.
+    // etcd goes away for 30 s: the data plane stays.
     cluster.etcd.as_mut().unwrap().stop();
-    for _ in 0..5 {
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(30) {
         assert!(
-            cluster.reaches(0, 0, &b),
+            cluster.reaches(0, 0, &b) && cluster.reaches(1, 0, &a),
             "pods lost each other while etcd was down"
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1000));
     }
     assert!(
         cluster.hosts[0].agent.as_mut().unwrap().alive(),
         "the agent survives the store's absence"
+    );
+    // etcd is back (same data): the agents reconnect and repair again.
+    let config = vxlan();
+    cluster.etcd = Some(restart_etcd(&cluster.switch, cluster.dir.path(), &config));
+    let h0 = &cluster.hosts[0].ns;
+    let route = h0.ip(&["route", "show", "dev", "flannel.7"]);
+    let dst = route.split_whitespace().next().unwrap().to_string();
+    h0.ip(&["route", "del", &dst, "dev", "flannel.7"]);
+    assert!(
+        wait_for(Duration::from_secs(15), || cluster.reaches(0, 0, &b)),
+        "no repair after etcd came back: {}",
+        cluster.hosts[0].agent.as_ref().unwrap().log()
     );
 }
 
