@@ -909,3 +909,196 @@ fn a_reservation_without_ttl_is_honoured() {
         "a reservation stays without TTL: {record}"
     );
 }
+
+/// A throwaway CA with a server certificate for the test etcd and a client
+/// certificate for the agents (openssl, from Debian).
+fn make_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:192.168.77.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("cli.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=test-ca",
+        "-days",
+        "1",
+    ]);
+    for (name, ext) in [("server", "srv.ext"), ("client", "cli.ext")] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let switch = TestNetns::new("tls");
+    switch.ip(&["link", "add", "br0", "type", "bridge"]);
+    switch.ip(&["link", "set", "br0", "up"]);
+    switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+    let host = TestNetns::new("tlsh");
+    switch.ip(&[
+        "link",
+        "add",
+        "port0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        host.name(),
+    ]);
+    switch.ip(&["link", "set", "port0", "master", "br0", "up"]);
+    host.ip(&["addr", "add", "192.168.77.10/24", "dev", "eth0"]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    let dir = TempDir::new("flanneld-tls");
+    let d = dir.path();
+    make_pki(d);
+    let p = |f: &str| d.join(f).display().to_string();
+    let url = "https://192.168.77.1:2379";
+    let args: Vec<String> = [
+        "--name",
+        "tls",
+        "--data-dir",
+        &p("etcd"),
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        "http://192.168.77.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://192.168.77.1:2380",
+        "--initial-cluster",
+        "tls=http://192.168.77.1:2380",
+        "--cert-file",
+        &p("server.pem"),
+        "--key-file",
+        &p("server.key"),
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &p("ca.pem"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let etcd = Daemon::start(
+        std::path::Path::new("/usr/bin/etcd"),
+        &args,
+        &switch,
+        &d.join("etcd.log"),
+    );
+    let tls = [
+        "--cacert",
+        &p("ca.pem"),
+        "--cert",
+        &p("client.pem"),
+        "--key",
+        &p("client.key"),
+    ];
+    let config = host_gw().to_string();
+    let put = || {
+        let mut a: Vec<&str> = vec!["--endpoints", url];
+        a.extend(tls);
+        a.extend(["put", "/coreos.com/network/config", &config]);
+        switch.exec("etcdctl", &a).status.success()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), put),
+        "etcd over TLS did not come up: {}",
+        etcd.log()
+    );
+    let agent_args: Vec<String> = [
+        "--etcd-endpoints",
+        url,
+        "--etcd-cafile",
+        &p("ca.pem"),
+        "--etcd-certfile",
+        &p("client.pem"),
+        "--etcd-keyfile",
+        &p("client.key"),
+        "--iface",
+        "eth0",
+        "--subnet-file",
+        &p("subnet.env"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Daemon::start(
+        &plugin_binary("flanneld"),
+        &agent_args,
+        &host,
+        &d.join("agent.log"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || d.join("subnet.env").exists()),
+        "no lease over TLS: {}",
+        agent.log()
+    );
+    let mut a: Vec<&str> = vec!["--endpoints", url];
+    a.extend(tls);
+    a.extend([
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets/",
+    ]);
+    let keys = String::from_utf8_lossy(&switch.exec("etcdctl", &a).stdout).to_string();
+    assert!(
+        keys.contains("/coreos.com/network/subnets/10.244."),
+        "{keys}"
+    );
+    drop(agent);
+    drop(etcd);
+}
