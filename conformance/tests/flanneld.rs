@@ -1102,3 +1102,52 @@ fn etcd_over_tls_with_client_certificates() {
     drop(agent);
     drop(etcd);
 }
+
+#[test]
+fn iface_regex_picks_the_interface_by_address_or_name() {
+    let host = TestNetns::new("rx");
+    host.ip(&[
+        "link", "add", "uplink7", "type", "veth", "peer", "name", "uplink7p",
+    ]);
+    host.ip(&["addr", "add", "192.168.77.10/24", "dev", "uplink7"]);
+    host.ip(&["link", "set", "uplink7", "up"]);
+    let dir = TempDir::new("flanneld-rx");
+    std::fs::write(dir.path().join("config"), host_gw().to_string()).unwrap();
+    let start = |pattern: &str, tag: &str| {
+        let args: Vec<String> = [
+            "--store-dir",
+            dir.path().to_str().unwrap(),
+            "--iface-regex",
+            pattern,
+            "--subnet-file",
+            dir.path().join(format!("{tag}.env")).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Daemon::start(
+            &plugin_binary("flanneld"),
+            &args,
+            &host,
+            &dir.path().join(format!("{tag}.log")),
+        )
+    };
+    for (pattern, tag) in [
+        (r"^192\.168\.77\.", "by-addr"),
+        ("^uplink[0-9]$", "by-name"),
+    ] {
+        let agent = start(pattern, tag);
+        assert!(
+            wait_for(Duration::from_secs(5), || dir
+                .path()
+                .join(format!("{tag}.env"))
+                .exists()),
+            "{pattern}: {}",
+            agent.log()
+        );
+        assert!(agent.log().contains("on uplink7"), "{}", agent.log());
+    }
+    let mut bad = start("(", "bad");
+    assert!(wait_for(Duration::from_secs(5), || !bad.alive()));
+    assert!(bad.log().contains("--iface-regex"), "{}", bad.log());
+}

@@ -64,9 +64,6 @@ fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
 /// `--iface` entries in order (name or address), else the interface of
 /// the default route.
 pub fn choose(nl: &mut Netlink, opts: &Options) -> Result<ExtIface, String> {
-    if !opts.iface_regex.is_empty() {
-        return Err("--iface-regex is not supported yet: name the interface with --iface".into());
-    }
     for want in &opts.ifaces {
         let index = match want.parse::<IpAddr>() {
             Ok(ip) => nl
@@ -84,10 +81,36 @@ pub fn choose(nl: &mut Netlink, opts: &Options) -> Result<ExtIface, String> {
             return describe(nl, index);
         }
     }
-    if !opts.ifaces.is_empty() {
+    // As upstream: each pattern against the addresses first, then the names.
+    for pattern in &opts.iface_regex {
+        let re =
+            regex::Regex::new(pattern).map_err(|e| format!("--iface-regex {pattern:?}: {e}"))?;
+        let addrs = nl
+            .addresses(None)
+            .map_err(|e| format!("cannot list addresses: {e}"))?;
+        let by_addr = addrs
+            .iter()
+            .filter(|a| a.scope == AddressScope::Universe)
+            .find(|a| re.is_match(&a.addr.to_string()))
+            .map(|a| a.index);
+        let index = match by_addr {
+            Some(i) => Some(i),
+            None => nl
+                .links()
+                .map_err(|e| format!("cannot list links: {e}"))?
+                .into_iter()
+                .find(|l| l.name != "lo" && re.is_match(&l.name))
+                .map(|l| l.index),
+        };
+        if let Some(index) = index {
+            return describe(nl, index);
+        }
+    }
+    if !opts.ifaces.is_empty() || !opts.iface_regex.is_empty() {
         return Err(format!(
-            "none of --iface {} exists on this host",
-            opts.ifaces.join(",")
+            "no interface matches --iface {} / --iface-regex {} on this host",
+            opts.ifaces.join(","),
+            opts.iface_regex.join(",")
         ));
     }
     for v4 in [true, false] {
