@@ -1151,3 +1151,27 @@ fn iface_regex_picks_the_interface_by_address_or_name() {
     assert!(wait_for(Duration::from_secs(5), || !bad.alive()));
     assert!(bad.log().contains("--iface-regex"), "{}", bad.log());
 }
+
+#[test]
+fn ipv6_only_over_vxlan_and_host_gw() {
+    for backend in ["vxlan", "host-gw"] {
+        let config = json!({
+            "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:244::/56",
+            "Backend": {"Type": backend}
+        });
+        let cluster = Cluster::new(2, 1, &config);
+        let env = cluster.subnet_env(0);
+        assert!(
+            !env.contains("FLANNEL_NETWORK=") && env.contains("FLANNEL_IPV6_SUBNET="),
+            "{env}"
+        );
+        let a = cluster.add_pod_all(0, 0);
+        let b = cluster.add_pod_all(1, 0);
+        assert!(
+            wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b[0])
+                && cluster.reaches(1, 0, &a[0])),
+            "{backend}: IPv6 pods cannot talk: {}",
+            cluster.hosts[0].agent.as_ref().unwrap().log()
+        );
+    }
+}

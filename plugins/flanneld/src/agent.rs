@@ -168,7 +168,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         (BackendType::Vxlan, Some(local)) => Some(Vxlan {
             vni: config.backend.vni,
             port: config.backend.port,
-            mtu: underlay_mtu.saturating_sub(vxlan::OVERHEAD),
+            mtu: underlay_mtu.saturating_sub(vxlan::overhead(local)),
             mac: vxlan::stable_mac(local, config.backend.vni),
             local,
             direct_routing: config.backend.direct_routing,

@@ -17,8 +17,20 @@ use serde_json::{Value, json};
 use crate::iface::ExtIface;
 use crate::lease::Lease;
 
-/// The VXLAN header and the inner Ethernet/IPv4/UDP headers.
+/// What encapsulation adds: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
+/// Ethernet (14).
 pub const OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (a 40-byte outer header).
+pub const OVERHEAD_V6: u32 = 70;
+
+/// The overhead for a VTEP at `local`.
+pub fn overhead(local: IpAddr) -> u32 {
+    if local.is_ipv4() {
+        OVERHEAD
+    } else {
+        OVERHEAD_V6
+    }
+}
 
 pub fn device_name(vni: u32) -> String {
     format!("flannel.{vni}")
