@@ -8,16 +8,18 @@ use ipnetwork::IpNetwork;
 use netkit::link::Link;
 use netkit::{NetNs, Netlink};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, MasqBackend};
 use crate::errors::{self, IPAM, NETNS};
 use crate::masq::{self, Attachment};
-use crate::{bridge_link, pod, veth};
+use crate::{bridge_link, iptables, pod, spoofchk, veth};
 
 /// What a failed ADD must take back, newest last.
 enum Undo {
     Veth(u32),
     Ipam(String),
     Masq,
+    MasqIptables,
+    SpoofChk,
 }
 
 pub fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
@@ -61,6 +63,8 @@ fn roll_back(args: &CmdArgs, host: &mut Netlink, who: &Attachment<'_>, undo: Vec
             Undo::Ipam(plugin) => delegate::run(&plugin, &args.path, Command::Del, &args.stdin)
                 .map_err(|e| e.to_string()),
             Undo::Masq => masq::del(who).map_err(|e| e.to_string()),
+            Undo::MasqIptables => iptables::del(&ipt_owner(who)).map_err(|e| e.to_string()),
+            Undo::SpoofChk => spoofchk::del(&spoof_who(who)).map_err(|e| e.to_string()),
         };
     }
 }
@@ -78,6 +82,11 @@ fn apply(
     let (host_veth, pod_link) = veth::create(host, pod_nl, pod_ns, conf, &args.ifname)?;
     undo.push(Undo::Veth(host_veth.index));
     veth::attach(host, &host_veth, &br, conf)?;
+    if conf.mac_spoof_check {
+        let mac = spoofchk::mac6(&pod_link.mac)?;
+        undo.push(Undo::SpoofChk);
+        spoofchk::add(&spoof_who(who), &host_veth.name, mac)?;
+    }
 
     let mut result = CniResult::default();
     if let Some(ipam) = &conf.ipam {
@@ -109,8 +118,13 @@ fn apply(
         }
         if conf.ip_masq {
             let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-            undo.push(Undo::Masq);
-            masq::add(who, &addrs)?;
+            if conf.masq_backend == MasqBackend::Iptables {
+                undo.push(Undo::MasqIptables);
+                iptables::add(&ipt_owner(who), &addrs)?;
+            } else {
+                undo.push(Undo::Masq);
+                masq::add(who, &addrs)?;
+            }
         }
     } else if !conf.disable_container_interface {
         pod_nl.set_up(pod_link.index).map_err(|e| {
@@ -137,6 +151,21 @@ fn apply(
         interface(&pod_link, sandbox),
     ];
     Ok(result)
+}
+
+fn ipt_owner<'a>(who: &Attachment<'a>) -> iptables::Owner<'a> {
+    iptables::Owner {
+        network: who.network,
+        container_id: who.container_id,
+    }
+}
+
+fn spoof_who<'a>(who: &Attachment<'a>) -> spoofchk::Attachment<'a> {
+    spoofchk::Attachment {
+        network: who.network,
+        container_id: who.container_id,
+        ifname: who.ifname,
+    }
 }
 
 fn interface(link: &Link, sandbox: String) -> Interface {

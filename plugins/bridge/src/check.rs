@@ -7,10 +7,10 @@ use netkit::link::Link;
 use netkit::{NetNs, Netlink};
 use netlink_packet_route::link::InfoKind;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, MasqBackend};
 use crate::errors::{self, CHECK, NETNS};
 use crate::masq::{self, Attachment};
-use crate::pod;
+use crate::{iptables, pod, spoofchk};
 
 fn missing(msg: String) -> CniError {
     errors::msg(CHECK, msg)
@@ -41,6 +41,20 @@ pub fn check(args: &CmdArgs) -> Result<(), CniError> {
     let pod_link = check_pod_link(&mut pod_nl, &prev, &args.ifname, &sandbox)?;
     check_host_veth(&mut host, &prev, &br, &pod_link)?;
     check_addresses_and_routes(&mut pod_nl, &prev, &pod_link)?;
+    if conf.mac_spoof_check {
+        let who = spoofchk::Attachment {
+            network: args.network_name(),
+            container_id: &args.container_id,
+            ifname: &args.ifname,
+        };
+        // The host end: the result's interface outside the pod that is not the bridge.
+        let host_veth = prev
+            .interfaces
+            .iter()
+            .find(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+            .map(|i| i.name.as_str());
+        spoofchk::check(&who, host_veth, spoofchk::mac6(&pod_link.mac)?)?;
+    }
     if conf.ip_masq {
         let who = Attachment {
             network: args.network_name(),
@@ -48,7 +62,15 @@ pub fn check(args: &CmdArgs) -> Result<(), CniError> {
             ifname: &args.ifname,
         };
         let addrs: Vec<IpNetwork> = prev.ips.iter().map(|ip| ip.address).collect();
-        masq::check(&who, &addrs)?;
+        if conf.masq_backend == MasqBackend::Iptables {
+            let owner = iptables::Owner {
+                network: who.network,
+                container_id: who.container_id,
+            };
+            iptables::check(&owner, &addrs)?;
+        } else {
+            masq::check(&who, &addrs)?;
+        }
     }
     Ok(())
 }

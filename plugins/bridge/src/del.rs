@@ -1,6 +1,7 @@
 //! DEL: best effort and idempotent. The pod interface goes (and its host
 //! end with it), IPAM's DEL always runs, and the attachment's masquerade
-//! rules are removed even when the namespace is already gone.
+//! rules and MAC spoof check are removed even when the namespace is
+//! already gone (both on one socket, on the second thread below).
 //!
 //! The slow steps wait on the kernel, not on the CPU: deleting the veth
 //! waits for RCU grace periods (~18 ms), and so does closing the nf_tables
@@ -14,9 +15,10 @@
 use cni_types::{CmdArgs, CniError, Command, delegate};
 use netkit::NetNs;
 
-use crate::config;
+use crate::config::{self, MasqBackend};
 use crate::errors::{self, MASQUERADE, NETNS};
 use crate::masq::{self, Attachment};
+use crate::{iptables, spoofchk};
 
 pub fn del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = config::load(args)?;
@@ -25,12 +27,37 @@ pub fn del(args: &CmdArgs) -> Result<(), CniError> {
         container_id: &args.container_id,
         ifname: &args.ifname,
     };
+    let spoof = spoofchk::Attachment {
+        network: args.network_name(),
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    };
+    let iptables_masq = conf.ip_masq && conf.masq_backend == MasqBackend::Iptables;
+    let nft_masq = conf.ip_masq && !iptables_masq;
     let (failures, nft) = std::thread::scope(|s| {
         // The thread enters no namespace: its socket is in ours, the node's.
-        let masq = conf.ip_masq.then(|| {
+        let rules = (conf.ip_masq || conf.mac_spoof_check).then(|| {
             s.spawn(|| {
                 let mut nft = masq::open()?;
-                masq::del_with(&mut nft, &who).map(|()| nft)
+                let mut failures = Vec::new();
+                if iptables_masq {
+                    let owner = iptables::Owner {
+                        network: who.network,
+                        container_id: who.container_id,
+                    };
+                    if let Err(e) = iptables::del(&owner) {
+                        failures.push(e);
+                    }
+                }
+                if nft_masq && let Err(e) = masq::del_with(&mut nft, &who) {
+                    failures.push(e);
+                }
+                if conf.mac_spoof_check
+                    && let Err(e) = spoofchk::del_with(&mut nft, &spoof)
+                {
+                    failures.push(e);
+                }
+                Ok::<_, CniError>((nft, failures))
             })
         });
         let mut failures: Vec<CniError> = Vec::new();
@@ -45,13 +72,16 @@ pub fn del(args: &CmdArgs) -> Result<(), CniError> {
             failures.push(e);
         }
         let mut nft = None;
-        if let Some(thread) = masq {
+        if let Some(thread) = rules {
             match thread.join() {
-                Ok(Ok(socket)) => nft = Some(socket),
+                Ok(Ok((socket, errs))) => {
+                    nft = Some(socket);
+                    failures.extend(errs);
+                }
                 Ok(Err(e)) => failures.push(e),
                 Err(_) => failures.push(errors::msg(
                     MASQUERADE,
-                    "removing masquerade rules panicked",
+                    "removing masquerade and MAC spoof check rules panicked",
                 )),
             }
         }

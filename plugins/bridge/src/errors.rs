@@ -19,6 +19,8 @@ pub const CHECK: u32 = 124;
 pub const IPAM: u32 = 125;
 /// The pod's network namespace cannot be used.
 pub const NETNS: u32 = 126;
+/// The MAC spoof check (`macspoofchk`) could not be programmed.
+pub const SPOOFCHK: u32 = 127;
 
 pub fn err(code: u32, what: impl Display, e: impl Display) -> CniError {
     CniError::new(code, format!("{what}: {e}"))

@@ -7,8 +7,10 @@ mod check;
 pub mod config;
 mod del;
 pub mod errors;
+mod iptables;
 mod masq;
 mod pod;
+mod spoofchk;
 mod veth;
 
 use cni_types::result::CniResult;
@@ -32,7 +34,7 @@ impl Plugin for Bridge {
 
     /// GC goes to IPAM (the spec's MUST, which the reference skips) and
     /// removes masquerade rules of attachments not in the list (none when
-    /// the runtime sends no list).
+    /// the runtime sends no list), and MAC spoof checks the same way.
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = config::load(args)?;
         let mut failures = Vec::new();
@@ -53,6 +55,21 @@ impl Plugin for Bridge {
                 })
                 .collect();
             if let Err(e) = masq::gc(args.network_name(), &keep) {
+                failures.push(e);
+            }
+        }
+        if conf.mac_spoof_check
+            && let Some(valid) = args.conf.gc_valid_attachments()
+        {
+            let keep: Vec<spoofchk::Attachment<'_>> = valid
+                .iter()
+                .map(|a| spoofchk::Attachment {
+                    network: args.network_name(),
+                    container_id: &a.container_id,
+                    ifname: &a.ifname,
+                })
+                .collect();
+            if let Err(e) = spoofchk::gc(args.network_name(), &keep) {
                 failures.push(e);
             }
         }

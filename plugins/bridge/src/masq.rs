@@ -22,9 +22,8 @@
 //! finds all of a network's. Each call is one transaction, built after
 //! reading what is there so that only what is missing is sent.
 //!
-//! `ipMasqBackend: "iptables"` is accepted by the config, but there is no
-//! iptables backend (yet): masquerade always uses nftables, whatever the
-//! config says.
+//! `ipMasqBackend: "iptables"` uses the reference's iptables layout
+//! instead (see `iptables.rs`).
 
 use std::collections::HashSet;
 use std::fmt::Write;

@@ -5,8 +5,8 @@
 
 use netkit::NetNs;
 use netkit::nft::{
-    BaseChain, Expr, Exprs, Family, HeaderMatch, MetaMatch, NAT_FULLY_RANDOM, Nft, Step, Table,
-    Verdict,
+    BaseChain, Expr, Exprs, Family, HeaderMatch, LinkMatch, MetaMatch, NAT_FULLY_RANDOM, Nft, Step,
+    Table, Verdict,
 };
 use nix::libc;
 use nix::sched::{CloneFlags, unshare};
@@ -258,4 +258,89 @@ fn ip_family_rules_with_marks_negations_and_flags_read_back_the_same() {
     nft.commit(b).unwrap();
     assert!(!nft.has_table(IP).unwrap());
     assert!(nft.chain_list(IP).unwrap().is_empty());
+}
+
+#[test]
+fn bridge_family_chains_with_iifname_ether_saddr_and_jumps_round_trip() {
+    let (ns, mut nft) = private_nft();
+    let t = Table {
+        family: Family::Bridge,
+        name: "nat",
+    };
+    let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let mut b = nft.batch(None);
+    b.add_table(t, None);
+    b.add_chain(t, "PREROUTING", Some(BaseChain::BRIDGE_PREROUTING), None);
+    b.add_chain(t, "iface", None, None);
+    b.add_chain(t, "iface-mac", None, None);
+    let mut mac_rule = Exprs::new();
+    mac_rule
+        .link(&LinkMatch::ether_saddr(mac))
+        .verdict(&Verdict::Return);
+    b.add_rule(t, "iface-mac", &mac_rule, None);
+    let mut jump_mac = Exprs::new();
+    jump_mac.verdict(&Verdict::Jump("iface-mac".into()));
+    b.add_rule(t, "iface", &jump_mac, None);
+    let mut drop = Exprs::new();
+    drop.verdict(&Verdict::Drop);
+    b.add_rule(t, "iface-mac", &drop, None);
+    let mut entry = Exprs::new();
+    entry
+        .meta(&MetaMatch::iifname("vethabc"))
+        .verdict(&Verdict::Jump("iface".into()));
+    b.add_rule(t, "PREROUTING", &entry, Some("macspoofchk-x"));
+    nft.commit(b).unwrap();
+
+    let chains = nft.chain_list(t).unwrap();
+    let pre = chains.iter().find(|c| c.name == "PREROUTING").unwrap();
+    assert!(pre.is(Some(&BaseChain::BRIDGE_PREROUTING)), "{pre:?}");
+    let rules = nft.rules(t, None).unwrap();
+    let find = |chain: &str| -> Vec<&netkit::nft::Rule> {
+        rules.iter().filter(|r| r.chain == chain).collect()
+    };
+    assert!(entry.same_rule(&find("PREROUTING")[0].exprs));
+    assert_eq!(
+        find("PREROUTING")[0].comment.as_deref(),
+        Some("macspoofchk-x")
+    );
+    assert!(mac_rule.same_rule(&find("iface-mac")[0].exprs));
+    assert!(drop.same_rule(&find("iface-mac")[1].exprs));
+    assert!(jump_mac.same_rule(&find("iface")[0].exprs));
+
+    // nft shows what we wrote as it would write it.
+    let listing = ns
+        .run(|| {
+            std::process::Command::new("nft")
+                .args(["list", "table", "bridge", "nat"])
+                .output()
+        })
+        .unwrap();
+    if let Ok(out) = listing {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("iifname \"vethabc\" jump iface comment \"macspoofchk-x\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("ether saddr 02:11:22:33:44:55 return"),
+            "{text}"
+        );
+        assert!(text.contains("jump iface-mac"), "{text}");
+        assert!(
+            text.contains("type filter hook prerouting priority dstnat; policy accept;")
+                || text.contains("type filter hook prerouting priority -300; policy accept;"),
+            "{text}"
+        );
+    }
+
+    // Deleted in one batch: the jump, then the chains flushed and removed.
+    let handle = find("PREROUTING")[0].handle;
+    let mut b = nft.batch(None);
+    b.del_rule(t, "PREROUTING", handle);
+    b.flush_chain(t, "iface");
+    b.flush_chain(t, "iface-mac");
+    b.del_chain(t, "iface");
+    b.del_chain(t, "iface-mac");
+    nft.commit(b).unwrap();
+    assert_eq!(nft.chains(t).unwrap(), ["PREROUTING"]);
 }

@@ -31,7 +31,19 @@ impl BaseChain<'static> {
         hook: nix::libc::NF_INET_FORWARD as u32,
         priority: nix::libc::NF_IP_PRI_FILTER,
     };
+
+    /// In a `bridge` table: `type filter hook prerouting priority -300`
+    /// (`dstnat` of the bridge family), before the bridge decides where a
+    /// frame goes.
+    pub const BRIDGE_PREROUTING: BaseChain<'static> = BaseChain {
+        kind: "filter",
+        hook: NF_BR_PRE_ROUTING,
+        priority: -300,
+    };
 }
+
+/// `NF_BR_PRE_ROUTING` (<linux/netfilter_bridge.h>).
+const NF_BR_PRE_ROUTING: u32 = 0;
 
 /// Changes to send with [`super::Nft::commit`]. Every message asks for an
 /// ACK, so an error names the message it belongs to.

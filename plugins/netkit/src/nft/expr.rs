@@ -74,6 +74,27 @@ fn same_bits(a: (Option<&[u8]>, &[u8]), b: (Option<&[u8]>, &[u8])) -> bool {
     bits(a) == bits(b)
 }
 
+/// A comparison of bytes of the link-layer header, as in `ether saddr
+/// 02:42:ac:11:00:02`: a payload load of the whole field and a `cmp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkMatch {
+    pub offset: u32,
+    /// `true` for `!=`.
+    pub negate: bool,
+    pub value: Vec<u8>,
+}
+
+impl LinkMatch {
+    /// `ether saddr <mac>`.
+    pub fn ether_saddr(mac: [u8; 6]) -> LinkMatch {
+        LinkMatch {
+            offset: 6,
+            negate: false,
+            value: mac.to_vec(),
+        }
+    }
+}
+
 /// A comparison of packet metadata, as in `meta mark & 0x4000 == 0x4000`:
 /// a `meta` load, an optional mask, a `cmp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +121,19 @@ impl MetaMatch {
         }
     }
 
+    /// `iifname "<name>"`: the input interface's name, compared on all
+    /// `IFNAMSIZ` bytes as nft does for a name without a wildcard.
+    pub fn iifname(name: &str) -> MetaMatch {
+        let mut value = name.as_bytes().to_vec();
+        value.resize(IFNAMSIZ.max(value.len()), 0);
+        MetaMatch {
+            key: NFT_META_IIFNAME,
+            mask: None,
+            negate: false,
+            value,
+        }
+    }
+
     /// Whether both test the same bits of the same key for the same values.
     pub fn same_test(&self, other: &MetaMatch) -> bool {
         self.key == other.key
@@ -118,6 +152,7 @@ pub enum Verdict {
     Drop,
     Return,
     Goto(String),
+    Jump(String),
     /// Any other code (`NFT_JUMP`, `NFT_CONTINUE`, ...) with its chain.
     Other(i32, Option<String>),
 }
@@ -131,6 +166,7 @@ pub const NAT_FULLY_RANDOM: u32 = 1 << 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Header(HeaderMatch),
+    Link(LinkMatch),
     Meta(MetaMatch),
     Verdict(Verdict),
     /// `masquerade` with its `NF_NAT_RANGE_*` flags (e.g. [`NAT_FULLY_RANDOM`]).
@@ -234,6 +270,18 @@ impl Exprs {
         self.cmp(if m.negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }, &m.value)
     }
 
+    /// A [`LinkMatch`], e.g. `ether saddr 02:42:ac:11:00:02`.
+    pub fn link(&mut self, m: &LinkMatch) -> &mut Self {
+        let len = u32::try_from(m.value.len()).unwrap_or(u32::MAX);
+        self.expr("payload", |w| {
+            w.put_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+            w.put_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_LL_HEADER);
+            w.put_be32(NFTA_PAYLOAD_OFFSET, m.offset);
+            w.put_be32(NFTA_PAYLOAD_LEN, len);
+        });
+        self.cmp(if m.negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }, &m.value)
+    }
+
     /// A [`MetaMatch`], e.g. `meta mark & 0x4000 == 0x4000`.
     pub fn meta(&mut self, m: &MetaMatch) -> &mut Self {
         self.expr("meta", |w| {
@@ -252,6 +300,7 @@ impl Exprs {
             Verdict::Drop => (NF_DROP_CODE, None),
             Verdict::Return => (NFT_RETURN, None),
             Verdict::Goto(c) => (NFT_GOTO, Some(c.as_str())),
+            Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
             Verdict::Other(code, c) => (*code, c.as_deref()),
         };
         self.expr("immediate", |w| {
@@ -344,6 +393,7 @@ impl Expr {
             (NF_DROP_CODE, None) => Verdict::Drop,
             (NFT_RETURN, None) => Verdict::Return,
             (NFT_GOTO, Some(c)) => Verdict::Goto(c),
+            (NFT_JUMP, Some(c)) => Verdict::Jump(c),
             (code, chain) => Verdict::Other(code, chain),
         })
     }
@@ -376,6 +426,7 @@ impl Expr {
     pub fn steps(exprs: &[Expr]) -> Vec<Step> {
         enum Load {
             Header(u32),
+            Link(u32),
             Meta(u32),
             Unknown,
         }
@@ -400,6 +451,7 @@ impl Expr {
                     let offset = e.attr(NFTA_PAYLOAD_OFFSET).and_then(be32);
                     let load = match (base, offset, e.attr(NFTA_PAYLOAD_DREG)) {
                         (Some(NFT_PAYLOAD_NETWORK_HEADER), Some(off), Some(_)) => Load::Header(off),
+                        (Some(NFT_PAYLOAD_LL_HEADER), Some(off), Some(_)) => Load::Link(off),
                         _ => Load::Unknown,
                     };
                     pending = Some(Pending {
@@ -446,13 +498,18 @@ impl Expr {
                                     negate,
                                     value,
                                 }),
+                                Load::Link(offset) if mask.is_none() => Step::Link(LinkMatch {
+                                    offset,
+                                    negate,
+                                    value,
+                                }),
                                 Load::Meta(key) => Step::Meta(MetaMatch {
                                     key,
                                     mask,
                                     negate,
                                     value,
                                 }),
-                                Load::Unknown => Step::Other(p.name.to_string()),
+                                Load::Link(_) | Load::Unknown => Step::Other(p.name.to_string()),
                             });
                         }
                         (mut p, _, _) => {
@@ -656,6 +713,42 @@ mod tests {
         // A load whose compare is missing is not a match.
         let steps = Expr::steps(&decoded(&nft)[..1]);
         assert_eq!(steps, [Step::Other("payload".into())]);
+    }
+
+    #[test]
+    fn bridge_matches_and_jumps_read_back_as_steps() {
+        let mac = [2, 0x42, 0xac, 0x11, 0, 2];
+        let mut e = Exprs::new();
+        e.meta(&MetaMatch::iifname("veth1234"))
+            .link(&LinkMatch::ether_saddr(mac))
+            .verdict(&Verdict::Jump("next".into()));
+        let steps = Expr::steps(&decoded(&e));
+        let mut name = b"veth1234".to_vec();
+        name.resize(16, 0);
+        assert_eq!(
+            steps,
+            [
+                Step::Meta(MetaMatch {
+                    key: NFT_META_IIFNAME,
+                    mask: None,
+                    negate: false,
+                    value: name,
+                }),
+                Step::Link(LinkMatch {
+                    offset: 6,
+                    negate: false,
+                    value: mac.to_vec(),
+                }),
+                Step::Verdict(Verdict::Jump("next".into())),
+            ]
+        );
+        assert!(e.same_rule(&decoded(&e)));
+        let mut other = Exprs::new();
+        other
+            .meta(&MetaMatch::iifname("veth1235"))
+            .link(&LinkMatch::ether_saddr(mac))
+            .verdict(&Verdict::Jump("next".into()));
+        assert!(!e.same_rule(&decoded(&other)));
     }
 
     #[test]

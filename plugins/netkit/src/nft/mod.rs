@@ -23,7 +23,7 @@ use std::io;
 use nix::libc;
 
 pub use batch::{BaseChain, Batch};
-pub use expr::{Expr, Exprs, HeaderMatch, MetaMatch, NAT_FULLY_RANDOM, Step, Verdict};
+pub use expr::{Expr, Exprs, HeaderMatch, LinkMatch, MetaMatch, NAT_FULLY_RANDOM, Step, Verdict};
 pub use socket::{Chain, Nft, Rule};
 
 /// An nf_tables address family.
@@ -33,6 +33,8 @@ pub enum Family {
     Inet,
     Ip,
     Ip6,
+    /// `bridge`: frames crossing a Linux bridge.
+    Bridge,
 }
 
 impl Family {
@@ -41,6 +43,7 @@ impl Family {
             Family::Inet => libc::NFPROTO_INET,
             Family::Ip => libc::NFPROTO_IPV4,
             Family::Ip6 => libc::NFPROTO_IPV6,
+            Family::Bridge => libc::NFPROTO_BRIDGE,
         };
         proto as u8
     }
@@ -50,6 +53,7 @@ impl Family {
             Family::Inet => "inet",
             Family::Ip => "ip",
             Family::Ip6 => "ip6",
+            Family::Bridge => "bridge",
         }
     }
 }
@@ -183,6 +187,11 @@ mod sys {
     pub const NFT_REG_1: u32 = libc::NFT_REG_1 as u32;
     pub const NFT_META_NFPROTO: u32 = libc::NFT_META_NFPROTO as u32;
     pub const NFT_META_MARK: u32 = libc::NFT_META_MARK as u32;
+    pub const NFT_META_IIFNAME: u32 = libc::NFT_META_IIFNAME as u32;
+    pub const NFT_PAYLOAD_LL_HEADER: u32 = libc::NFT_PAYLOAD_LL_HEADER as u32;
+    pub const NFT_JUMP: i32 = libc::NFT_JUMP;
+    /// `IFNAMSIZ`: interface names are compared on this many bytes.
+    pub const IFNAMSIZ: usize = 16;
     /// `NFT_BITWISE_BOOL`: `(reg & mask) ^ xor`, the only kind older
     /// kernels have (they send no NFTA_BITWISE_OP).
     pub const NFT_BITWISE_BOOL: u32 = 0;
