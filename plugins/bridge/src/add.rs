@@ -9,8 +9,9 @@ use netkit::link::Link;
 use netkit::{NetNs, Netlink};
 
 use crate::config::{self, Config, MasqBackend};
-use crate::errors::{self, IPAM, NETNS};
+use crate::errors::{self, IPAM};
 use crate::masq::{self, Attachment};
+use crate::sockets::{self, Sockets};
 use crate::{bridge_link, iptables, pod, spoofchk, veth};
 
 /// What a failed ADD must take back, newest last.
@@ -24,21 +25,13 @@ enum Undo {
 
 pub fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
     let conf = config::load(args)?;
-    let netns_path = args
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for ADD"))?;
-    let pod_ns =
-        NetNs::open(netns_path).map_err(|e| errors::err(NETNS, "failed to open netns", e))?;
-    let mut host = Netlink::new().map_err(|e| errors::err(NETNS, "failed to open netlink", e))?;
-    let mut pod_nl = pod_ns
-        .socket()
-        .map_err(|e| errors::err(NETNS, "failed to open netlink in the pod", e))?;
-    let who = Attachment {
-        network: args.network_name(),
-        container_id: &args.container_id,
-        ifname: &args.ifname,
-    };
+    let Sockets {
+        pod_ns,
+        mut host,
+        pod: mut pod_nl,
+        ..
+    } = sockets::open(args, "ADD")?;
+    let who = Attachment::of(args);
     let mut undo = Vec::new();
     let out = apply(
         args,
@@ -63,8 +56,8 @@ fn roll_back(args: &CmdArgs, host: &mut Netlink, who: &Attachment<'_>, undo: Vec
             Undo::Ipam(plugin) => delegate::run(&plugin, &args.path, Command::Del, &args.stdin)
                 .map_err(|e| e.to_string()),
             Undo::Masq => masq::del(who).map_err(|e| e.to_string()),
-            Undo::MasqIptables => iptables::del(&ipt_owner(who)).map_err(|e| e.to_string()),
-            Undo::SpoofChk => spoofchk::del(&spoof_who(who)).map_err(|e| e.to_string()),
+            Undo::MasqIptables => iptables::del(who).map_err(|e| e.to_string()),
+            Undo::SpoofChk => spoofchk::del(who).map_err(|e| e.to_string()),
         };
     }
 }
@@ -85,7 +78,7 @@ fn apply(
     if conf.mac_spoof_check {
         let mac = spoofchk::mac6(&pod_link.mac)?;
         undo.push(Undo::SpoofChk);
-        spoofchk::add(&spoof_who(who), &host_veth.name, mac)?;
+        spoofchk::add(who, &host_veth.name, mac)?;
     }
 
     let mut result = CniResult::default();
@@ -120,7 +113,7 @@ fn apply(
             let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
             if conf.masq_backend == MasqBackend::Iptables {
                 undo.push(Undo::MasqIptables);
-                iptables::add(&ipt_owner(who), &addrs)?;
+                iptables::add(who, &addrs)?;
             } else {
                 undo.push(Undo::Masq);
                 masq::add(who, &addrs)?;
@@ -151,21 +144,6 @@ fn apply(
         interface(&pod_link, sandbox),
     ];
     Ok(result)
-}
-
-fn ipt_owner<'a>(who: &Attachment<'a>) -> iptables::Owner<'a> {
-    iptables::Owner {
-        network: who.network,
-        container_id: who.container_id,
-    }
-}
-
-fn spoof_who<'a>(who: &Attachment<'a>) -> spoofchk::Attachment<'a> {
-    spoofchk::Attachment {
-        network: who.network,
-        container_id: who.container_id,
-        ifname: who.ifname,
-    }
 }
 
 fn interface(link: &Link, sandbox: String) -> Interface {

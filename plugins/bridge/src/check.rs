@@ -3,13 +3,14 @@
 use cni_types::result::CniResult;
 use cni_types::{CmdArgs, CniError, Command, delegate};
 use ipnetwork::IpNetwork;
+use netkit::Netlink;
 use netkit::link::Link;
-use netkit::{NetNs, Netlink};
 use netlink_packet_route::link::InfoKind;
 
 use crate::config::{self, Config, MasqBackend};
-use crate::errors::{self, CHECK, NETNS};
+use crate::errors::{self, CHECK};
 use crate::masq::{self, Attachment};
+use crate::sockets::{self, Sockets};
 use crate::{iptables, pod, spoofchk};
 
 fn missing(msg: String) -> CniError {
@@ -25,16 +26,12 @@ pub fn check(args: &CmdArgs) -> Result<(), CniError> {
     if let Some(ipam) = &conf.ipam {
         delegate::run(ipam, &args.path, Command::Check, &args.stdin)?;
     }
-    let netns_path = args
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for CHECK"))?;
-    let pod_ns =
-        NetNs::open(netns_path).map_err(|e| errors::err(NETNS, "failed to open netns", e))?;
-    let mut host = Netlink::new().map_err(|e| errors::err(NETNS, "failed to open netlink", e))?;
-    let mut pod_nl = pod_ns
-        .socket()
-        .map_err(|e| errors::err(NETNS, "failed to open netlink in the pod", e))?;
+    let Sockets {
+        netns_path,
+        mut host,
+        pod: mut pod_nl,
+        ..
+    } = sockets::open(args, "CHECK")?;
     let sandbox = netns_path.display().to_string();
 
     let br = check_bridge(&mut host, &conf, &prev)?;
@@ -42,11 +39,7 @@ pub fn check(args: &CmdArgs) -> Result<(), CniError> {
     check_host_veth(&mut host, &prev, &br, &pod_link)?;
     check_addresses_and_routes(&mut pod_nl, &prev, &pod_link)?;
     if conf.mac_spoof_check {
-        let who = spoofchk::Attachment {
-            network: args.network_name(),
-            container_id: &args.container_id,
-            ifname: &args.ifname,
-        };
+        let who = Attachment::of(args);
         // The host end: the result's interface outside the pod that is not the bridge.
         let host_veth = prev
             .interfaces
@@ -56,18 +49,10 @@ pub fn check(args: &CmdArgs) -> Result<(), CniError> {
         spoofchk::check(&who, host_veth, spoofchk::mac6(&pod_link.mac)?)?;
     }
     if conf.ip_masq {
-        let who = Attachment {
-            network: args.network_name(),
-            container_id: &args.container_id,
-            ifname: &args.ifname,
-        };
+        let who = Attachment::of(args);
         let addrs: Vec<IpNetwork> = prev.ips.iter().map(|ip| ip.address).collect();
         if conf.masq_backend == MasqBackend::Iptables {
-            let owner = iptables::Owner {
-                network: who.network,
-                container_id: who.container_id,
-            };
-            iptables::check(&owner, &addrs)?;
+            iptables::check(&who, &addrs)?;
         } else {
             masq::check(&who, &addrs)?;
         }

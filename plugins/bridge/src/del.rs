@@ -22,16 +22,7 @@ use crate::{iptables, spoofchk};
 
 pub fn del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = config::load(args)?;
-    let who = Attachment {
-        network: args.network_name(),
-        container_id: &args.container_id,
-        ifname: &args.ifname,
-    };
-    let spoof = spoofchk::Attachment {
-        network: args.network_name(),
-        container_id: &args.container_id,
-        ifname: &args.ifname,
-    };
+    let who = Attachment::of(args);
     let iptables_masq = conf.ip_masq && conf.masq_backend == MasqBackend::Iptables;
     let nft_masq = conf.ip_masq && !iptables_masq;
     let (failures, nft) = std::thread::scope(|s| {
@@ -40,20 +31,14 @@ pub fn del(args: &CmdArgs) -> Result<(), CniError> {
             s.spawn(|| {
                 let mut nft = masq::open()?;
                 let mut failures = Vec::new();
-                if iptables_masq {
-                    let owner = iptables::Owner {
-                        network: who.network,
-                        container_id: who.container_id,
-                    };
-                    if let Err(e) = iptables::del(&owner) {
-                        failures.push(e);
-                    }
+                if iptables_masq && let Err(e) = iptables::del(&who) {
+                    failures.push(e);
                 }
                 if nft_masq && let Err(e) = masq::del_with(&mut nft, &who) {
                     failures.push(e);
                 }
                 if conf.mac_spoof_check
-                    && let Err(e) = spoofchk::del_with(&mut nft, &spoof)
+                    && let Err(e) = spoofchk::del_with(&mut nft, &who)
                 {
                     failures.push(e);
                 }

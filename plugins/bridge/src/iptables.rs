@@ -25,15 +25,11 @@ use sha2::{Digest, Sha512};
 use crate::errors::{self, CHECK, MASQUERADE};
 
 /// Whose rules: the network and container (the reference ignores ifname).
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    pub network: &'a str,
-    pub container_id: &'a str,
-}
+pub use crate::attachment::Attachment as Owner;
 
 impl Owner<'_> {
     /// `CNI-` and 24 hex digits of sha512(network + containerID): 28 chars.
-    pub fn chain(&self) -> String {
+    pub fn ipt_chain(&self) -> String {
         let digest = Sha512::digest(format!("{}{}", self.network, self.container_id).as_bytes());
         let mut name = String::from("CNI-");
         for b in &digest[..12] {
@@ -161,7 +157,7 @@ fn list_nat(fam: Fam) -> Result<Vec<String>, CniError> {
 
 /// The restore input that makes the chain and sends `ips` to it.
 fn add_input(who: &Owner<'_>, fam: Fam, ips: &[&IpNetwork]) -> String {
-    let chain = who.chain();
+    let chain = who.ipt_chain();
     let comment = who.comment_arg();
     let mut s = format!("*nat\n:{chain} - [0:0]\n");
     let mut subnets: Vec<String> = Vec::new();
@@ -220,7 +216,7 @@ fn is_jump(line: &str, chain: &str) -> bool {
 /// Removes the POSTROUTING jumps to the chain and the chain, in both
 /// families, whatever the pod's addresses were.
 pub fn del(who: &Owner<'_>) -> Result<(), CniError> {
-    let chain = who.chain();
+    let chain = who.ipt_chain();
     let mut failures = Vec::new();
     for fam in [Fam::V4, Fam::V6] {
         let lines = match list_nat(fam) {
@@ -255,7 +251,7 @@ pub fn del(who: &Owner<'_>) -> Result<(), CniError> {
 
 /// The chain with its two kinds of rules, and a jump for each address.
 pub fn check(who: &Owner<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
-    let chain = who.chain();
+    let chain = who.ipt_chain();
     for (fam, ips) in families(ips) {
         let lines = list_nat(fam)?;
         let fail = |what: String| Err(errors::msg(CHECK, what));
@@ -305,8 +301,9 @@ mod tests {
         let who = Owner {
             network: "mynet",
             container_id: "cid",
+            ifname: "eth0",
         };
-        let chain = who.chain();
+        let chain = who.ipt_chain();
         assert_eq!(chain.len(), 28);
         assert!(chain.starts_with("CNI-"));
         let ip: IpNetwork = "10.88.0.5/24".parse().unwrap();

@@ -2,6 +2,7 @@
 //! routes in the pod, the gateway on the bridge, and masquerade.
 
 mod add;
+mod attachment;
 mod bridge_link;
 mod check;
 pub mod config;
@@ -10,9 +11,11 @@ pub mod errors;
 mod iptables;
 mod masq;
 mod pod;
+mod sockets;
 mod spoofchk;
 mod veth;
 
+use crate::attachment::Attachment;
 use cni_types::result::CniResult;
 use cni_types::{CmdArgs, CniError, Command, Plugin, delegate};
 
@@ -43,33 +46,24 @@ impl Plugin for Bridge {
         {
             failures.push(e);
         }
-        if conf.ip_masq
-            && let Some(valid) = args.conf.gc_valid_attachments()
-        {
-            let keep: Vec<masq::Attachment<'_>> = valid
+        // A missing list removes nothing.
+        if let Some(valid) = args.conf.gc_valid_attachments() {
+            let keep: Vec<Attachment<'_>> = valid
                 .iter()
-                .map(|a| masq::Attachment {
+                .map(|a| Attachment {
                     network: args.network_name(),
                     container_id: &a.container_id,
                     ifname: &a.ifname,
                 })
                 .collect();
-            if let Err(e) = masq::gc(args.network_name(), &keep) {
+            if conf.ip_masq
+                && let Err(e) = masq::gc(args.network_name(), &keep)
+            {
                 failures.push(e);
             }
-        }
-        if conf.mac_spoof_check
-            && let Some(valid) = args.conf.gc_valid_attachments()
-        {
-            let keep: Vec<spoofchk::Attachment<'_>> = valid
-                .iter()
-                .map(|a| spoofchk::Attachment {
-                    network: args.network_name(),
-                    container_id: &a.container_id,
-                    ifname: &a.ifname,
-                })
-                .collect();
-            if let Err(e) = spoofchk::gc(args.network_name(), &keep) {
+            if conf.mac_spoof_check
+                && let Err(e) = spoofchk::gc(args.network_name(), &keep)
+            {
                 failures.push(e);
             }
         }

@@ -56,17 +56,11 @@ const POSTROUTING_TAG: &str = "cni-rs postrouting v1";
 /// Attempts when the ruleset changes under us (concurrent plugins).
 const ATTEMPTS: u64 = 10;
 
-/// Who a rule belongs to: the network, container and interface.
-#[derive(Debug, Clone, Copy)]
-pub struct Attachment<'a> {
-    pub network: &'a str,
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-}
+pub use crate::attachment::Attachment;
 
 impl Attachment<'_> {
     /// The start of each of its rules' comments.
-    fn hash(&self) -> String {
+    fn masq_hash(&self) -> String {
         format!(
             "{}-{}",
             hash16(self.network),
@@ -75,11 +69,11 @@ impl Attachment<'_> {
     }
 
     /// As the reference writes it (cut to 128 bytes when it is written).
-    fn comment(&self) -> String {
+    fn masq_comment(&self) -> String {
         let clean = |s: &str| s.replace('"', "");
         format!(
             "{}, net: {}, if: {}, id: {}",
-            self.hash(),
+            self.masq_hash(),
             clean(self.network),
             clean(self.ifname),
             clean(self.container_id)
@@ -174,8 +168,8 @@ fn list(ips: &[IpNetwork]) -> String {
 /// SNAT traffic from each pod address leaving its subnet; replaces rules
 /// the attachment may already have.
 pub fn add(who: &Attachment<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
-    let hash = who.hash();
-    let comment = who.comment();
+    let hash = who.masq_hash();
+    let comment = who.masq_comment();
     let what = format!("failed to set up masquerade for {}", list(ips));
     retrying(&mut open()?, &what, |nft| {
         let generation = nft.generation()?;
@@ -256,7 +250,7 @@ pub fn del(who: &Attachment<'_>) -> Result<(), CniError> {
 
 /// [`del`] on a socket from [`open`], to close when it suits the caller.
 pub fn del_with(nft: &mut Nft, who: &Attachment<'_>) -> Result<(), CniError> {
-    let hash = who.hash();
+    let hash = who.masq_hash();
     retrying(nft, "failed to remove masquerade rules", |nft| {
         let rules = nft.rules(TABLE, Some(CHECKS))?;
         let mut b = nft.batch(None);
@@ -269,7 +263,7 @@ pub fn del_with(nft: &mut Nft, who: &Attachment<'_>) -> Result<(), CniError> {
 
 /// Each address has its rule, and postrouting leads to them.
 pub fn check(who: &Attachment<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
-    let hash = who.hash();
+    let hash = who.masq_hash();
     let rules = retrying(&mut open()?, "failed to read masquerade rules", |nft| {
         nft.rules(TABLE, None)
     })?;
@@ -296,7 +290,7 @@ pub fn check(who: &Attachment<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
 /// Removes the rules of `network` whose attachment is not in `keep`.
 pub fn gc(network: &str, keep: &[Attachment<'_>]) -> Result<(), CniError> {
     let prefix = format!("{}-", hash16(network));
-    let keep: HashSet<String> = keep.iter().map(Attachment::hash).collect();
+    let keep: HashSet<String> = keep.iter().map(Attachment::masq_hash).collect();
     retrying(
         &mut open()?,
         "failed to remove stale masquerade rules",
@@ -329,9 +323,9 @@ mod tests {
             container_id: "cid123",
             ifname: "eth0",
         };
-        assert_eq!(who.hash(), "d23676b4f2d9fe04-9d01cec599f072d1");
+        assert_eq!(who.masq_hash(), "d23676b4f2d9fe04-9d01cec599f072d1");
         assert_eq!(
-            who.comment(),
+            who.masq_comment(),
             "d23676b4f2d9fe04-9d01cec599f072d1, net: mynet, if: eth0, id: cid123"
         );
         let quoted = Attachment {
@@ -340,7 +334,7 @@ mod tests {
         };
         assert!(
             quoted
-                .comment()
+                .masq_comment()
                 .ends_with("net: mynet, if: eth0, id: cid123")
         );
     }

@@ -53,16 +53,10 @@ const NAME_MAX: usize = 255;
 /// Attempts when the ruleset changes under us (concurrent plugins).
 const ATTEMPTS: u64 = 10;
 
-/// Whose rules: the network (for GC), container and interface.
-#[derive(Debug, Clone, Copy)]
-pub struct Attachment<'a> {
-    pub network: &'a str,
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-}
+pub use crate::attachment::Attachment;
 
 impl Attachment<'_> {
-    fn id(&self) -> String {
+    fn spoof_id(&self) -> String {
         let id = format!("{}-{}", self.container_id, self.ifname);
         if CHAIN_PREFIX.len() + id.len() + "-mac".len() <= NAME_MAX {
             return id;
@@ -75,12 +69,12 @@ impl Attachment<'_> {
         hex
     }
 
-    fn iface_chain(&self) -> String {
-        format!("{CHAIN_PREFIX}{}", self.id())
+    fn spoof_chain(&self) -> String {
+        format!("{CHAIN_PREFIX}{}", self.spoof_id())
     }
 
-    fn comment(&self) -> String {
-        format!("{COMMENT_PREFIX}{}", self.id())
+    fn spoof_comment(&self) -> String {
+        format!("{COMMENT_PREFIX}{}", self.spoof_id())
     }
 }
 
@@ -163,9 +157,9 @@ fn holds(rules: &[Rule], chain: &str, want: &[&Exprs]) -> bool {
 /// Lets only `mac` in from `host_veth`; what is already right is left
 /// alone, what is not is replaced.
 pub fn add(who: &Attachment<'_>, host_veth: &str, mac: [u8; 6]) -> Result<(), CniError> {
-    let iface = who.iface_chain();
+    let iface = who.spoof_chain();
     let macc = mac_chain(&iface);
-    let comment = who.comment();
+    let comment = who.spoof_comment();
     let tag = net_tag(who.network);
     let entry = entry_rule(host_veth, &iface);
     let (jump, drop, allow) = (jump_rule(&iface), drop_rule(), mac_rule(mac));
@@ -240,8 +234,8 @@ fn remove(b: &mut Batch, chains: &[Chain], entries: &[&Rule], iface: &str) {
 /// Removes the attachment's rules and chains, found by their names, on a
 /// socket from [`open`] (to close when it suits the caller).
 pub fn del_with(nft: &mut Nft, who: &Attachment<'_>) -> Result<(), CniError> {
-    let iface = who.iface_chain();
-    let comment = who.comment();
+    let iface = who.spoof_chain();
+    let comment = who.spoof_comment();
     retrying(nft, "failed to remove the MAC spoof check", |nft| {
         let chains = nft.chain_list(TABLE)?;
         if chains.is_empty() {
@@ -266,9 +260,9 @@ pub fn del(who: &Attachment<'_>) -> Result<(), CniError> {
 /// The entry rule, both chains and their rules are there, for this veth
 /// and MAC.
 pub fn check(who: &Attachment<'_>, host_veth: Option<&str>, mac: [u8; 6]) -> Result<(), CniError> {
-    let iface = who.iface_chain();
+    let iface = who.spoof_chain();
     let macc = mac_chain(&iface);
-    let comment = who.comment();
+    let comment = who.spoof_comment();
     let rules = retrying(&mut open()?, "failed to read the MAC spoof check", |nft| {
         nft.rules(TABLE, None)
     })?;
@@ -311,7 +305,7 @@ pub fn check(who: &Attachment<'_>, host_veth: Option<&str>, mac: [u8; 6]) -> Res
 /// Removes the checks of `network`'s attachments not in `keep`.
 pub fn gc(network: &str, keep: &[Attachment<'_>]) -> Result<(), CniError> {
     let tag = net_tag(network);
-    let keep: HashSet<String> = keep.iter().map(Attachment::iface_chain).collect();
+    let keep: HashSet<String> = keep.iter().map(Attachment::spoof_chain).collect();
     retrying(
         &mut open()?,
         "failed to remove stale MAC spoof checks",
@@ -362,15 +356,15 @@ mod tests {
             container_id: "abc",
             ifname: "eth0",
         };
-        assert_eq!(who.iface_chain(), "cni-br-iface-abc-eth0");
-        assert_eq!(mac_chain(&who.iface_chain()), "cni-br-iface-abc-eth0-mac");
-        assert_eq!(who.comment(), "macspoofchk-abc-eth0");
+        assert_eq!(who.spoof_chain(), "cni-br-iface-abc-eth0");
+        assert_eq!(mac_chain(&who.spoof_chain()), "cni-br-iface-abc-eth0-mac");
+        assert_eq!(who.spoof_comment(), "macspoofchk-abc-eth0");
         let long = "c".repeat(300);
         let who = Attachment {
             container_id: &long,
             ..who
         };
-        assert!(mac_chain(&who.iface_chain()).len() <= NAME_MAX);
-        assert_eq!(who.id().len(), 32);
+        assert!(mac_chain(&who.spoof_chain()).len() <= NAME_MAX);
+        assert_eq!(who.spoof_id().len(), 32);
     }
 }
