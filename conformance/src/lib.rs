@@ -11,11 +11,13 @@
 pub mod bins;
 pub mod daemon;
 pub mod netns;
+pub mod node;
 pub mod runner;
 
 pub use bins::plugin_binary;
 pub use daemon::{Daemon, wait_for};
 pub use netns::{TestHost, TestNetns, require_root};
+pub use node::PluginNode;
 pub use runner::{Invocation, PluginOutput};
 
 pub mod tempdir;

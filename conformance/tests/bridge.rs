@@ -8,20 +8,22 @@
 use std::path::PathBuf;
 
 use conformance::util::{link_names, reservations, with_prev};
-use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
+use conformance::{Invocation, PluginNode, PluginOutput};
 use serde_json::{Value, json};
 
-struct Node {
-    host: TestHost,
-    data: TempDir,
+/// The shared node, plus this file's own helpers.
+struct Node(PluginNode);
+
+impl std::ops::Deref for Node {
+    type Target = PluginNode;
+    fn deref(&self) -> &PluginNode {
+        &self.0
+    }
 }
 
 impl Node {
     fn new(pods: usize) -> Node {
-        Node {
-            host: TestHost::new(pods),
-            data: TempDir::new("br"),
-        }
+        Node(PluginNode::new("bridge", pods, "br"))
     }
 
     /// A bridge config with host-local over `ranges` (empty: L2 mode).
@@ -44,25 +46,6 @@ impl Node {
 
     fn reservations(&self) -> usize {
         reservations(&self.store())
-    }
-
-    fn call(&self, command: &str, pod: usize, conf: &Value) -> Invocation {
-        Invocation::new(command)
-            .container_id(&format!("ctr{pod}"))
-            .netns(self.host.pod(pod))
-            .config(conf)
-    }
-
-    fn run(&self, inv: Invocation) -> PluginOutput {
-        inv.run(&plugin_binary("bridge"), &self.host.host)
-    }
-
-    fn add(&self, pod: usize, conf: &Value) -> Value {
-        self.run(self.call("ADD", pod, conf)).success()
-    }
-
-    fn del(&self, pod: usize, conf: &Value) {
-        self.run(self.call("DEL", pod, conf)).silent_success();
     }
 
     fn host_links(&self) -> Vec<String> {

@@ -8,20 +8,22 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
+use conformance::{Invocation, PluginNode};
 use serde_json::{Value, json};
 
-struct Node {
-    host: TestHost,
-    data: TempDir,
+/// The shared node, plus this file's own helpers.
+struct Node(PluginNode);
+
+impl std::ops::Deref for Node {
+    type Target = PluginNode;
+    fn deref(&self) -> &PluginNode {
+        &self.0
+    }
 }
 
 impl Node {
     fn new(pods: usize) -> Node {
-        Node {
-            host: TestHost::new(pods),
-            data: TempDir::new("bript"),
-        }
+        Node(PluginNode::new("bridge", pods, "bript"))
     }
 
     fn conf(&self, ranges: Value) -> Value {
@@ -30,23 +32,6 @@ impl Node {
             "isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables",
             "ipam": {"type": "host-local", "dataDir": self.data.path(), "ranges": ranges}
         })
-    }
-
-    fn call(&self, command: &str, pod: usize, conf: &Value) -> Invocation {
-        Invocation::new(command)
-            .container_id(&format!("ctr{pod}"))
-            .netns(self.host.pod(pod))
-            .config(conf)
-    }
-
-    fn run(&self, inv: Invocation) -> PluginOutput {
-        inv.run(&plugin_binary("bridge"), &self.host.host)
-    }
-
-    fn check(&self, pod: usize, conf: &Value, result: &Value) -> PluginOutput {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        self.run(self.call("CHECK", pod, &c))
     }
 
     /// `iptables -t nat -S` (or ip6tables) lines mentioning `chain`.

@@ -8,22 +8,24 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use conformance::{Invocation, PluginOutput, TempDir, TestHost, TestNetns, plugin_binary};
+use conformance::{Invocation, PluginNode, PluginOutput, TestNetns};
 use serde_json::{Value, json};
 
 const TABLE: &str = "cni_plugins_masquerade";
 
-struct Node {
-    host: TestHost,
-    data: TempDir,
+/// The shared node, plus this file's own helpers.
+struct Node(PluginNode);
+
+impl std::ops::Deref for Node {
+    type Target = PluginNode;
+    fn deref(&self) -> &PluginNode {
+        &self.0
+    }
 }
 
 impl Node {
     fn new(pods: usize) -> Node {
-        Node {
-            host: TestHost::new(pods),
-            data: TempDir::new("brmasq"),
-        }
+        Node(PluginNode::new("bridge", pods, "brmasq"))
     }
 
     /// A bridge config with `ipMasq` and host-local over `ranges`.
@@ -37,31 +39,6 @@ impl Node {
             c[k] = v.clone();
         }
         c
-    }
-
-    fn call(&self, command: &str, pod: usize, conf: &Value) -> Invocation {
-        Invocation::new(command)
-            .container_id(&format!("ctr{pod}"))
-            .netns(self.host.pod(pod))
-            .config(conf)
-    }
-
-    fn run(&self, inv: Invocation) -> PluginOutput {
-        inv.run(&plugin_binary("bridge"), &self.host.host)
-    }
-
-    fn add(&self, pod: usize, conf: &Value) -> Value {
-        self.run(self.call("ADD", pod, conf)).success()
-    }
-
-    fn del(&self, pod: usize, conf: &Value) {
-        self.run(self.call("DEL", pod, conf)).silent_success();
-    }
-
-    fn check(&self, pod: usize, conf: &Value, result: &Value) -> PluginOutput {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        self.run(self.call("CHECK", pod, &c))
     }
 
     fn nft(&self, args: &str) -> String {

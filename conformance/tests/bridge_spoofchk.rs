@@ -5,20 +5,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
+use conformance::{Invocation, PluginNode};
 use serde_json::{Value, json};
 
-struct Node {
-    host: TestHost,
-    data: TempDir,
+/// The shared node, plus this file's own helpers.
+struct Node(PluginNode);
+
+impl std::ops::Deref for Node {
+    type Target = PluginNode;
+    fn deref(&self) -> &PluginNode {
+        &self.0
+    }
 }
 
 impl Node {
     fn new(pods: usize) -> Node {
-        Node {
-            host: TestHost::new(pods),
-            data: TempDir::new("brspoof"),
-        }
+        Node(PluginNode::new("bridge", pods, "brspoof"))
     }
 
     fn conf(&self, extra: Value) -> Value {
@@ -32,31 +34,6 @@ impl Node {
             c[k] = v.clone();
         }
         c
-    }
-
-    fn call(&self, command: &str, pod: usize, conf: &Value) -> Invocation {
-        Invocation::new(command)
-            .container_id(&format!("ctr{pod}"))
-            .netns(self.host.pod(pod))
-            .config(conf)
-    }
-
-    fn run(&self, inv: Invocation) -> PluginOutput {
-        inv.run(&plugin_binary("bridge"), &self.host.host)
-    }
-
-    fn add(&self, pod: usize, conf: &Value) -> Value {
-        self.run(self.call("ADD", pod, conf)).success()
-    }
-
-    fn del(&self, pod: usize, conf: &Value) {
-        self.run(self.call("DEL", pod, conf)).silent_success();
-    }
-
-    fn check(&self, pod: usize, conf: &Value, result: &Value) -> PluginOutput {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        self.run(self.call("CHECK", pod, &c))
     }
 
     fn nft(&self, command: &str) -> String {

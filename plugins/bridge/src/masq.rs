@@ -28,7 +28,6 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use cni_types::CniError;
 use ipnetwork::IpNetwork;
@@ -54,7 +53,7 @@ const CHECKS_COMMENT: &str =
 /// rewrites them on every ADD; after one of its ADDs ours rewrites them once.)
 const POSTROUTING_TAG: &str = "cni-rs postrouting v1";
 /// Attempts when the ruleset changes under us (concurrent plugins).
-const ATTEMPTS: u64 = 10;
+const ATTEMPTS: u32 = 10;
 
 pub use crate::attachment::Attachment;
 
@@ -139,23 +138,15 @@ pub fn open() -> Result<Nft, CniError> {
     Nft::new().map_err(|e| errors::err(MASQUERADE, "failed to open nf_tables netlink", e))
 }
 
-/// Runs `f`, again when the ruleset changed under it: a stale generation,
-/// an interrupted dump, or a rule or chain gone between reading and writing.
-fn retrying<T>(
+/// Runs an nf_tables step, again when the ruleset changed under it; a
+/// final failure becomes a plugin error with `code`.
+pub(crate) fn retrying<T>(
+    code: u32,
     nft: &mut Nft,
     what: &str,
     mut f: impl FnMut(&mut Nft) -> Result<T, NftError>,
 ) -> Result<T, CniError> {
-    let mut attempt = 0;
-    loop {
-        match f(nft) {
-            Err(e) if attempt + 1 < ATTEMPTS && (e.is_conflict() || e.is_not_found()) => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(attempt));
-            }
-            other => return other.map_err(|e| errors::err(MASQUERADE, what, e)),
-        }
-    }
+    netkit::nft::retry(ATTEMPTS, || f(nft)).map_err(|e| errors::err(code, what, e))
 }
 
 fn list(ips: &[IpNetwork]) -> String {
@@ -171,7 +162,7 @@ pub fn add(who: &Attachment<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
     let hash = who.masq_hash();
     let comment = who.masq_comment();
     let what = format!("failed to set up masquerade for {}", list(ips));
-    retrying(&mut open()?, &what, |nft| {
+    retrying(MASQUERADE, &mut open()?, &what, |nft| {
         let generation = nft.generation()?;
         let chains = nft.chains(TABLE)?;
         let rules = if chains.is_empty() {
@@ -251,22 +242,30 @@ pub fn del(who: &Attachment<'_>) -> Result<(), CniError> {
 /// [`del`] on a socket from [`open`], to close when it suits the caller.
 pub fn del_with(nft: &mut Nft, who: &Attachment<'_>) -> Result<(), CniError> {
     let hash = who.masq_hash();
-    retrying(nft, "failed to remove masquerade rules", |nft| {
-        let rules = nft.rules(TABLE, Some(CHECKS))?;
-        let mut b = nft.batch(None);
-        for r in rules.iter().filter(|r| rule_hash(r) == Some(hash.as_str())) {
-            b.del_rule(TABLE, CHECKS, r.handle);
-        }
-        nft.commit(b)
-    })
+    retrying(
+        MASQUERADE,
+        nft,
+        "failed to remove masquerade rules",
+        |nft| {
+            let rules = nft.rules(TABLE, Some(CHECKS))?;
+            let mut b = nft.batch(None);
+            for r in rules.iter().filter(|r| rule_hash(r) == Some(hash.as_str())) {
+                b.del_rule(TABLE, CHECKS, r.handle);
+            }
+            nft.commit(b)
+        },
+    )
 }
 
 /// Each address has its rule, and postrouting leads to them.
 pub fn check(who: &Attachment<'_>, ips: &[IpNetwork]) -> Result<(), CniError> {
     let hash = who.masq_hash();
-    let rules = retrying(&mut open()?, "failed to read masquerade rules", |nft| {
-        nft.rules(TABLE, None)
-    })?;
+    let rules = retrying(
+        MASQUERADE,
+        &mut open()?,
+        "failed to read masquerade rules",
+        |nft| nft.rules(TABLE, None),
+    )?;
     if !rules.iter().any(leads_to_checks) {
         return Err(errors::msg(
             CHECK,
@@ -292,6 +291,7 @@ pub fn gc(network: &str, keep: &[Attachment<'_>]) -> Result<(), CniError> {
     let prefix = format!("{}-", hash16(network));
     let keep: HashSet<String> = keep.iter().map(Attachment::masq_hash).collect();
     retrying(
+        MASQUERADE,
         &mut open()?,
         "failed to remove stale masquerade rules",
         |nft| {

@@ -30,16 +30,15 @@
 
 use std::collections::HashSet;
 use std::fmt::Write;
-use std::time::Duration;
 
 use cni_types::CniError;
 use netkit::nft::{
-    BaseChain, Batch, Chain, Exprs, Family, LinkMatch, MetaMatch, Nft, NftError, Rule, Table,
-    Verdict,
+    BaseChain, Batch, Chain, Exprs, Family, LinkMatch, MetaMatch, Nft, Rule, Table, Verdict,
 };
 use sha2::{Digest, Sha512};
 
 use crate::errors::{self, CHECK, SPOOFCHK};
+use crate::masq::retrying;
 
 const TABLE: Table<'static> = Table {
     family: Family::Bridge,
@@ -51,8 +50,6 @@ const COMMENT_PREFIX: &str = "macspoofchk-";
 /// nf_tables' limit on names (NFT_NAME_MAXLEN, with its NUL).
 const NAME_MAX: usize = 255;
 /// Attempts when the ruleset changes under us (concurrent plugins).
-const ATTEMPTS: u64 = 10;
-
 pub use crate::attachment::Attachment;
 
 impl Attachment<'_> {
@@ -127,23 +124,6 @@ pub fn open() -> Result<Nft, CniError> {
     Nft::new().map_err(|e| errors::err(SPOOFCHK, "failed to open nf_tables", e))
 }
 
-fn retrying<T>(
-    nft: &mut Nft,
-    what: &str,
-    mut f: impl FnMut(&mut Nft) -> Result<T, NftError>,
-) -> Result<T, CniError> {
-    let mut attempt = 0;
-    loop {
-        match f(nft) {
-            Err(e) if attempt + 1 < ATTEMPTS && (e.is_conflict() || e.is_not_found()) => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(attempt));
-            }
-            other => return other.map_err(|e| errors::err(SPOOFCHK, what, e)),
-        }
-    }
-}
-
 fn rules_of<'r>(rules: &'r [Rule], chain: &str) -> Vec<&'r Rule> {
     rules.iter().filter(|r| r.chain == chain).collect()
 }
@@ -164,7 +144,7 @@ pub fn add(who: &Attachment<'_>, host_veth: &str, mac: [u8; 6]) -> Result<(), Cn
     let entry = entry_rule(host_veth, &iface);
     let (jump, drop, allow) = (jump_rule(&iface), drop_rule(), mac_rule(mac));
     let what = format!("failed to set up the MAC spoof check on {host_veth}");
-    retrying(&mut open()?, &what, |nft| {
+    retrying(SPOOFCHK, &mut open()?, &what, |nft| {
         let generation = nft.generation()?;
         let chains = nft.chain_list(TABLE)?;
         let rules = if chains.is_empty() {
@@ -236,20 +216,25 @@ fn remove(b: &mut Batch, chains: &[Chain], entries: &[&Rule], iface: &str) {
 pub fn del_with(nft: &mut Nft, who: &Attachment<'_>) -> Result<(), CniError> {
     let iface = who.spoof_chain();
     let comment = who.spoof_comment();
-    retrying(nft, "failed to remove the MAC spoof check", |nft| {
-        let chains = nft.chain_list(TABLE)?;
-        if chains.is_empty() {
-            return Ok(());
-        }
-        let rules = nft.rules(TABLE, Some(PREROUTING))?;
-        let entries: Vec<&Rule> = rules
-            .iter()
-            .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
-            .collect();
-        let mut b = nft.batch(None);
-        remove(&mut b, &chains, &entries, &iface);
-        nft.commit(b)
-    })
+    retrying(
+        SPOOFCHK,
+        nft,
+        "failed to remove the MAC spoof check",
+        |nft| {
+            let chains = nft.chain_list(TABLE)?;
+            if chains.is_empty() {
+                return Ok(());
+            }
+            let rules = nft.rules(TABLE, Some(PREROUTING))?;
+            let entries: Vec<&Rule> = rules
+                .iter()
+                .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
+                .collect();
+            let mut b = nft.batch(None);
+            remove(&mut b, &chains, &entries, &iface);
+            nft.commit(b)
+        },
+    )
 }
 
 /// [`del_with`] on a socket of its own.
@@ -263,9 +248,12 @@ pub fn check(who: &Attachment<'_>, host_veth: Option<&str>, mac: [u8; 6]) -> Res
     let iface = who.spoof_chain();
     let macc = mac_chain(&iface);
     let comment = who.spoof_comment();
-    let rules = retrying(&mut open()?, "failed to read the MAC spoof check", |nft| {
-        nft.rules(TABLE, None)
-    })?;
+    let rules = retrying(
+        SPOOFCHK,
+        &mut open()?,
+        "failed to read the MAC spoof check",
+        |nft| nft.rules(TABLE, None),
+    )?;
     let fail = |what: String| Err(errors::msg(CHECK, what));
     let entry = rules_of(&rules, PREROUTING)
         .into_iter()
@@ -307,6 +295,7 @@ pub fn gc(network: &str, keep: &[Attachment<'_>]) -> Result<(), CniError> {
     let tag = net_tag(network);
     let keep: HashSet<String> = keep.iter().map(Attachment::spoof_chain).collect();
     retrying(
+        SPOOFCHK,
         &mut open()?,
         "failed to remove stale MAC spoof checks",
         |nft| {

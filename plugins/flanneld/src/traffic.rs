@@ -38,7 +38,6 @@
 //! costs (see netkit::nft) is paid once, at exit. On SIGTERM the rules stay.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use netkit::nft::{
@@ -334,21 +333,11 @@ impl Traffic {
     ) -> Result<Vec<String>, TrafficError> {
         let want = desired(config, key, self.ip_masq, self.forward);
         let what = self.what();
-        let mut attempt = 0;
-        loop {
-            match self.try_sync(&want, prune) {
-                Ok(done) => return Ok(done),
-                Err(e) if attempt + 1 < ATTEMPTS && (e.is_conflict() || e.is_not_found()) => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(u64::from(attempt)));
-                }
-                Err(source) => {
-                    self.nft = None;
-                    self.verified = None;
-                    return Err(TrafficError::Nft { what, source });
-                }
-            }
-        }
+        netkit::nft::retry(ATTEMPTS, || self.try_sync(&want, prune)).map_err(|source| {
+            self.nft = None;
+            self.verified = None;
+            TrafficError::Nft { what, source }
+        })
     }
 
     fn try_sync(&mut self, want: &[TableSpec], prune: bool) -> Result<Vec<String>, NftError> {

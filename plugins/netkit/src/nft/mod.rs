@@ -210,3 +210,19 @@ mod sys {
     /// nft refuses longer comments (NFTNL_UDATA_COMMENT_MAXLEN).
     pub const COMMENT_MAX: usize = 128;
 }
+
+/// Runs `f` again, up to `attempts` times in all with a short growing pause,
+/// while the ruleset changed under it (a stale generation, an interrupted
+/// dump, or a rule or chain gone between reading and writing).
+pub fn retry<T>(attempts: u32, mut f: impl FnMut() -> Result<T, NftError>) -> Result<T, NftError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if attempt + 1 < attempts && (e.is_conflict() || e.is_not_found()) => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(attempt)));
+            }
+            other => return other,
+        }
+    }
+}
