@@ -136,3 +136,25 @@ fn del_after_the_namespace_is_gone_still_removes_the_rules() {
         node.nat(false, &ch)
     );
 }
+
+#[test]
+fn gc_removes_the_chains_of_attachments_not_listed() {
+    let node = Node::new(2);
+    let conf = node.conf(json!([[{"subnet": "10.66.0.0/24"}]]));
+    node.run(node.call("ADD", 0, &conf)).success();
+    node.run(node.call("ADD", 1, &conf)).success();
+    let (keep, stale) = (chain("brnetctr1"), chain("brnetctr0"));
+    // No list: nothing goes.
+    node.run(Invocation::new("GC").config(&conf))
+        .silent_success();
+    assert_eq!(node.nat(false, &stale).len(), 4);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr1", "ifname": "eth0"}]);
+    node.run(Invocation::new("GC").config(&gc)).silent_success();
+    assert!(
+        node.nat(false, &stale).is_empty(),
+        "{:?}",
+        node.nat(false, &stale)
+    );
+    assert_eq!(node.nat(false, &keep).len(), 4);
+}

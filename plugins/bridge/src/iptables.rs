@@ -213,33 +213,35 @@ fn is_jump(line: &str, chain: &str) -> bool {
     line.starts_with("-A POSTROUTING ") && line.ends_with(&format!(" -j {chain}"))
 }
 
-/// Removes the POSTROUTING jumps to the chain and the chain, in both
-/// families, whatever the pod's addresses were.
-pub fn del(who: &Owner<'_>) -> Result<(), CniError> {
-    let chain = who.ipt_chain();
+/// The restore input that removes `chains` and the POSTROUTING jumps to
+/// them, given the table as `-S` lists it; `None` when none exists.
+fn removal(lines: &[String], chains: &[String]) -> Option<String> {
+    let mut s = String::from("*nat\n");
+    let mut any = false;
+    for chain in chains {
+        for j in lines.iter().filter(|l| is_jump(l, chain)) {
+            let _ = writeln!(s, "-D{}", &j[2..]);
+            any = true;
+        }
+        if lines.iter().any(|l| *l == format!("-N {chain}")) {
+            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+            any = true;
+        }
+    }
+    s.push_str("COMMIT\n");
+    any.then_some(s)
+}
+
+/// Removes `chains` (and the jumps to them) in both families, keeping on
+/// through failures and reporting the first.
+fn remove(chains_of: impl Fn(&[String]) -> Vec<String>) -> Result<(), CniError> {
     let mut failures = Vec::new();
     for fam in [Fam::V4, Fam::V6] {
-        let lines = match list_nat(fam) {
-            Ok(l) => l,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let exists = lines.iter().any(|l| *l == format!("-N {chain}"));
-        let jumps: Vec<&String> = lines.iter().filter(|l| is_jump(l, &chain)).collect();
-        if !exists && jumps.is_empty() {
-            continue;
-        }
-        let mut s = String::from("*nat\n");
-        for j in jumps {
-            let _ = writeln!(s, "-D{}", &j[2..]);
-        }
-        if exists {
-            let _ = writeln!(s, "-F {chain}\n-X {chain}");
-        }
-        s.push_str("COMMIT\n");
-        if let Err(e) = restore(fam, &s) {
+        let result = list_nat(fam).and_then(|lines| match removal(&lines, &chains_of(&lines)) {
+            Some(input) => restore(fam, &input),
+            None => Ok(()),
+        });
+        if let Err(e) = result {
             failures.push(e);
         }
     }
@@ -247,6 +249,33 @@ pub fn del(who: &Owner<'_>) -> Result<(), CniError> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Removes the POSTROUTING jumps to the chain and the chain, in both
+/// families, whatever the pod's addresses were.
+pub fn del(who: &Owner<'_>) -> Result<(), CniError> {
+    let chain = who.ipt_chain();
+    remove(|_| vec![chain.clone()])
+}
+
+/// Removes the chains of `network`'s attachments that are not in `keep`
+/// (found by the comment every rule of ours carries).
+pub fn gc(network: &str, keep: &[Owner<'_>]) -> Result<(), CniError> {
+    let keep: Vec<String> = keep.iter().map(Owner::ipt_chain).collect();
+    let tag = format!("name: \\\"{network}\\\" id:");
+    remove(|lines| {
+        let mut stale: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("-A CNI-"))
+            .filter(|rest| rest.contains(&tag))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(|c| format!("CNI-{c}"))
+            .filter(|c| !keep.contains(c))
+            .collect();
+        stale.sort();
+        stale.dedup();
+        stale
+    })
 }
 
 /// The chain with its two kinds of rules, and a jump for each address.

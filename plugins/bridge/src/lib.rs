@@ -16,6 +16,7 @@ mod spoofchk;
 mod veth;
 
 use crate::attachment::Attachment;
+use crate::config::MasqBackend;
 use cni_types::result::CniResult;
 use cni_types::{CmdArgs, CniError, Command, Plugin, delegate};
 
@@ -56,10 +57,14 @@ impl Plugin for Bridge {
                     ifname: &a.ifname,
                 })
                 .collect();
-            if conf.ip_masq
-                && let Err(e) = masq::gc(args.network_name(), &keep)
-            {
-                failures.push(e);
+            if conf.ip_masq {
+                let swept = match conf.masq_backend {
+                    MasqBackend::Nftables => masq::gc(args.network_name(), &keep),
+                    MasqBackend::Iptables => iptables::gc(args.network_name(), &keep),
+                };
+                if let Err(e) = swept {
+                    failures.push(e);
+                }
             }
             if conf.mac_spoof_check
                 && let Err(e) = spoofchk::gc(args.network_name(), &keep)
