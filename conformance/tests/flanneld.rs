@@ -286,7 +286,11 @@ fn vxlan_pods_on_every_host_reach_each_other() {
 }
 
 fn all_pairs(config: &Value, mtu_line: &str) {
-    let cluster = Cluster::new(3, 2, config);
+    all_pairs_on(config, mtu_line, false);
+}
+
+fn all_pairs_on(config: &Value, mtu_line: &str, use_etcd: bool) {
+    let cluster = Cluster::with_store(3, 2, config, use_etcd);
     let mut addrs = Vec::new();
     for h in 0..3 {
         let env = cluster.subnet_env(h);
@@ -311,12 +315,31 @@ fn all_pairs(config: &Value, mtu_line: &str) {
             );
         }
     }
-    // Leases are upstream's key layout, one per host, with the public IP.
-    let keys: Vec<String> = std::fs::read_dir(cluster.store().join("subnets"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    // Leases are upstream's key layout, one per host.
+    let keys: Vec<String> = if use_etcd {
+        let out = cluster.switch.exec(
+            "etcdctl",
+            &[
+                "--endpoints",
+                ETCD,
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/coreos.com/network/subnets/",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("/coreos.com/network/subnets/"))
+            .map(str::to_string)
+            .collect()
+    } else {
+        std::fs::read_dir(cluster.store().join("subnets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert!(
         keys.iter()
@@ -779,6 +802,10 @@ fn forward_rules_by_default_and_leftovers_removed_when_the_flags_go() {
 }
 
 fn dual_stack(backend: &str) {
+    dual_stack_on(backend, false);
+}
+
+fn dual_stack_on(backend: &str, use_etcd: bool) {
     let config = json!({
         "Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56",
         "Backend": {"Type": backend}
@@ -1174,4 +1201,16 @@ fn ipv6_only_over_vxlan_and_host_gw() {
             cluster.hosts[0].agent.as_ref().unwrap().log()
         );
     }
+}
+
+#[test]
+fn all_pairs_over_vxlan_and_host_gw_on_etcd() {
+    all_pairs_on(&vxlan(), "FLANNEL_MTU=1450\n", true);
+    all_pairs_on(&host_gw(), "FLANNEL_MTU=1500\n", true);
+}
+
+#[test]
+fn dual_stack_on_etcd() {
+    dual_stack_on("vxlan", true);
+    dual_stack_on("host-gw", true);
 }
