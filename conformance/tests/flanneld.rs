@@ -810,7 +810,7 @@ fn dual_stack_on(backend: &str, use_etcd: bool) {
         "Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56",
         "Backend": {"Type": backend}
     });
-    let cluster = Cluster::new(2, 1, &config);
+    let cluster = Cluster::with_store(2, 1, &config, use_etcd);
     let env = cluster.subnet_env(0);
     assert!(
         env.contains("FLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET=fd00:244:0:"),
