@@ -1214,3 +1214,133 @@ fn dual_stack_on_etcd() {
     dual_stack_on("vxlan", true);
     dual_stack_on("host-gw", true);
 }
+
+#[test]
+fn direct_routing_uses_plain_routes_to_peers_on_the_segment() {
+    let config =
+        json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}});
+    let cluster = Cluster::new(2, 1, &config);
+    let a = cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster
+        .reaches(0, 0, &b)
+        && cluster.reaches(1, 0, &a)));
+    let peer = cluster.hosts[1].underlay_ip.clone();
+    let routes = cluster.hosts[0].ns.ip(&["route", "show"]);
+    assert!(routes.contains(&format!("via {peer} dev eth0")), "{routes}");
+    assert!(!routes.contains("dev flannel.1"), "{routes}");
+}
+
+#[test]
+fn host_gw_says_so_when_a_peer_is_not_on_the_segment() {
+    let mut cluster = Cluster::new(1, 0, &host_gw());
+    // A peer whose public address no interface of ours reaches directly
+    // (a documentation address: nothing is ever sent to it).
+    std::fs::write(
+        cluster.store().join("subnets/10.244.250.0-24"),
+        r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+    )
+    .unwrap();
+    let agent = cluster.hosts[0].agent.as_mut().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || agent
+            .log()
+            .contains("host-gw needs every peer on this host's L2 segment")),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.alive(),
+        "one unreachable peer does not stop the agent"
+    );
+}
+
+#[test]
+fn etcd_with_user_and_password() {
+    let switch = TestNetns::new("auth");
+    switch.ip(&["link", "add", "br0", "type", "bridge"]);
+    switch.ip(&["link", "set", "br0", "up"]);
+    let host = TestNetns::new("authh");
+    switch.ip(&[
+        "link",
+        "add",
+        "port0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        host.name(),
+    ]);
+    switch.ip(&["link", "set", "port0", "master", "br0", "up"]);
+    host.ip(&["addr", "add", "192.168.77.10/24", "dev", "eth0"]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    let dir = TempDir::new("flanneld-auth");
+    let d = dir.path();
+    let etcd = start_etcd(&switch, d, &host_gw());
+    let ctl = |args: &[&str]| {
+        let mut a = vec!["--endpoints", ETCD];
+        a.extend_from_slice(args);
+        let out = switch.exec("etcdctl", &a);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["user", "add", "root:rootpw", "--interactive=false"]);
+    ctl(&["user", "add", "flannel:flpw", "--interactive=false"]);
+    ctl(&["role", "add", "flannel"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "flannel",
+        "--prefix=true",
+        "readwrite",
+        "/coreos.com/network/",
+    ]);
+    ctl(&["user", "grant-role", "flannel", "flannel"]);
+    ctl(&["auth", "enable"]);
+    let start = |password: &str, tag: &str| {
+        let args: Vec<String> = [
+            "--etcd-endpoints",
+            ETCD,
+            "--etcd-username",
+            "flannel",
+            "--etcd-password",
+            password,
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            d.join(format!("{tag}.env")).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Daemon::start(
+            &plugin_binary("flanneld"),
+            &args,
+            &host,
+            &d.join(format!("{tag}.log")),
+        )
+    };
+    let wrong = start("nope", "wrong");
+    assert!(
+        wait_for(Duration::from_secs(10), || wrong
+            .log()
+            .contains("authentication failed")),
+        "{}",
+        wrong.log()
+    );
+    assert!(!d.join("wrong.env").exists());
+    drop(wrong);
+    let right = start("flpw", "right");
+    assert!(
+        wait_for(Duration::from_secs(10), || d.join("right.env").exists()),
+        "{}",
+        right.log()
+    );
+    drop(right);
+    drop(etcd);
+}
