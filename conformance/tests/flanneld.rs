@@ -1344,3 +1344,71 @@ fn etcd_with_user_and_password() {
     drop(right);
     drop(etcd);
 }
+
+#[test]
+fn the_lease_is_renewed_before_it_expires() {
+    // A 63 s lease renewed 1 min before expiry: the first renewal is due
+    // about 3 s after the start.
+    let cluster = Cluster::with_args(
+        1,
+        0,
+        &host_gw(),
+        &[
+            "--subnet-lease-ttl",
+            "63",
+            "--subnet-lease-renew-margin",
+            "1",
+        ],
+    );
+    let expires = || {
+        let dir = cluster.store().join("subnets");
+        let lease = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .unwrap();
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(lease.path()).unwrap()).unwrap();
+        v["expires"].as_u64().unwrap()
+    };
+    let first = expires();
+    let agent = cluster.hosts[0].agent.as_ref().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || agent
+            .log()
+            .contains("renewed lease")
+            && expires() > first),
+        "no renewal: {}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_lease_time_shorter_than_the_renew_margin_is_refused() {
+    let host = TestNetns::new("ttl");
+    let dir = TempDir::new("flanneld-ttl");
+    std::fs::write(dir.path().join("config"), host_gw().to_string()).unwrap();
+    let args: Vec<String> = [
+        "--store-dir",
+        dir.path().to_str().unwrap(),
+        "--iface",
+        "lo",
+        "--subnet-lease-ttl",
+        "60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut agent = Daemon::start(
+        &plugin_binary("flanneld"),
+        &args,
+        &host,
+        &dir.path().join("log"),
+    );
+    assert!(wait_for(Duration::from_secs(5), || !agent.alive()));
+    assert!(
+        agent.log().contains("--subnet-lease-ttl"),
+        "{}",
+        agent.log()
+    );
+}

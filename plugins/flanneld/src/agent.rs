@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use netkit::Netlink;
 
-use crate::alloc::{self, LEASE_TTL};
+use crate::alloc;
 use crate::backend::udp;
 use crate::backend::vxlan::{self, Vxlan};
 use crate::flags::Options;
@@ -73,6 +73,7 @@ pub struct State {
     pub traffic: Traffic,
     pub metrics: Arc<Metrics>,
     renew_margin: Duration,
+    pub lease_ttl: Duration,
 }
 
 fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<NetConfig>, String> {
@@ -126,6 +127,14 @@ fn start_udp(
 }
 
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
+    let renew_margin = Duration::from_secs(opts.renew_margin_minutes * 60);
+    let lease_ttl = Duration::from_secs(opts.lease_ttl_seconds);
+    if lease_ttl <= renew_margin {
+        return Err(format!(
+            "--subnet-lease-ttl ({} s) must be longer than --subnet-lease-renew-margin ({} min)",
+            opts.lease_ttl_seconds, opts.renew_margin_minutes
+        ));
+    }
     let Some(mut store) = open_store(opts, stop)? else {
         return Ok(());
     };
@@ -184,8 +193,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         backend_v6_data: None,
     };
     let previous = subnet_env::previous(&opts.subnet_file);
-    let lease =
-        alloc::acquire(store.as_mut(), &config, &attrs, previous).map_err(|e| e.to_string())?;
+    let lease = alloc::acquire(store.as_mut(), &config, &attrs, previous, lease_ttl)
+        .map_err(|e| e.to_string())?;
     log(format!(
         "acquired lease {} on {} via {:?}",
         lease.key, ext.name, local
@@ -247,7 +256,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         udp,
         traffic,
         metrics,
-        renew_margin: Duration::from_secs(opts.renew_margin_minutes * 60),
+        renew_margin,
+        lease_ttl,
     };
     while !stop.load(Ordering::Relaxed) {
         state.renew();
@@ -280,9 +290,12 @@ impl State {
         }
         match self
             .store
-            .update(&self.lease.key, &self.attrs, Some(LEASE_TTL))
+            .update(&self.lease.key, &self.attrs, Some(self.lease_ttl))
         {
-            Ok(()) => self.lease.expires = Some(SystemTime::now() + LEASE_TTL),
+            Ok(()) => {
+                self.lease.expires = Some(SystemTime::now() + self.lease_ttl);
+                log(format!("renewed lease {}", self.lease.key));
+            }
             Err(e) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 log(format!("cannot renew lease {}: {e}", self.lease.key));

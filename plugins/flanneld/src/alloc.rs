@@ -73,6 +73,7 @@ pub fn acquire(
     config: &NetConfig,
     attrs: &LeaseAttrs,
     previous: Option<SubnetKey>,
+    lease_ttl: Duration,
 ) -> Result<Lease, AllocError> {
     for _ in 0..RACE_RETRIES {
         let leases = store.leases()?;
@@ -80,7 +81,7 @@ pub fn acquire(
         if let Some(own) = leases.iter().find(|l| same_node(&l.attrs, attrs)) {
             if fits(config, &own.key) {
                 // A reservation (no TTL) stays one.
-                let ttl = own.expires.map(|_| LEASE_TTL);
+                let ttl = own.expires.map(|_| lease_ttl);
                 store.update(&own.key, attrs, ttl)?;
                 let expires = ttl.map(|t| SystemTime::now() + t);
                 return Ok(Lease {
@@ -122,11 +123,11 @@ pub fn acquire(
                 SubnetKey { ipv4, ipv6 }
             }
         };
-        if store.create(&key, attrs, Some(LEASE_TTL))? {
+        if store.create(&key, attrs, Some(lease_ttl))? {
             return Ok(Lease {
                 key,
                 attrs: attrs.clone(),
-                expires: Some(SystemTime::now() + LEASE_TTL),
+                expires: Some(SystemTime::now() + lease_ttl),
             });
         }
         // Someone took it between our read and our write: look again.

@@ -22,6 +22,9 @@ pub struct Options {
     pub public_ipv6: Option<Ipv6Addr>,
     pub subnet_file: PathBuf,
     pub renew_margin_minutes: u64,
+    /// Lease time in seconds (upstream's is fixed at 24 h; shorter leases
+    /// are for labs and tests of renewal).
+    pub lease_ttl_seconds: u64,
     pub ip_masq: bool,
     pub iptables_forward_rules: bool,
     pub healthz_ip: String,
@@ -49,6 +52,7 @@ impl Default for Options {
             public_ipv6: None,
             subnet_file: PathBuf::from("/run/flannel/subnet.env"),
             renew_margin_minutes: 60,
+            lease_ttl_seconds: 24 * 3600,
             ip_masq: false,
             iptables_forward_rules: true,
             healthz_ip: "0.0.0.0".into(),
@@ -75,6 +79,7 @@ const FLAGS: &[&str] = &[
     "public-ipv6",
     "subnet-file",
     "subnet-lease-renew-margin",
+    "subnet-lease-ttl",
     "ip-masq",
     "iptables-forward-rules",
     "healthz-ip",
@@ -139,6 +144,11 @@ impl Options {
                     return Err(parse_err("must be between 1 and 1439 minutes"));
                 }
                 self.renew_margin_minutes = m;
+            }
+            "subnet-lease-ttl" => {
+                self.lease_ttl_seconds = value
+                    .parse()
+                    .map_err(|_| parse_err("not a number of seconds"))?;
             }
             "ip-masq" => self.ip_masq = bool_value(flag, value)?,
             "iptables-forward-rules" => self.iptables_forward_rules = bool_value(flag, value)?,
@@ -210,6 +220,7 @@ pub fn usage() -> String {
      \x20 --public-ip IP, --public-ipv6 IP address other hosts reach this one at\n\
      \x20 --subnet-file FILE              default /run/flannel/subnet.env\n\
      \x20 --subnet-lease-renew-margin M   minutes before expiry to renew (1-1439, default 60)\n\
+     \x20 --subnet-lease-ttl S            lease time in seconds (default 86400, as upstream)\n\
      \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
      \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\

@@ -11,7 +11,6 @@ use netkit::neigh::Entry;
 use netkit::route::Route;
 
 use crate::agent::{State, log};
-use crate::alloc::LEASE_TTL;
 use crate::backend::hostgw;
 use crate::lease::Lease;
 
@@ -56,7 +55,7 @@ impl State {
             ));
             let _ = self
                 .store
-                .create(&self.lease.key, &self.attrs, Some(LEASE_TTL));
+                .create(&self.lease.key, &self.attrs, Some(self.lease_ttl));
         }
         let peers: Vec<&Lease> = leases.iter().filter(|l| l.key != self.lease.key).collect();
         self.metrics
