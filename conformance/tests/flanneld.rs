@@ -572,6 +572,10 @@ fn udp_pods_on_every_host_reach_each_other() {
         "udp pods cannot talk: {}",
         cluster.hosts[0].agent.as_ref().unwrap().log()
     );
+    // A subnet nobody leases: the forwarder says so, as a router would.
+    let out = cluster.hosts[0].pods[0].exec("ping", &["-c1", "-W2", "10.244.250.9"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
     let tun = cluster.hosts[0].ns.ip(&["-d", "link", "show", "flannel0"]);
     assert!(tun.contains("tun") && tun.contains("mtu 1472"), "{tun}");
 }
@@ -1411,4 +1415,28 @@ fn a_lease_time_shorter_than_the_renew_margin_is_refused() {
         "{}",
         agent.log()
     );
+}
+
+#[test]
+fn a_host_joining_a_nine_host_cluster_is_reached_by_all() {
+    let mut cluster = Cluster::new(10, 1, &vxlan());
+    // Host 9 leaves first (agent stopped, lease gone), then joins again.
+    cluster.hosts[9].agent.as_mut().unwrap().stop();
+    let ip9 = cluster.hosts[9].underlay_ip.clone();
+    for e in std::fs::read_dir(cluster.store().join("subnets")).unwrap() {
+        let path = e.unwrap().path();
+        if std::fs::read_to_string(&path).unwrap().contains(&ip9) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let addrs: Vec<String> = (0..9).map(|h| cluster.add_pod(h, 0)).collect();
+    cluster.start(9);
+    let new = cluster.add_pod(9, 0);
+    for (h, addr) in addrs.iter().enumerate() {
+        assert!(
+            wait_for(Duration::from_secs(10), || cluster.reaches(h, 0, &new)
+                && cluster.reaches(9, 0, addr)),
+            "host {h} and the new host cannot reach each other"
+        );
+    }
 }

@@ -53,6 +53,62 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
     })
 }
 
+/// The Internet checksum of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Forwarding as a router does: TTL down by one with the header checksum
+/// patched (RFC 1624). `false` when the packet must not go on.
+fn decrement_ttl(packet: &mut [u8]) -> bool {
+    if packet.len() < 20 || packet[8] <= 1 {
+        return false;
+    }
+    let old = u16::from_be_bytes([packet[8], packet[9]]);
+    packet[8] -= 1;
+    let new = u16::from_be_bytes([packet[8], packet[9]]);
+    let hc = u16::from_be_bytes([packet[10], packet[11]]);
+    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    packet[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    true
+}
+
+/// An ICMP "destination network unreachable" to the sender of `packet`,
+/// quoting its header and first 8 bytes of payload. It comes from the
+/// unreachable address itself: our own would be dropped by the kernel as a
+/// martian when written back into the device.
+fn net_unreachable(packet: &[u8]) -> Option<Vec<u8>> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    // Never answer an ICMP error with another.
+    if packet.len() < ihl + 1 || (packet[9] == 1 && packet[ihl] != 8) {
+        return None;
+    }
+    let quoted = &packet[..packet.len().min(ihl + 8)];
+    let mut icmp = vec![3u8, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = u16::try_from(20 + icmp.len()).ok()?;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&packet[16..20]);
+    ip.extend_from_slice(&packet[12..16]);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&icmp);
+    Some(ip)
+}
+
 /// Opens the device and the socket and starts the two forwarding threads.
 /// The device lives as long as the process (it is not persistent), like
 /// upstream's.
@@ -61,6 +117,7 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
     let sock = UdpSocket::bind((local, port))
         .map_err(|e| format!("cannot bind UDP {local}:{port}: {e}"))?;
     let mut tun_in = tun.try_clone().map_err(|e| e.to_string())?;
+    let mut tun_back = tun.try_clone().map_err(|e| e.to_string())?;
     let mut tun_out = tun;
     let sock_in = sock.try_clone().map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
@@ -73,8 +130,17 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
                 .read()
                 .ok()
                 .and_then(|p| p.iter().find(|(net, _)| net.contains(dst)).map(|(_, a)| *a));
-            if let Some(to) = to {
-                let _ = sock.send_to(&buf[..n], to);
+            match to {
+                Some(to) => {
+                    if decrement_ttl(&mut buf[..n]) {
+                        let _ = sock.send_to(&buf[..n], to);
+                    }
+                }
+                None => {
+                    if let Some(reply) = net_unreachable(&buf[..n]) {
+                        let _ = tun_back.write(&reply);
+                    }
+                }
             }
         }
     });
@@ -92,6 +158,38 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn packet(ttl: u8) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 1, 0, 0, ttl, 1, 0, 0, 10, 244, 1, 2, 10, 244, 9, 9,
+        ];
+        let c = checksum(&p);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]); // an echo request
+        p
+    }
+
+    #[test]
+    fn ttl_goes_down_and_the_checksum_stays_right() {
+        let mut p = packet(64);
+        assert!(decrement_ttl(&mut p));
+        assert_eq!(p[8], 63);
+        assert_eq!(checksum(&p[..20]), 0, "a valid header sums to zero");
+        assert!(!decrement_ttl(&mut packet(1)));
+    }
+
+    #[test]
+    fn unreachable_answers_the_sender_and_never_an_error() {
+        let reply = net_unreachable(&packet(64)).unwrap();
+        assert_eq!(&reply[12..16], &[10, 244, 9, 9]);
+        assert_eq!(&reply[16..20], &[10, 244, 1, 2]);
+        assert_eq!((reply[20], reply[21]), (3, 0));
+        assert_eq!(checksum(&reply[..20]), 0);
+        assert_eq!(checksum(&reply[20..]), 0);
+        let mut error = packet(64);
+        error[20] = 3; // an ICMP error itself
+        assert!(net_unreachable(&error).is_none());
+    }
 
     #[test]
     fn reads_the_ipv4_destination() {
