@@ -1440,3 +1440,19 @@ fn a_host_joining_a_nine_host_cluster_is_reached_by_all() {
         );
     }
 }
+
+#[test]
+fn version_and_usage() {
+    let out = std::process::Command::new(plugin_binary("flanneld"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("flanneld"));
+    let out = std::process::Command::new(plugin_binary("flanneld"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag --no-such-flag"));
+}
