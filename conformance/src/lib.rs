@@ -21,5 +21,7 @@ pub use node::PluginNode;
 pub use runner::{Invocation, PluginOutput};
 
 pub mod tempdir;
+pub mod underlay;
 pub mod util;
 pub use tempdir::TempDir;
+pub use underlay::Underlay;

@@ -47,3 +47,20 @@ impl PluginNode {
         self.run(self.call("CHECK", pod, &crate::util::with_prev(conf, result)))
     }
 }
+
+/// Declares `struct $name(PluginNode)`, dereferencing to the shared node,
+/// for a test file to hang its own helpers on.
+#[macro_export]
+macro_rules! plugin_node_wrapper {
+    ($name:ident) => {
+        /// The shared node, plus this file's own helpers.
+        struct $name($crate::PluginNode);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::PluginNode;
+            fn deref(&self) -> &$crate::PluginNode {
+                &self.0
+            }
+        }
+    };
+}

@@ -34,3 +34,39 @@ pub fn with_prev(conf: &Value, result: &Value) -> Value {
     c["prevResult"] = result.clone();
     c
 }
+
+/// sha512 of `text` in hex, as `sha512sum` prints it (coreutils), to check
+/// names the plugins derive from hashes independently of their code.
+pub fn sha512_hex(text: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sha512sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha512sum (coreutils) is needed");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("cannot feed sha512sum");
+    }
+    let out = child.wait_with_output().expect("sha512sum failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The addresses of a result's `ips`, without their prefix length.
+pub fn addresses(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

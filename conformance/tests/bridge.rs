@@ -7,19 +7,12 @@
 
 use std::path::PathBuf;
 
+use conformance::util::addresses;
 use conformance::util::{link_names, reservations, with_prev};
 use conformance::{Invocation, PluginNode, PluginOutput};
 use serde_json::{Value, json};
 
-/// The shared node, plus this file's own helpers.
-struct Node(PluginNode);
-
-impl std::ops::Deref for Node {
-    type Target = PluginNode;
-    fn deref(&self) -> &PluginNode {
-        &self.0
-    }
-}
+conformance::plugin_node_wrapper!(Node);
 
 impl Node {
     fn new(pods: usize) -> Node {
@@ -564,15 +557,7 @@ fn a_hundred_pods_at_once_reach_each_other_and_leave_only_the_bridge() {
     };
     let addrs: Vec<String> = run_all("ADD")
         .iter()
-        .map(|o| {
-            o.success()["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        })
+        .map(|o| addresses(&o.success()).remove(0))
         .collect();
     let unique: std::collections::BTreeSet<_> = addrs.iter().collect();
     assert_eq!(unique.len(), n);

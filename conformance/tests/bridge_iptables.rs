@@ -5,21 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use conformance::util::sha512_hex;
 use conformance::{Invocation, PluginNode};
 use serde_json::{Value, json};
 
-/// The shared node, plus this file's own helpers.
-struct Node(PluginNode);
-
-impl std::ops::Deref for Node {
-    type Target = PluginNode;
-    fn deref(&self) -> &PluginNode {
-        &self.0
-    }
-}
+conformance::plugin_node_wrapper!(Node);
 
 impl Node {
     fn new(pods: usize) -> Node {
@@ -49,19 +39,7 @@ impl Node {
 
 /// `CNI-` and the first 24 hex digits of `sha512sum` of `text`.
 fn chain(text: &str) -> String {
-    let mut child = Command::new("sha512sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha512sum (coreutils) is needed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    format!("CNI-{}", &String::from_utf8_lossy(&out.stdout)[..24])
+    format!("CNI-{}", &sha512_hex(text)[..24])
 }
 
 const COMMENT: &str = r#"-m comment --comment "name: \"brnet\" id: \"ctr0\"""#;

@@ -5,23 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use conformance::util::sha512_hex;
 use conformance::{Invocation, PluginNode, PluginOutput, TestNetns};
 use serde_json::{Value, json};
 
 const TABLE: &str = "cni_plugins_masquerade";
 
-/// The shared node, plus this file's own helpers.
-struct Node(PluginNode);
-
-impl std::ops::Deref for Node {
-    type Target = PluginNode;
-    fn deref(&self) -> &PluginNode {
-        &self.0
-    }
-}
+conformance::plugin_node_wrapper!(Node);
 
 impl Node {
     fn new(pods: usize) -> Node {
@@ -97,19 +87,7 @@ fn nft(ns: &TestNetns, command: &str) -> String {
 
 /// The first 16 hex digits of `sha512sum` of `text`.
 fn sha16(text: &str) -> String {
-    let mut child = Command::new("sha512sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha512sum (coreutils) is needed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..16].to_string()
+    sha512_hex(text)[..16].to_string()
 }
 
 /// The reference's rule hash of an attachment (network, eth0, ctr<pod>).

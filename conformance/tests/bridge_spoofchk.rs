@@ -8,15 +8,7 @@
 use conformance::{Invocation, PluginNode};
 use serde_json::{Value, json};
 
-/// The shared node, plus this file's own helpers.
-struct Node(PluginNode);
-
-impl std::ops::Deref for Node {
-    type Target = PluginNode;
-    fn deref(&self) -> &PluginNode {
-        &self.0
-    }
-}
+conformance::plugin_node_wrapper!(Node);
 
 impl Node {
     fn new(pods: usize) -> Node {

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use conformance::util::addresses;
 use conformance::util::{reservations, with_prev};
 use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
 use serde_json::{Value, json};
@@ -292,15 +293,7 @@ fn two_pods_reach_each_other_and_their_gateway() {
     let conf = node.conf("1.0.0");
     let a = node.run(node.call("ADD", 0, &conf)).success();
     let b = node.run(node.call("ADD", 1, &conf)).success();
-    let addr = |r: &Value, i: usize| {
-        r["ips"][i]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let addr = |r: &Value, i: usize| addresses(r).remove(i);
     for target in [
         addr(&b, 0),
         "10.244.7.1".to_string(),

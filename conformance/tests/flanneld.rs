@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use conformance::{Daemon, Invocation, TempDir, TestNetns, plugin_binary, wait_for};
+use conformance::util::addresses;
+use conformance::{Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
 use serde_json::{Value, json};
 
 struct Host {
@@ -23,7 +24,7 @@ struct Cluster {
     // Dropped in order: agents stop before their namespaces and the store go.
     hosts: Vec<Host>,
     etcd: Option<Daemon>,
-    switch: TestNetns,
+    net: Underlay,
     dir: TempDir,
 }
 
@@ -39,34 +40,39 @@ fn start_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daem
     restart_etcd(switch, dir, config)
 }
 
-/// Starts etcd on its data directory (kept across restarts) and makes sure
-/// the network config is there.
-fn restart_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daemon {
-    let args: Vec<String> = [
+/// etcd on the underlay at `url`, its data in `dir/etcd`, with `extra` flags.
+fn etcd_daemon(switch: &TestNetns, dir: &std::path::Path, url: &str, extra: &[&str]) -> Daemon {
+    let data = dir.join("etcd");
+    let mut args: Vec<&str> = vec![
         "--name",
         "test",
         "--data-dir",
-        dir.join("etcd").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--listen-client-urls",
-        ETCD,
+        url,
         "--advertise-client-urls",
-        ETCD,
+        url,
         "--listen-peer-urls",
         "http://192.168.77.1:2380",
         "--initial-advertise-peer-urls",
         "http://192.168.77.1:2380",
         "--initial-cluster",
         "test=http://192.168.77.1:2380",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let etcd = Daemon::start(
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    Daemon::start(
         std::path::Path::new("/usr/bin/etcd"),
         &args,
         switch,
         &dir.join("etcd.log"),
-    );
+    )
+}
+
+/// Starts etcd on its data directory (kept across restarts) and makes sure
+/// the network config is there.
+fn restart_etcd(switch: &TestNetns, dir: &std::path::Path, config: &Value) -> Daemon {
+    let etcd = etcd_daemon(switch, dir, ETCD, &[]);
     let put = || {
         switch
             .exec(
@@ -111,42 +117,22 @@ impl Cluster {
         use_etcd: bool,
         extra: &[&str],
     ) -> Cluster {
-        let switch = TestNetns::new("switch");
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
+        let mut net = Underlay::new("switch");
         let dir = TempDir::new("flanneld");
         std::fs::create_dir_all(dir.path().join("store")).unwrap();
         std::fs::write(dir.path().join("store/config"), config.to_string()).unwrap();
-        let etcd = use_etcd.then(|| start_etcd(&switch, dir.path(), config));
+        let etcd = use_etcd.then(|| start_etcd(&net.switch, dir.path(), config));
         let mut list = Vec::new();
         for h in 0..hosts {
-            let ns = TestNetns::new(&format!("h{h}"));
-            let port = format!("port{h}");
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
-            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             let underlay_ip = format!("192.168.77.{}", 10 + h);
-            ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"]);
             // An IPv6 underlay too, for the dual-stack tests.
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("fd00:77::{}/64", 10 + h),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", "eth0", "up"]);
+            let ns = net.add_host(
+                &format!("h{h}"),
+                &[
+                    &format!("{underlay_ip}/24"),
+                    &format!("fd00:77::{}/64", 10 + h),
+                ],
+            );
             let pods = (0..pods_per_host)
                 .map(|p| TestNetns::new(&format!("h{h}p{p}")))
                 .collect();
@@ -163,7 +149,7 @@ impl Cluster {
         let mut c = Cluster {
             hosts: list,
             etcd,
-            switch,
+            net,
             dir,
         };
         for h in 0..hosts {
@@ -242,21 +228,7 @@ impl Cluster {
             .netns(&host.pods[p])
             .config(&self.conf(h))
             .run(&plugin_binary("flannel"), &host.ns);
-        let r = out.success();
-        r["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|ip| {
-                ip["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+        addresses(&out.success())
     }
 
     fn reaches(&self, h: usize, p: usize, target: &str) -> bool {
@@ -317,7 +289,7 @@ fn all_pairs_on(config: &Value, mtu_line: &str, use_etcd: bool) {
     }
     // Leases are upstream's key layout, one per host.
     let keys: Vec<String> = if use_etcd {
-        let out = cluster.switch.exec(
+        let out = cluster.net.switch.exec(
             "etcdctl",
             &[
                 "--endpoints",
@@ -346,7 +318,6 @@ fn all_pairs_on(config: &Value, mtu_line: &str, use_etcd: bool) {
             .all(|k| k.starts_with("10.244.") && k.ends_with("-24")),
         "{keys:?}"
     );
-    let _ = &cluster.switch;
 }
 
 #[test]
@@ -504,7 +475,7 @@ fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
         cluster.hosts[1].agent.as_ref().unwrap().log()
     );
     // Upstream's keys and values.
-    let out = cluster.switch.exec(
+    let out = cluster.net.switch.exec(
         "etcdctl",
         &[
             "--endpoints",
@@ -544,7 +515,11 @@ fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
     );
     // etcd is back (same data): the agents reconnect and repair again.
     let config = vxlan();
-    cluster.etcd = Some(restart_etcd(&cluster.switch, cluster.dir.path(), &config));
+    cluster.etcd = Some(restart_etcd(
+        &cluster.net.switch,
+        cluster.dir.path(),
+        &config,
+    ));
     let h0 = &cluster.hosts[0].ns;
     let route = h0.ip(&["route", "show", "dev", "flannel.7"]);
     let dst = route.split_whitespace().next().unwrap().to_string();
@@ -652,6 +627,7 @@ fn ip_masq_nats_only_traffic_leaving_the_cluster_and_is_restored() {
 
     // Outside: the switch's own address, with no route back to the pods.
     cluster
+        .net
         .switch
         .ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
     assert!(
@@ -1012,62 +988,29 @@ fn make_pki(dir: &std::path::Path) {
 
 #[test]
 fn etcd_over_tls_with_client_certificates() {
-    let switch = TestNetns::new("tls");
-    switch.ip(&["link", "add", "br0", "type", "bridge"]);
-    switch.ip(&["link", "set", "br0", "up"]);
+    let mut net = Underlay::new("tls");
+    let host = net.add_host("tlsh", &["192.168.77.10/24"]);
+    let switch = &net.switch;
     switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
-    let host = TestNetns::new("tlsh");
-    switch.ip(&[
-        "link",
-        "add",
-        "port0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        host.name(),
-    ]);
-    switch.ip(&["link", "set", "port0", "master", "br0", "up"]);
-    host.ip(&["addr", "add", "192.168.77.10/24", "dev", "eth0"]);
-    host.ip(&["link", "set", "eth0", "up"]);
     let dir = TempDir::new("flanneld-tls");
     let d = dir.path();
     make_pki(d);
     let p = |f: &str| d.join(f).display().to_string();
     let url = "https://192.168.77.1:2379";
-    let args: Vec<String> = [
-        "--name",
-        "tls",
-        "--data-dir",
-        &p("etcd"),
-        "--listen-client-urls",
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let etcd = etcd_daemon(
+        switch,
+        d,
         url,
-        "--advertise-client-urls",
-        url,
-        "--listen-peer-urls",
-        "http://192.168.77.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://192.168.77.1:2380",
-        "--initial-cluster",
-        "tls=http://192.168.77.1:2380",
-        "--cert-file",
-        &p("server.pem"),
-        "--key-file",
-        &p("server.key"),
-        "--client-cert-auth",
-        "--trusted-ca-file",
-        &p("ca.pem"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let etcd = Daemon::start(
-        std::path::Path::new("/usr/bin/etcd"),
-        &args,
-        &switch,
-        &d.join("etcd.log"),
+        &[
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &ca,
+        ],
     );
     let tls = [
         "--cacert",
@@ -1261,28 +1204,12 @@ fn host_gw_says_so_when_a_peer_is_not_on_the_segment() {
 
 #[test]
 fn etcd_with_user_and_password() {
-    let switch = TestNetns::new("auth");
-    switch.ip(&["link", "add", "br0", "type", "bridge"]);
-    switch.ip(&["link", "set", "br0", "up"]);
-    let host = TestNetns::new("authh");
-    switch.ip(&[
-        "link",
-        "add",
-        "port0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        host.name(),
-    ]);
-    switch.ip(&["link", "set", "port0", "master", "br0", "up"]);
-    host.ip(&["addr", "add", "192.168.77.10/24", "dev", "eth0"]);
-    host.ip(&["link", "set", "eth0", "up"]);
+    let mut net = Underlay::new("auth");
+    let host = net.add_host("authh", &["192.168.77.10/24"]);
+    let switch = &net.switch;
     let dir = TempDir::new("flanneld-auth");
     let d = dir.path();
-    let etcd = start_etcd(&switch, d, &host_gw());
+    let etcd = start_etcd(switch, d, &host_gw());
     let ctl = |args: &[&str]| {
         let mut a = vec!["--endpoints", ETCD];
         a.extend_from_slice(args);

@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use conformance::{Daemon, Invocation, TempDir, TestNetns, wait_for};
+use conformance::util::addresses;
+use conformance::{Daemon, Invocation, TempDir, TestNetns, Underlay, wait_for};
 use serde_json::{Value, json};
 
 struct Host {
@@ -23,7 +24,7 @@ struct Host {
 
 struct Net {
     hosts: Vec<Host>,
-    _switch: TestNetns,
+    _net: Underlay,
     dir: TempDir,
 }
 
@@ -37,30 +38,12 @@ fn bins() -> PathBuf {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let switch = TestNetns::new("bsw");
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
+        let mut net = Underlay::new("bsw");
         let dir = TempDir::new("benchfl");
         let hosts = (0..n)
             .map(|h| {
-                let ns = TestNetns::new(&format!("bh{h}"));
-                let port = format!("p{h}");
-                switch.ip(&[
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    ns.name(),
-                ]);
-                switch.ip(&["link", "set", &port, "master", "br0", "up"]);
                 let ip = format!("192.168.78.{}", 10 + h);
-                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-                ns.ip(&["link", "set", "eth0", "up"]);
+                let ns = net.add_host(&format!("bh{h}"), &[&format!("{ip}/24")]);
                 let hdir = dir.path().join(format!("h{h}"));
                 std::fs::create_dir_all(&hdir).unwrap();
                 Host {
@@ -74,7 +57,7 @@ impl Net {
             .collect();
         Net {
             hosts,
-            _switch: switch,
+            _net: net,
             dir,
         }
     }
@@ -117,14 +100,7 @@ impl Net {
             .env("CNI_PATH", &bins().display().to_string())
             .config(&conf)
             .run(&bins().join("flannel"), &host.ns);
-        let r = out.success();
-        r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
+        addresses(&out.success()).remove(0)
     }
 }
 
