@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 need_root
-ensure_packages iproute2 iputils-ping iperf3 nftables protobuf-compiler
+ensure_packages iproute2 iputils-ping iperf3 nftables
 ensure_rust
 
 step "building (release)"

@@ -30,7 +30,7 @@ case "$BACKEND" in vxlan|host-gw|udp) ;; *) die "unknown backend $BACKEND (vxlan
 [[ "$HOSTS" =~ ^[0-9]+$ ]] && [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || die "--hosts must be between 2 and 20"
 
 need_root
-ensure_packages iproute2 iputils-ping nftables ca-certificates protobuf-compiler
+ensure_packages iproute2 iputils-ping nftables ca-certificates
 [ -n "$ETCD" ] && ensure_packages etcd-server etcd-client
 ensure_rust
 

@@ -1,5 +1,5 @@
 //! Where leases live: an embedded file store (no server needed), and etcd
-//! v3 with upstream's layout (to come).
+//! v3 with upstream's layout.
 
 pub mod etcd;
 pub mod file;

@@ -4,14 +4,16 @@
 //! A lease is created by a transaction that puts only if the key does not
 //! exist; a lost race answers `false` and the caller tries another subnet.
 
+mod client;
+pub mod wire;
+
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
-};
 use tokio::runtime::Runtime;
+use tonic::Streaming;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use self::client::{Client, ConnectSpec};
 use super::{Store, StoreError};
 use crate::flags::Options;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -26,7 +28,7 @@ pub struct EtcdStore {
     revision: i64,
     /// A prefix watch on the subnets, made lazily and dropped on any trouble
     /// (the next tick re-lists and watches again).
-    watch: Option<WatchStream>,
+    watch: Option<Streaming<wire::WatchResponse>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -38,7 +40,7 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-fn etcd_err(what: &str, endpoints: &str, e: etcd_client::Error) -> StoreError {
+fn etcd_err(what: &str, endpoints: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Invalid(format!("etcd {endpoints}: {what}: {e}"))
 }
 
@@ -47,6 +49,25 @@ fn read(path: &str, what: &str) -> Result<Vec<u8>, StoreError> {
         what: format!("cannot read {what} {path}"),
         source,
     })
+}
+
+/// As upstream: TLS with a client certificate when `--etcd-certfile` and
+/// `--etcd-keyfile` are given; the CA, when given, replaces the system's.
+fn tls_config(opts: &Options) -> Result<Option<ClientTlsConfig>, StoreError> {
+    let mut tls = ClientTlsConfig::new();
+    let mut any = false;
+    if let (Some(cert), Some(key)) = (&opts.etcd_certfile, &opts.etcd_keyfile) {
+        tls = tls.identity(Identity::from_pem(
+            read(cert, "--etcd-certfile")?,
+            read(key, "--etcd-keyfile")?,
+        ));
+        any = true;
+    }
+    if let Some(ca) = &opts.etcd_cafile {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-cafile")?));
+        any = true;
+    }
+    Ok(any.then_some(tls))
 }
 
 impl EtcdStore {
@@ -58,30 +79,18 @@ impl EtcdStore {
                 what: "cannot start the etcd client".into(),
                 source,
             })?;
-        let mut copts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_require_leader(true);
-        if let (Some(user), Some(pass)) = (&opts.etcd_username, &opts.etcd_password) {
-            copts = copts
-                .with_user(user.clone(), pass.clone())
-                .with_auto_token_refresh(true);
-        }
-        // As upstream: TLS when a client certificate and key are given.
-        if let (Some(cert), Some(key)) = (&opts.etcd_certfile, &opts.etcd_keyfile) {
-            let mut tls = TlsOptions::new().identity(Identity::from_pem(
-                read(cert, "--etcd-certfile")?,
-                read(key, "--etcd-keyfile")?,
-            ));
-            if let Some(ca) = &opts.etcd_cafile {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-cafile")?));
-            }
-            copts = copts.with_tls(tls);
-        }
+        let credentials = match (&opts.etcd_username, &opts.etcd_password) {
+            (Some(user), Some(pass)) => Some((user.clone(), pass.clone())),
+            _ => None,
+        };
+        let spec = ConnectSpec {
+            endpoints: opts.etcd_endpoints.clone(),
+            tls: tls_config(opts)?,
+            credentials,
+        };
         let endpoints = opts.etcd_endpoints.join(",");
         let client = rt
-            .block_on(Client::connect(opts.etcd_endpoints.clone(), Some(copts)))
+            .block_on(Client::connect(&spec))
             .map_err(|e| etcd_err("cannot connect", &endpoints, e))?;
         Ok(EtcdStore {
             rt,
@@ -97,8 +106,23 @@ impl EtcdStore {
         format!("{}/subnets/{key}", self.prefix)
     }
 
-    fn value(attrs: &LeaseAttrs) -> Result<String, StoreError> {
-        serde_json::to_string(attrs).map_err(|e| StoreError::Invalid(e.to_string()))
+    fn value(attrs: &LeaseAttrs) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(attrs).map_err(|e| StoreError::Invalid(e.to_string()))
+    }
+
+    /// A fresh etcd lease of `ttl`, or 0 (no lease: a reservation).
+    async fn grant(
+        client: &mut Client,
+        ttl: Option<Duration>,
+        endpoints: &str,
+    ) -> Result<i64, StoreError> {
+        match ttl {
+            Some(t) => client
+                .lease_grant(t)
+                .await
+                .map_err(|e| etcd_err("cannot grant a lease", endpoints, client::describe(&e))),
+            None => Ok(0),
+        }
     }
 }
 
@@ -108,15 +132,13 @@ impl Store for EtcdStore {
     /// answers `true`: the agent then re-lists, which is the full resync
     /// that compaction requires.
     fn changed(&mut self) -> bool {
-        let dir = format!("{}/subnets/", self.prefix);
         if self.watch.is_none() {
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(self.revision + 1);
+            let dir = format!("{}/subnets/", self.prefix);
+            let start = self.revision + 1;
             let client = &mut self.client;
             // The timer must be made inside the runtime.
             let made = self.rt.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(2), client.watch(dir, Some(opts))).await
+                tokio::time::timeout(Duration::from_secs(2), client.watch(&dir, start)).await
             });
             match made {
                 Ok(Ok(ws)) => self.watch = Some(ws),
@@ -131,11 +153,11 @@ impl Store for EtcdStore {
         });
         match polled {
             Err(_) => false,
-            Ok(Ok(Some(resp))) if resp.canceled() || resp.compact_revision() != 0 => {
+            Ok(Ok(Some(resp))) if resp.canceled || resp.compact_revision != 0 => {
                 self.watch = None;
                 true
             }
-            Ok(Ok(Some(resp))) => !resp.events().is_empty(),
+            Ok(Ok(Some(resp))) => !resp.events.is_empty(),
             Ok(Ok(None)) | Ok(Err(_)) => {
                 self.watch = None;
                 true
@@ -147,16 +169,21 @@ impl Store for EtcdStore {
         let key = format!("{}/config", self.prefix);
         let resp = self
             .rt
-            .block_on(self.client.get(key.clone(), None))
-            .map_err(|e| etcd_err("cannot read the network config", &self.endpoints, e))?;
-        let kv = resp.kvs().first().ok_or_else(|| {
+            .block_on(self.client.range(&key, false))
+            .map_err(|e| {
+                etcd_err(
+                    "cannot read the network config",
+                    &self.endpoints,
+                    client::describe(&e),
+                )
+            })?;
+        let kv = resp.kvs.into_iter().next().ok_or_else(|| {
             StoreError::Invalid(format!(
                 "etcd {}: no network config at {key}: did you create your config using the etcd v3 API?",
                 self.endpoints
             ))
         })?;
-        kv.value_str()
-            .map(str::to_string)
+        String::from_utf8(kv.value)
             .map_err(|e| etcd_err("the network config is not text", &self.endpoints, e))
     }
 
@@ -164,30 +191,26 @@ impl Store for EtcdStore {
         let dir = format!("{}/subnets/", self.prefix);
         let resp = self
             .rt
-            .block_on(
-                self.client
-                    .get(dir.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .map_err(|e| etcd_err("cannot list leases", &self.endpoints, e))?;
-        if let Some(h) = resp.header() {
-            self.revision = h.revision();
+            .block_on(self.client.range(&dir, true))
+            .map_err(|e| etcd_err("cannot list leases", &self.endpoints, client::describe(&e)))?;
+        if let Some(h) = &resp.header {
+            self.revision = h.revision;
         }
-        let mut out = Vec::new();
-        for kv in resp.kvs() {
-            let Some(key) = kv
-                .key_str()
+        let mut out = Vec::with_capacity(resp.kvs.len());
+        for kv in &resp.kvs {
+            let Some(key) = std::str::from_utf8(&kv.key)
                 .ok()
                 .and_then(|k| k.strip_prefix(&dir))
                 .and_then(SubnetKey::parse)
             else {
                 continue;
             };
-            let Ok(attrs) = serde_json::from_slice::<LeaseAttrs>(kv.value()) else {
+            let Ok(attrs) = serde_json::from_slice::<LeaseAttrs>(&kv.value) else {
                 continue;
             };
             // The exact expiry would cost a call per key; only our own
             // lease's matters, and the agent tracks that one itself.
-            let expires = (kv.lease() != 0).then(|| SystemTime::now() + crate::alloc::LEASE_TTL);
+            let expires = (kv.lease != 0).then(|| SystemTime::now() + crate::alloc::LEASE_TTL);
             out.push(Lease {
                 key,
                 attrs,
@@ -206,36 +229,19 @@ impl Store for EtcdStore {
     ) -> Result<bool, StoreError> {
         let path = self.subnet_key(key);
         let value = Self::value(attrs)?;
-        let endpoints = self.endpoints.clone();
+        let endpoints = self.endpoints.as_str();
         let client = &mut self.client;
         self.rt.block_on(async move {
-            let lease = match ttl {
-                Some(t) => Some(
-                    client
-                        .lease_grant(i64::try_from(t.as_secs()).unwrap_or(i64::MAX), None)
-                        .await
-                        .map_err(|e| etcd_err("cannot grant a lease", &endpoints, e))?
-                        .id(),
-                ),
-                None => None,
-            };
-            let put = match lease {
-                Some(id) => PutOptions::new().with_lease(id),
-                None => PutOptions::new(),
-            };
-            let txn = Txn::new()
-                .when([Compare::version(path.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(path, value, Some(put))]);
-            let resp = client
-                .txn(txn)
+            let lease = Self::grant(client, ttl, endpoints).await?;
+            let created = client
+                .create(&path, value, lease)
                 .await
-                .map_err(|e| etcd_err("cannot create a lease", &endpoints, e))?;
-            if !resp.succeeded()
-                && let Some(id) = lease
-            {
-                let _ = client.lease_revoke(id).await;
+                .map_err(|e| etcd_err("cannot create a lease", endpoints, client::describe(&e)))?;
+            if !created && lease != 0 {
+                // Best effort: an unused grant expires by itself anyway.
+                let _ = client.lease_revoke(lease).await;
             }
-            Ok(resp.succeeded())
+            Ok(created)
         })
     }
 
@@ -247,33 +253,29 @@ impl Store for EtcdStore {
     ) -> Result<(), StoreError> {
         let path = self.subnet_key(key);
         let value = Self::value(attrs)?;
-        let endpoints = self.endpoints.clone();
+        let endpoints = self.endpoints.as_str();
         let client = &mut self.client;
         self.rt.block_on(async move {
-            let put = match ttl {
-                Some(t) => {
-                    let id = client
-                        .lease_grant(i64::try_from(t.as_secs()).unwrap_or(i64::MAX), None)
-                        .await
-                        .map_err(|e| etcd_err("cannot grant a lease", &endpoints, e))?
-                        .id();
-                    PutOptions::new().with_lease(id)
-                }
-                None => PutOptions::new(),
-            };
+            let lease = Self::grant(client, ttl, endpoints).await?;
             client
-                .put(path, value, Some(put))
+                .put(&path, value, lease)
                 .await
                 .map(drop)
-                .map_err(|e| etcd_err("cannot renew a lease", &endpoints, e))
+                .map_err(|e| etcd_err("cannot renew a lease", endpoints, client::describe(&e)))
         })
     }
 
     fn delete(&mut self, key: &SubnetKey) -> Result<(), StoreError> {
         let path = self.subnet_key(key);
         self.rt
-            .block_on(self.client.delete(path, None))
+            .block_on(self.client.delete(&path))
             .map(drop)
-            .map_err(|e| etcd_err("cannot delete a lease", &self.endpoints, e))
+            .map_err(|e| {
+                etcd_err(
+                    "cannot delete a lease",
+                    &self.endpoints,
+                    client::describe(&e),
+                )
+            })
     }
 }

@@ -1,0 +1,281 @@
+//! A small etcd v3 client over tonic: the KV, Watch, Lease and Auth calls
+//! the agent makes, each with the metadata etcd wants (the auth token, and
+//! `hasleader` so a member cut off from its cluster refuses instead of
+//! serving stale data). An expired auth token is renewed once per call.
+
+use std::time::Duration;
+
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+use super::wire::{self, path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad endpoint {url}: {reason}")]
+    Endpoint { url: String, reason: String },
+    #[error("{0}")]
+    Call(String),
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> ClientError {
+        ClientError::Call(describe(&s))
+    }
+}
+
+/// A gRPC status as a person reads it: the server's message, or the code
+/// and the transport's reason when there is no message.
+pub fn describe(s: &Status) -> String {
+    use std::error::Error as _;
+    let mut out = if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        s.message().to_string()
+    };
+    let mut source = s.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// How to reach etcd: endpoints, TLS, credentials.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectSpec {
+    pub endpoints: Vec<String>,
+    pub tls: Option<ClientTlsConfig>,
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    credentials: Option<(String, String)>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    /// Builds the channel (connections are made lazily and re-made after a
+    /// failure) and, with credentials, logs in.
+    pub async fn connect(spec: &ConnectSpec) -> Result<Client, ClientError> {
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        for url in &spec.endpoints {
+            let bad = |reason: String| ClientError::Endpoint {
+                url: url.clone(),
+                reason,
+            };
+            let mut ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| bad(e.to_string()))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            if url.starts_with("https://") {
+                let tls = spec.tls.clone().unwrap_or_default();
+                ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+            }
+            endpoints.push(ep);
+        }
+        if endpoints.is_empty() {
+            return Err(ClientError::Endpoint {
+                url: String::new(),
+                reason: "no etcd endpoint given".into(),
+            });
+        }
+        // Calls go to whichever endpoint answers.
+        let channel = Channel::balance_list(endpoints.into_iter());
+        let mut client = Client {
+            channel,
+            credentials: spec.credentials.clone(),
+            token: None,
+        };
+        if client.credentials.is_some() {
+            client.authenticate().await?;
+        }
+        Ok(client)
+    }
+
+    async fn authenticate(&mut self) -> Result<(), ClientError> {
+        let Some((name, password)) = self.credentials.clone() else {
+            return Ok(());
+        };
+        let req = wire::AuthenticateRequest { name, password };
+        let resp: wire::AuthenticateResponse =
+            self.unary(path::AUTHENTICATE, Request::new(req)).await?;
+        let token = MetadataValue::try_from(resp.token.as_str())
+            .map_err(|_| ClientError::Call("etcd sent an auth token that is not text".into()))?;
+        self.token = Some(token);
+        Ok(())
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        let md = req.metadata_mut();
+        md.insert("hasleader", MetadataValue::from_static("true"));
+        if let Some(token) = &self.token {
+            md.insert("token", token.clone());
+        }
+        req
+    }
+
+    /// One unary call, as is.
+    async fn unary<Req, Resp>(
+        &self,
+        method: &'static str,
+        req: Request<Req>,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message + 'static,
+        Resp: prost::Message + Default + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd is not reachable: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        grpc.unary(req, PathAndQuery::from_static(method), codec)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A unary call with our metadata, logging in again once when etcd
+    /// says the token has expired.
+    async fn call<Req, Resp>(&mut self, method: &'static str, msg: Req) -> Result<Resp, Status>
+    where
+        Req: prost::Message + Clone + 'static,
+        Resp: prost::Message + Default + 'static,
+    {
+        match self.unary(method, self.request(msg.clone())).await {
+            Err(s) if token_expired(&s) && self.credentials.is_some() => {
+                self.authenticate()
+                    .await
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                self.unary(method, self.request(msg)).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn range(&mut self, key: &str, prefix: bool) -> Result<wire::RangeResponse, Status> {
+        let key = key.as_bytes().to_vec();
+        let range_end = if prefix {
+            wire::prefix_end(&key)
+        } else {
+            Vec::new()
+        };
+        let req = wire::RangeRequest {
+            key,
+            range_end,
+            ..Default::default()
+        };
+        self.call(path::RANGE, req).await
+    }
+
+    pub async fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<wire::PutResponse, Status> {
+        let req = wire::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease,
+        };
+        self.call(path::PUT, req).await
+    }
+
+    pub async fn delete(&mut self, key: &str) -> Result<wire::DeleteRangeResponse, Status> {
+        let req = wire::DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: Vec::new(),
+        };
+        self.call(path::DELETE_RANGE, req).await
+    }
+
+    /// Puts `value` under `key` only if the key does not exist; `false`
+    /// when someone holds it.
+    pub async fn create(&mut self, key: &str, value: Vec<u8>, lease: i64) -> Result<bool, Status> {
+        let key = key.as_bytes().to_vec();
+        let req = wire::TxnRequest {
+            compare: vec![wire::Compare {
+                result: wire::CompareResult::Equal as i32,
+                target: wire::CompareTarget::Version as i32,
+                key: key.clone(),
+                target_union: Some(wire::CompareUnion::Version(0)),
+            }],
+            success: vec![wire::RequestOp {
+                request: Some(wire::Request::Put(wire::PutRequest { key, value, lease })),
+            }],
+            failure: Vec::new(),
+        };
+        let resp: wire::TxnResponse = self.call(path::TXN, req).await?;
+        Ok(resp.succeeded)
+    }
+
+    pub async fn lease_grant(&mut self, ttl: Duration) -> Result<i64, Status> {
+        let req = wire::LeaseGrantRequest {
+            ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            id: 0,
+        };
+        let resp: wire::LeaseGrantResponse = self.call(path::LEASE_GRANT, req).await?;
+        if resp.error.is_empty() {
+            Ok(resp.id)
+        } else {
+            Err(Status::unknown(resp.error))
+        }
+    }
+
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<(), Status> {
+        let req = wire::LeaseRevokeRequest { id };
+        let _: wire::LeaseRevokeResponse = self.call(path::LEASE_REVOKE, req).await?;
+        Ok(())
+    }
+
+    /// A watch of every key under `prefix`, from `start_revision` on. The
+    /// request stream stays open (an ended one would read as a client that
+    /// is going away).
+    pub async fn watch(
+        &mut self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Streaming<wire::WatchResponse>, Status> {
+        use tokio_stream::StreamExt as _;
+        let key = prefix.as_bytes().to_vec();
+        let create = wire::WatchRequest {
+            request_union: Some(wire::WatchRequestUnion::Create(wire::WatchCreateRequest {
+                range_end: wire::prefix_end(&key),
+                key,
+                start_revision,
+                progress_notify: false,
+                prev_kv: false,
+            })),
+        };
+        let outbound = tokio_stream::iter([create]).chain(tokio_stream::pending());
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd is not reachable: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<wire::WatchRequest, wire::WatchResponse>::default();
+        let resp = grpc
+            .streaming(
+                self.request(outbound),
+                PathAndQuery::from_static(path::WATCH),
+                codec,
+            )
+            .await?;
+        Ok(resp.into_inner())
+    }
+}
+
+/// etcd answers an expired or unknown token with this status.
+fn token_expired(s: &Status) -> bool {
+    s.code() == Code::Unauthenticated && s.message().contains("invalid auth token")
+}
