@@ -21,7 +21,9 @@ pub use node::PluginNode;
 pub use runner::{Invocation, PluginOutput};
 
 pub mod tempdir;
+pub mod tool;
 pub mod underlay;
 pub mod util;
 pub use tempdir::TempDir;
+pub use tool::Tool;
 pub use underlay::Underlay;
