@@ -1,0 +1,422 @@
+//! Debian's containerd with its CRI plugin, run inside a simulated host:
+//! the host's network namespace (made by the test) and a private mount
+//! namespace of its own, in which `/run` and `/var/lib` are bind mounts of
+//! directories in this runtime's scratch directory. So every path
+//! containerd, its shims, runc and libcni use (state, shim sockets, sandbox
+//! netns pins, the libcni cache, host-local's store, flannel's cache) lives
+//! in the scratch directory, and the machine's own `/opt/cni/bin`,
+//! `/etc/cni/net.d` and containerd state are never touched.
+//!
+//! As the host sees them: `<dir>/run` is the runtime's `/run` (put
+//! `flannel/subnet.env` there) and `<dir>/varlib` its `/var/lib`.
+//!
+//! Dropping it stops every pod through the CRI, stops containerd, kills
+//! shims and pods that outlived it, and removes their cgroups and the
+//! scratch directory, also when the test failed.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::client::CriClient;
+use super::image::{PAUSE_IMAGE, build_pause_image};
+use super::wire;
+use crate::netns::TestNetns;
+use crate::wait_for;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+
+#[derive(Debug)]
+pub struct Containerd {
+    dir: PathBuf,
+    socket: PathBuf,
+    /// Pod cgroups go under this parent in every hierarchy.
+    cgroup_parent: String,
+    child: Option<Child>,
+    /// containerd's private mount namespace (`mnt:[inode]`).
+    mount_ns: Option<String>,
+    client: Option<CriClient>,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+fn config_toml(dir: &Path, socket: &Path, cni_bin: &Path, cni_conf: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "{socket}"
+
+# The default, /opt/containerd, would be made on the machine.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # runc here cannot lower oom_score_adj.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{d}/state/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{bin}"
+    conf_dir = "{conf}"
+    max_conf_num = 1
+"#,
+        socket = socket.display(),
+        bin = cni_bin.display(),
+        conf = cni_conf.display(),
+    )
+}
+
+/// Runs in the new mount namespace, inside the host's network namespace.
+/// A fresh sysfs for that namespace (as `ip netns exec` mounts) with the
+/// cgroup tree moved over it, which `ip netns exec` would lose and runc
+/// needs; then `/run` and `/var/lib` hidden behind our directories. `-n`:
+/// the machine's `/run/mount/utab` is not written.
+const INNER: &str = r#"#!/bin/sh
+set -eu
+d=$1
+mount -n --rbind /sys/fs/cgroup "$d/mnt"
+mount -n -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -n --move "$d/mnt" /sys/fs/cgroup
+mount -n --bind "$d/run" /run
+mount -n --bind "$d/varlib" /var/lib
+exec containerd -c "$d/config.toml"
+"#;
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) S ...: comm may hold spaces, so look after the last ')'.
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// Running (a zombie is not: the machine's init reaps orphans lazily).
+fn alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z')
+}
+
+fn kill9(pid: u32) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Containerd {
+    /// Starts containerd in `host` with the CRI's CNI plugin pointed at
+    /// `cni_bin` and `cni_conf`, waits until the CRI reports the runtime and
+    /// the network ready, and imports the pause image.
+    pub fn start(host: &TestNetns, cni_bin: &Path, cni_conf: &Path) -> Containerd {
+        assert!(
+            Path::new(CONTAINERD).is_file() && Path::new("/usr/bin/ctr").is_file(),
+            "apt-get install containerd runc (scripts/test.sh does)"
+        );
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cnirs-cri-{}-{n}", std::process::id());
+        // Short: the socket path (plus ".ttrpc") must fit in 108 bytes.
+        let dir = std::env::temp_dir().join(&name);
+        for sub in ["root", "state", "run", "varlib", "opt", "mnt"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("cannot make the runtime's directories");
+        }
+        let socket = dir.join("c.sock");
+        let mut rt = Containerd {
+            dir: dir.clone(),
+            socket: socket.clone(),
+            cgroup_parent: name,
+            child: None,
+            mount_ns: None,
+            client: None,
+        };
+        write(
+            &dir.join("config.toml"),
+            &config_toml(&dir, &socket, cni_bin, cni_conf),
+        );
+        write(&dir.join("inner.sh"), INNER);
+        let image = dir.join("pause.tar");
+        build_pause_image(&dir.join("image"), &image);
+
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("cannot make the log");
+        let log2 = log.try_clone().expect("cannot duplicate the log");
+        // nsenter, unshare and sh all exec: the child's pid is containerd's.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", host.path().display()))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .arg("/bin/sh")
+            .arg(dir.join("inner.sh"))
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C of the test run is ours to handle.
+            .process_group(0)
+            .spawn()
+            .expect("cannot start containerd");
+        let pid = child.id();
+        rt.child = Some(child);
+
+        let exe = format!("/proc/{pid}/exe");
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                std::fs::read_link(&exe).is_ok_and(|p| p == Path::new(CONTAINERD))
+            }),
+            "containerd did not start: {}",
+            rt.log()
+        );
+        rt.mount_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|p| p.display().to_string());
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            if socket.exists()
+                && let Ok(c) = CriClient::connect(&socket)
+                && c.conditions().is_ok_and(|conds| {
+                    conds.iter().filter(|c| c.status).count() >= 2 && conds.iter().all(|c| c.status)
+                })
+            {
+                break c;
+            }
+            assert!(
+                Instant::now() < deadline && alive(pid),
+                "containerd's CRI did not become ready (runtime and network): {}",
+                rt.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        rt.client = Some(client);
+
+        let out = Command::new("ctr")
+            .args(["-n", "k8s.io", "--address"])
+            .arg(&socket)
+            .args(["images", "import"])
+            .arg(&image)
+            .output()
+            .expect("cannot run ctr");
+        assert!(
+            out.status.success(),
+            "ctr images import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rt
+    }
+
+    pub fn client(&self) -> &CriClient {
+        self.client.as_ref().expect("the CRI client is connected")
+    }
+
+    /// The runtime's `/run`, as the machine sees it.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// The runtime's `/var/lib`, as the machine sees it.
+    pub fn var_lib(&self) -> PathBuf {
+        self.dir.join("varlib")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A sandbox config as kubelet sends it, with our cgroup parent (an
+    /// empty one would make the CRI create `/k8s.io` cgroups on the machine).
+    pub fn sandbox_config(&self, name: &str, uid: &str) -> wire::PodSandboxConfig {
+        wire::PodSandboxConfig {
+            metadata: Some(wire::PodSandboxMetadata {
+                name: name.into(),
+                uid: uid.into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            dns_config: Some(wire::DnsConfig::default()),
+            linux: Some(wire::LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{}", self.cgroup_parent),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The pid of a sandbox's pause process, from the verbose status.
+    pub fn sandbox_pid(&self, id: &str) -> Option<u32> {
+        let resp = self.client().pod_sandbox_status(id, true).ok()?;
+        let info: serde_json::Value = serde_json::from_str(resp.info.get("info")?).ok()?;
+        info["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Runs `program args` in a sandbox's network namespace.
+    pub fn exec_in_sandbox(&self, id: &str, program: &str, args: &[&str]) -> std::process::Output {
+        let pid = self
+            .sandbox_pid(id)
+            .expect("the sandbox has no running pause process");
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("cannot run nsenter")
+    }
+
+    fn teardown(&mut self) {
+        // The clean way first: stop and remove every pod through the CRI
+        // (CNI DEL runs, shims exit once their task is gone).
+        if let Some(client) = &self.client {
+            for pod in client.list_pod_sandboxes().unwrap_or_default() {
+                let _ = client.stop_pod_sandbox(&pod.id);
+                let _ = client.remove_pod_sandbox(&pod.id);
+            }
+        }
+        self.client = None;
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let exited = wait_for(Duration::from_secs(10), || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // What outlived containerd: containers first (a shim killed first
+        // leaves its pod to init), then the shims, found by our socket in
+        // their arguments, then anything left in our cgroups.
+        let tasks = self.dir.join("state/io.containerd.runtime.v2.task/k8s.io");
+        for bundle in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let id = bundle.file_name().to_string_lossy().into_owned();
+            let Some(pid) = std::fs::read_to_string(bundle.path().join("init.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l.ends_with(&format!("/{id}"))));
+            if ours {
+                kill9(pid);
+            }
+        }
+        let socket = self.socket.as_os_str().as_encoded_bytes().to_vec();
+        for pid in pids() {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == socket.as_slice())
+            {
+                kill9(pid);
+            }
+        }
+        let procs = format!("/sys/fs/cgroup/pids/{}", self.cgroup_parent);
+        for entry in walk_dirs(Path::new(&procs)) {
+            let list = std::fs::read_to_string(entry.join("cgroup.procs")).unwrap_or_default();
+            for pid in list.lines().filter_map(|l| l.trim().parse().ok()) {
+                kill9(pid);
+            }
+        }
+        // The private mount namespace (and the netns pins in it) goes with
+        // its last process.
+        if let Some(ns) = &self.mount_ns {
+            let gone = wait_for(Duration::from_secs(10), || {
+                !pids().into_iter().any(|pid| {
+                    alive(pid)
+                        && std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                            .is_ok_and(|p| p.display().to_string() == *ns)
+                })
+            });
+            if !gone {
+                eprintln!("warning: processes are left in containerd's mount namespace {ns}");
+            }
+        }
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let top = hierarchy.path().join(&self.cgroup_parent);
+            if !top.is_dir() {
+                continue;
+            }
+            let removed = wait_for(Duration::from_secs(5), || {
+                let mut dirs = walk_dirs(&top);
+                dirs.reverse();
+                for d in dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
+                !top.exists()
+            });
+            if !removed {
+                eprintln!("warning: cannot remove the cgroup {}", top.display());
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// `top` and every directory below it, parents before children.
+fn walk_dirs(top: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if !top.is_dir() {
+        return out;
+    }
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.push(d);
+    }
+    out
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
