@@ -187,10 +187,12 @@ impl Containerd {
         let pid = child.id();
         rt.child = Some(child);
 
-        let exe = format!("/proc/{pid}/exe");
+        // Its name, not /proc/<pid>/exe: seen from outside its mount
+        // namespace (under a chroot) the exe path may not read as ours.
+        let comm = format!("/proc/{pid}/comm");
         assert!(
             wait_for(Duration::from_secs(10), || {
-                std::fs::read_link(&exe).is_ok_and(|p| p == Path::new(CONTAINERD))
+                std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "containerd")
             }),
             "containerd did not start: {}",
             rt.log()
