@@ -92,8 +92,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 /// Runs in the new mount namespace, inside the host's network namespace.
 /// A fresh sysfs for that namespace (as `ip netns exec` mounts) with the
 /// cgroup tree moved over it, which `ip netns exec` would lose and runc
-/// needs; then `/run` and `/var/lib` hidden behind our directories. `-n`:
-/// the machine's `/run/mount/utab` is not written.
+/// needs; then `/run` and `/var/lib` hidden behind our directories, and
+/// containerd's root on a tmpfs, since overlayfs snapshots cannot have their
+/// upper layer on an overlayfs (what /tmp is on a machine whose root is one).
+/// `-n`: the machine's `/run/mount/utab` is not written.
 const INNER: &str = r#"#!/bin/sh
 set -eu
 d=$1
@@ -102,6 +104,7 @@ mount -n -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -n --move "$d/mnt" /sys/fs/cgroup
 mount -n --bind "$d/run" /run
 mount -n --bind "$d/varlib" /var/lib
+mount -n -t tmpfs -o mode=0700 tmpfs "$d/root"
 exec containerd -c "$d/config.toml"
 "#;
 
