@@ -1382,4 +1382,14 @@ fn version_and_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag --no-such-flag"));
+    // --help is an answer, not an error; every flag is in it.
+    let out = std::process::Command::new(plugin_binary("flanneld"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--iface-regex", "--store-dir", "--healthz-port", "-v N"] {
+        assert!(help.contains(flag), "--help lacks {flag}: {help}");
+    }
 }

@@ -29,7 +29,11 @@ pub struct Options {
     pub iptables_forward_rules: bool,
     pub healthz_ip: String,
     pub healthz_port: u16,
+    /// Upstream's klog verbosity (`-v=N`): accepted so that upstream's
+    /// units and manifests run unchanged; our log has one level.
+    pub log_level: u32,
     pub version: bool,
+    pub help: bool,
 }
 
 impl Default for Options {
@@ -57,12 +61,16 @@ impl Default for Options {
             iptables_forward_rules: true,
             healthz_ip: "0.0.0.0".into(),
             healthz_port: 0,
+            log_level: 0,
             version: false,
+            help: false,
         }
     }
 }
 
-const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "version", "v"];
+const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "version"];
+/// Flags taken from the command line only.
+const CLI_ONLY: &[&str] = &["v"];
 /// Every flag that can also come from the environment.
 const FLAGS: &[&str] = &[
     "etcd-endpoints",
@@ -156,7 +164,12 @@ impl Options {
             "healthz-port" => {
                 self.healthz_port = value.parse().map_err(|_| parse_err("not a port number"))?
             }
-            "version" | "v" => self.version = bool_value(flag, value)?,
+            "version" => self.version = bool_value(flag, value)?,
+            "v" => {
+                self.log_level = value
+                    .parse()
+                    .map_err(|_| parse_err("not a log level (a number, as upstream's -v=N)"))?
+            }
             other => return Err(format!("unknown flag --{other} (see --help)")),
         }
         Ok(())
@@ -178,9 +191,10 @@ impl Options {
                 None => (body, None),
             };
             if flag == "help" || flag == "h" {
-                return Err(usage());
+                opts.help = true;
+                return Ok(opts);
             }
-            if !FLAGS.contains(&flag) && !BOOLS.contains(&flag) {
+            if !FLAGS.contains(&flag) && !BOOLS.contains(&flag) && !CLI_ONLY.contains(&flag) {
                 return Err(format!("unknown flag --{flag} (see --help)"));
             }
             let value = match inline {
@@ -217,6 +231,7 @@ pub fn usage() -> String {
      \x20 --etcd-prefix PREFIX            key prefix (default /coreos.com/network)\n\
      \x20 --etcd-cafile/--etcd-certfile/--etcd-keyfile FILE, --etcd-username/--etcd-password S\n\
      \x20 --iface NAME|IP (repeatable)    interface for inter-host traffic (default: the default route's)\n\
+     \x20 --iface-regex RE (repeatable)   the first interface whose address, then name, matches\n\
      \x20 --public-ip IP, --public-ipv6 IP address other hosts reach this one at\n\
      \x20 --subnet-file FILE              default /run/flannel/subnet.env\n\
      \x20 --subnet-lease-renew-margin M   minutes before expiry to renew (1-1439, default 60)\n\
@@ -224,7 +239,8 @@ pub fn usage() -> String {
      \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
      \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\
-     \x20 --version\n\
+     \x20 -v N                            log verbosity (accepted for upstream's units; one level here)\n\
+     \x20 --version, --help\n\
      every flag is also read from FLANNELD_<FLAG> (e.g. FLANNELD_IFACE)"
         .to_string()
 }
@@ -289,5 +305,15 @@ mod tests {
                 .contains("--public-ip")
         );
         assert!(parse(&["--ip-masq=maybe"]).unwrap_err().contains("boolean"));
+    }
+
+    #[test]
+    fn upstream_verbosity_and_help() {
+        let o = parse(&["-v=2", "--iface", "eth0"]).unwrap();
+        assert_eq!((o.log_level, o.version), (2, false));
+        assert_eq!(parse(&["-v", "3"]).unwrap().log_level, 3);
+        assert!(parse(&["-v=x"]).unwrap_err().contains("log level"));
+        assert!(parse(&["--help"]).unwrap().help);
+        assert!(parse(&["--version"]).unwrap().version);
     }
 }

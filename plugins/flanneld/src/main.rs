@@ -20,6 +20,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if opts.help {
+        let _ = writeln!(std::io::stdout(), "{}", flanneld::flags::usage());
+        return;
+    }
     if opts.version {
         let _ = writeln!(
             std::io::stdout(),

@@ -231,7 +231,10 @@ fn backend(raw: Option<&Value>) -> Result<Backend, String> {
         };
     let vni = num("VNI", (1 << 24) - 1)?.unwrap_or(1);
     let default_port = if kind == BackendType::Udp { 8285 } else { 0 };
-    let port = num("Port", 65535)?.unwrap_or(default_port);
+    // 0 means the default, as upstream reads an unset (zero) Port.
+    let port = num("Port", 65535)?
+        .filter(|p| *p != 0)
+        .unwrap_or(default_port);
     let mtu = num("MTU", 65535)?.unwrap_or(0);
     let direct_routing = match obj.get("DirectRouting") {
         None => false,
@@ -321,6 +324,13 @@ mod tests {
         let udp =
             NetConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
         assert_eq!(udp.backend.port, 8285);
+        let zero =
+            NetConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":0}}"#)
+                .unwrap();
+        assert_eq!(
+            zero.backend.port, 8285,
+            "Port 0 is the default, as upstream"
+        );
         let v6 = NetConfig::parse(
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:244::/56"}"#,
         )
