@@ -46,12 +46,17 @@ impl Attachment {
         }
     }
 
-    /// The args ADD was given, where this call gives none.
+    /// The args ADD was given, where this call gives none; and ADD's
+    /// namespace when none is given and it still exists, so that the pod's
+    /// interface is removed too.
     fn or_cached(&self, cached: Option<&Cached>) -> Attachment {
         let mut att = self.clone();
         if let Some(Cached::Entry(e)) = cached {
             att.cni_args.get_or_insert_with(|| e.cni_args.clone());
             att.cap_args.get_or_insert_with(|| e.cap_args.clone());
+            if att.netns.is_empty() && !e.netns.is_empty() && Path::new(&e.netns).exists() {
+                att.netns = e.netns.clone();
+            }
         }
         att
     }
