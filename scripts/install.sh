@@ -388,6 +388,9 @@ next steps (nothing was enabled or started):
      etcdctl put /coreos.com/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
   3. systemctl enable --now flanneld
   4. check: journalctl -u flanneld; cat /run/flannel/subnet.env
+  5. the runtime must run the plugins from $CNI_BIN_DIR, with the reference
+     loopback and portmap there too (Debian's containerd is configured for
+     /usr/lib/cni: set bin_dir = "$CNI_BIN_DIR" in /etc/containerd/config.toml)
 EOF
 fi
 echo "installed"
