@@ -2,13 +2,10 @@
 //! and stopped on drop: SIGTERM, then SIGKILL if it lingers.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -23,8 +20,6 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `binary args` in `ns`; its stderr goes to `log`.
     pub fn start(binary: &Path, args: &[String], ns: &TestNetns, log: &Path) -> Daemon {
-        let ns_file = File::open(ns.path()).expect("cannot open the namespace");
-        let fd = ns_file.as_raw_fd();
         let err = File::create(log).expect("cannot create the daemon log");
         let mut cmd = Command::new(binary);
         cmd.args(args)
@@ -33,17 +28,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);
-        // SAFETY: runs in the forked child before exec and only calls
-        // setns(2), which is async-signal-safe; the fd outlives spawn().
-        unsafe {
-            cmd.pre_exec(move || {
-                // SAFETY: fd is open in the parent until spawn() returns.
-                let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
-                setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        let child = cni_types::delegate::spawn(&mut cmd).expect("cannot start the daemon");
-        drop(ns_file);
+        let child = crate::netns::spawn_in(&mut cmd, ns).expect("cannot start the daemon");
         Daemon {
             child: Some(child),
             log: log.to_path_buf(),

@@ -1,7 +1,10 @@
 //! Throwaway named network namespaces (`ip netns`), removed on drop.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Every namespace the harness makes starts with this, so a leftover one is
@@ -102,6 +105,27 @@ impl Drop for TestNetns {
             Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
         }
     }
+}
+
+/// Spawns `cmd` inside `ns`: the child enters the namespace between fork
+/// and exec, so no thread of ours ever changes namespace.
+pub fn spawn_in(cmd: &mut Command, ns: &TestNetns) -> std::io::Result<Child> {
+    let ns_file = File::open(ns.path())?;
+    let fd = ns_file.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setns(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SAFETY: `ns_file` is open in the parent until spawn() returns,
+            // and the child inherited the descriptor.
+            let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cni_types::delegate::spawn(cmd);
+    drop(ns_file);
+    child
 }
 
 /// One simulated node: a "host" namespace where plugins run, and pod

@@ -2,14 +2,10 @@
 //! stdin, inside the test's host namespace; stdout parsed as the spec says.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
-use nix::sched::{CloneFlags, setns};
 use serde_json::Value;
 
 use crate::netns::TestNetns;
@@ -78,8 +74,6 @@ impl Invocation {
 
     /// Runs `binary` inside `host` and collects what it printed.
     pub fn run(&self, binary: &Path, host: &TestNetns) -> PluginOutput {
-        let ns = File::open(host.path()).expect("cannot open the host namespace");
-        let ns_fd = ns.as_raw_fd();
         let mut cmd = Command::new(binary);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -87,18 +81,7 @@ impl Invocation {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setns(2), which is async-signal-safe; `ns` outlives spawn().
-        unsafe {
-            cmd.pre_exec(move || {
-                // SAFETY: ns_fd is open in the parent until spawn() returns,
-                // and the child inherited it.
-                let fd = std::os::fd::BorrowedFd::borrow_raw(ns_fd);
-                setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cni_types::delegate::spawn(&mut cmd).expect("cannot start the plugin");
-        drop(ns);
+        let mut child = crate::netns::spawn_in(&mut cmd, host).expect("cannot start the plugin");
         if let Some(mut stdin) = child.stdin.take() {
             // The plugin may exit before reading it all; its output says why.
             let _ = stdin.write_all(&self.stdin);

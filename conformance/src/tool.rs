@@ -4,13 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-use nix::sched::{CloneFlags, setns};
 
 use crate::netns::TestNetns;
 use crate::runner::PluginOutput;
@@ -60,8 +55,6 @@ impl Tool {
 
     /// Runs it inside `ns` with stdin empty and collects what it printed.
     pub fn run_in(&self, ns: &TestNetns) -> PluginOutput {
-        let ns_file = File::open(ns.path()).expect("cannot open the namespace");
-        let fd = ns_file.as_raw_fd();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env_clear()
@@ -70,19 +63,8 @@ impl Tool {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setns(2), which is async-signal-safe; the fd outlives spawn().
-        unsafe {
-            cmd.pre_exec(move || {
-                // SAFETY: fd is open in the parent until spawn() returns, and
-                // the child inherited it.
-                let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
-                setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        let child = cni_types::delegate::spawn(&mut cmd)
+        let child = crate::netns::spawn_in(&mut cmd, ns)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
-        drop(ns_file);
         let out = child
             .wait_with_output()
             .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.program.display()));

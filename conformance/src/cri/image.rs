@@ -29,6 +29,24 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// A tar of `entries` in `dir` whose bytes depend on their content only:
+/// sorted, root-owned, every mtime 0.
+fn tar(dir: &Path, out: &Path, entries: &[&str]) {
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .args(entries));
+}
+
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)
@@ -67,21 +85,9 @@ pub fn build_pause_image(work: &Path, out: &Path) {
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("cannot make the image layout");
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("cannot copy busybox");
 
-    // The layer: sorted, root-owned, mtime 0, gzip without name or time.
+    // The layer, gzipped without name or time.
     let layer_tar = work.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer_tar)
-        .arg("bin"));
+    tar(&rootfs, &layer_tar, &["bin"]);
     let diff_id = sha256(&layer_tar);
     run(Command::new("gzip").args(["-n", "-9"]).arg(&layer_tar));
     let (layer, layer_size) = add_blob(&layout, &work.join("layer.tar.gz"));
@@ -139,17 +145,5 @@ pub fn build_pause_image(work: &Path, out: &Path) {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .expect("cannot write oci-layout");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(&layout)
-        .arg("-cf")
-        .arg(out)
-        .args(["oci-layout", "index.json", "blobs"]));
+    tar(&layout, out, &["oci-layout", "index.json", "blobs"]);
 }
