@@ -26,6 +26,10 @@ pub struct Route {
     pub advmss: Option<u32>,
     /// The gateway is on the link even without a matching prefix.
     pub onlink: bool,
+    /// Who made it (`rtm_protocol`): `None` programs `boot`, as `ip route
+    /// add` does; an agent marks its own routes with a number of its own so
+    /// it can tell them from an operator's. Dumps fill it in.
+    pub protocol: Option<u8>,
 }
 
 impl Route {
@@ -41,6 +45,7 @@ impl Route {
             mtu: None,
             advmss: None,
             onlink: false,
+            protocol: None,
         }
     }
 
@@ -74,7 +79,9 @@ fn route_message(route: &Route) -> RouteMessage {
     };
     msg.header.destination_prefix_length = route.prefix;
     msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.protocol = route
+        .protocol
+        .map_or(RouteProtocol::Boot, RouteProtocol::from);
     msg.header.kind = RouteType::Unicast;
     msg.header.scope = match route.scope {
         Some(s) => RouteScope::from(s),
@@ -161,6 +168,7 @@ impl Netlink {
                     route.table = Some(u32::from(r.header.table));
                     route.onlink = r.header.flags.contains(RouteFlags::Onlink);
                     route.scope = Some(u8::from(r.header.scope));
+                    route.protocol = Some(u8::from(r.header.protocol));
                     for attr in &r.attributes {
                         match attr {
                             RouteAttribute::Destination(a) => {
