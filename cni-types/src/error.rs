@@ -86,6 +86,24 @@ impl CniError {
         )
     }
 
+    /// After a failed ADD: what its rollback could not undo, added to the
+    /// details and logged on stderr (`plugin: ...`), so an operator can
+    /// clean it up. The ADD's own code and message stay what the runtime
+    /// sees. Nothing changes when `left` is empty.
+    pub fn rollback_incomplete(self, plugin: &str, left: &[String]) -> Self {
+        if left.is_empty() {
+            return self;
+        }
+        let left = left.join("; ");
+        eprintln!("{plugin}: ADD failed and its rollback was incomplete: {left}");
+        let details = if self.details.is_empty() {
+            format!("rollback incomplete: {left}")
+        } else {
+            format!("{}; rollback incomplete: {left}", self.details)
+        };
+        self.with_details(details)
+    }
+
     /// Prefix the message with context, keeping code and details.
     pub fn context(mut self, ctx: impl fmt::Display) -> Self {
         self.msg = format!("{ctx}: {}", self.msg);

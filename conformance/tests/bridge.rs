@@ -457,6 +457,47 @@ fn rollback_leaves_nothing_after_each_kind_of_failure() {
 }
 
 #[test]
+fn a_rollback_that_cannot_undo_everything_says_what_is_left() {
+    let node = Node::new(1);
+    // An IPAM plugin whose address cannot be configured (a route through
+    // an unreachable gateway) and whose DEL then fails.
+    let fake = conformance::TempDir::new("fakeipam");
+    let script = fake.path().join("stuck-ipam");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion":"1.1.0","ips":[{"address":"10.66.0.5/24","gateway":"10.66.0.1"}],"routes":[{"dst":"192.168.9.0/24","gw":"203.0.113.1"}]}' ;;
+DEL) echo '{"cniVersion":"1.1.0","code":11,"msg":"store is locked"}'; exit 1 ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conf = node.conf("1.1.0", json!([]), json!({}));
+    conf["ipam"] = json!({"type": "stuck-ipam"});
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        conformance::bins::bin_dir().display()
+    );
+    let out = node.run(node.call("ADD", 0, &conf).env("CNI_PATH", &path));
+    let err = out.error(122);
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("rollback incomplete") && details.contains("store is locked"),
+        "the error must say what the rollback left: {err}"
+    );
+    assert!(
+        out.stderr.contains("rollback was incomplete"),
+        "and the log too: {}",
+        out.stderr
+    );
+    // What could be undone was: the veth is gone.
+    assert_eq!(node.host_links(), ["lo", "cni0"]);
+}
+
+#[test]
 fn del_after_the_namespace_is_gone_still_releases_the_address() {
     let node = Node::new(1);
     let conf = node.conf("1.1.0", v4(), json!({}));

@@ -313,3 +313,38 @@ fn two_pods_reach_each_other_and_their_gateway() {
         "{routes}"
     );
 }
+
+#[test]
+fn a_delegate_that_cannot_undo_its_add_is_reported_and_its_config_kept() {
+    let node = Node::new(1, Some(V4_ENV));
+    // A delegate whose ADD fails and whose DEL fails too.
+    let fake = conformance::TempDir::new("stuckdelegate");
+    let script = fake.path().join("stuck-bridge");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"busy\"}'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conf = node.conf("1.0.0");
+    conf["delegate"] = json!({"type": "stuck-bridge"});
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        conformance::bins::bin_dir().display()
+    );
+    let out = node.run(node.call("ADD", 0, &conf).env("CNI_PATH", &path));
+    let err = out.error(11);
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("rollback incomplete") && details.contains("stuck-bridge DEL"),
+        "{err}"
+    );
+    assert!(
+        out.stderr.contains("rollback was incomplete"),
+        "{}",
+        out.stderr
+    );
+    // Kept, so that the runtime's DEL can still reach the delegate.
+    assert!(node.saved(0).is_some());
+}

@@ -42,24 +42,41 @@ pub fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
         &who,
         &mut undo,
     );
-    if out.is_err() {
-        roll_back(args, &mut host, &who, undo);
-    }
-    out
+    out.map_err(|e| {
+        let failed = roll_back(args, &mut host, &who, undo);
+        e.rollback_incomplete("bridge", &failed)
+    })
 }
 
-/// Best effort: the error being returned is the one the caller sees.
-fn roll_back(args: &CmdArgs, host: &mut Netlink, who: &Attachment<'_>, undo: Vec<Undo>) {
+/// Undoes what ADD did, newest first, going on past failures; answers
+/// what could not be undone.
+fn roll_back(
+    args: &CmdArgs,
+    host: &mut Netlink,
+    who: &Attachment<'_>,
+    undo: Vec<Undo>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
     for step in undo.into_iter().rev() {
-        let _ = match step {
-            Undo::Veth(index) => host.del_link(index).map_err(|e| e.to_string()),
+        let outcome = match step {
+            Undo::Veth(index) => host
+                .del_link(index)
+                .map_err(|e| format!("removing the host veth: {e}")),
             Undo::Ipam(plugin) => delegate::run(&plugin, &args.path, Command::Del, &args.stdin)
-                .map_err(|e| e.to_string()),
-            Undo::Masq => masq::del(who).map_err(|e| e.to_string()),
-            Undo::MasqIptables => iptables::del(who).map_err(|e| e.to_string()),
-            Undo::SpoofChk => spoofchk::del(who).map_err(|e| e.to_string()),
+                .map_err(|e| format!("releasing the address ({plugin} DEL): {e}")),
+            Undo::Masq => masq::del(who).map_err(|e| format!("removing masquerade rules: {e}")),
+            Undo::MasqIptables => {
+                iptables::del(who).map_err(|e| format!("removing masquerade chains: {e}"))
+            }
+            Undo::SpoofChk => {
+                spoofchk::del(who).map_err(|e| format!("removing the MAC spoof check: {e}"))
+            }
         };
+        if let Err(what) = outcome {
+            failed.push(what);
+        }
     }
+    failed
 }
 
 fn apply(

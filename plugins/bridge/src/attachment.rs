@@ -20,3 +20,17 @@ impl<'a> Attachment<'a> {
         }
     }
 }
+
+/// The first `n` bytes of the SHA-512 of `text`, in lower-case hex: how the
+/// reference names chains and tags rules after an attachment.
+pub fn sha512_hex(text: &str, n: usize) -> String {
+    use sha2::{Digest, Sha512};
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha512::digest(text.as_bytes());
+    let mut hex = String::with_capacity(2 * n);
+    for b in digest.iter().take(n) {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    hex
+}

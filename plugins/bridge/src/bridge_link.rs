@@ -31,8 +31,12 @@ pub fn ensure(nl: &mut Netlink, conf: &Config) -> Result<Link, CniError> {
                 Err(e) => return Err(fail("failed to create bridge", e)),
                 Ok(()) => {
                     // Pin its MAC so that it does not follow its ports'.
-                    if let Ok(Some(made)) = nl.link_by_name(name) {
-                        let _ = nl.set_mac(made.index, &made.mac);
+                    // Without the pin it still works; the MAC changes as
+                    // pods come and go, which neighbours notice.
+                    if let Ok(Some(made)) = nl.link_by_name(name)
+                        && let Err(e) = nl.set_mac(made.index, &made.mac)
+                    {
+                        eprintln!("bridge: cannot pin the MAC of bridge {name:?}: {e}");
                     }
                 }
             }
@@ -57,7 +61,7 @@ pub fn ensure(nl: &mut Netlink, conf: &Config) -> Result<Link, CniError> {
             .map_err(|e| fail("failed to set promiscuous mode on", e))?;
     }
     // Router advertisements must not configure the node's own bridge.
-    let _ = sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    crate::veth::no_router_ads(name);
     if !link.is_up() {
         nl.set_up(link.index)
             .map_err(|e| fail("failed to bring up bridge", e))?;

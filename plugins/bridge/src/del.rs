@@ -16,7 +16,7 @@ use cni_types::{CmdArgs, CniError, Command, delegate};
 use netkit::NetNs;
 
 use crate::config::{self, MasqBackend};
-use crate::errors::{self, MASQUERADE, NETNS};
+use crate::errors::{self, NETNS};
 use crate::masq::{self, Attachment};
 use crate::{iptables, spoofchk};
 
@@ -64,10 +64,9 @@ pub fn del(args: &CmdArgs) -> Result<(), CniError> {
                     failures.extend(errs);
                 }
                 Ok(Err(e)) => failures.push(e),
-                Err(_) => failures.push(errors::msg(
-                    MASQUERADE,
-                    "removing masquerade and MAC spoof check rules panicked",
-                )),
+                // A panic is a bug and ends the plugin, as in release
+                // builds (panic = "abort"): no error is made of it.
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
         (failures, nft)

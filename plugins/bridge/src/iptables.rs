@@ -14,13 +14,11 @@
 //! DEL and CHECK read the table with one `iptables -t nat -S` first, as
 //! the pod's addresses are no longer known then.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use cni_types::CniError;
 use ipnetwork::IpNetwork;
-use sha2::{Digest, Sha512};
 
 use crate::errors::{self, CHECK, MASQUERADE};
 
@@ -30,12 +28,8 @@ pub use crate::attachment::Attachment as Owner;
 impl Owner<'_> {
     /// `CNI-` and 24 hex digits of sha512(network + containerID): 28 chars.
     pub fn ipt_chain(&self) -> String {
-        let digest = Sha512::digest(format!("{}{}", self.network, self.container_id).as_bytes());
-        let mut name = String::from("CNI-");
-        for b in &digest[..12] {
-            let _ = write!(name, "{b:02x}");
-        }
-        name
+        let id = format!("{}{}", self.network, self.container_id);
+        format!("CNI-{}", crate::attachment::sha512_hex(&id, 12))
     }
 
     /// `name: "<net>" id: "<cid>"`, quoted for iptables-restore.
@@ -168,20 +162,15 @@ fn add_input(who: &Owner<'_>, fam: Fam, ips: &[&IpNetwork]) -> String {
         }
     }
     for subnet in &subnets {
-        let _ = writeln!(
-            s,
-            "-A {chain} -d {subnet} -m comment --comment {comment} -j ACCEPT"
-        );
+        s += &format!("-A {chain} -d {subnet} -m comment --comment {comment} -j ACCEPT\n");
     }
-    let _ = writeln!(
-        s,
-        "-A {chain} ! -d {} -m comment --comment {comment} -j MASQUERADE",
+    s += &format!(
+        "-A {chain} ! -d {} -m comment --comment {comment} -j MASQUERADE\n",
         fam.multicast()
     );
     for ip in ips {
-        let _ = writeln!(
-            s,
-            "-A POSTROUTING -s {}/{} -m comment --comment {comment} -j {chain}",
+        s += &format!(
+            "-A POSTROUTING -s {}/{} -m comment --comment {comment} -j {chain}\n",
             ip.ip(),
             fam.host_prefix()
         );
@@ -220,11 +209,11 @@ fn removal(lines: &[String], chains: &[String]) -> Option<String> {
     let mut any = false;
     for chain in chains {
         for j in lines.iter().filter(|l| is_jump(l, chain)) {
-            let _ = writeln!(s, "-D{}", &j[2..]);
+            s += &format!("-D{}\n", &j[2..]);
             any = true;
         }
         if lines.iter().any(|l| *l == format!("-N {chain}")) {
-            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+            s += &format!("-F {chain}\n-X {chain}\n");
             any = true;
         }
     }

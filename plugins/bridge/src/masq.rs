@@ -26,7 +26,6 @@
 //! instead (see `iptables.rs`).
 
 use std::collections::HashSet;
-use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use cni_types::CniError;
@@ -34,7 +33,6 @@ use ipnetwork::IpNetwork;
 use netkit::nft::{
     BaseChain, Batch, Expr, Exprs, Family, HeaderMatch, Nft, NftError, Rule, Table, Verdict,
 };
-use sha2::{Digest, Sha512};
 
 use crate::errors::{self, CHECK, MASQUERADE};
 
@@ -82,12 +80,7 @@ impl Attachment<'_> {
 
 /// The first 16 hex digits of the SHA-512 of `s`.
 fn hash16(s: &str) -> String {
-    let digest = Sha512::digest(s.as_bytes());
-    let mut hex = String::with_capacity(16);
-    for b in &digest[..8] {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+    crate::attachment::sha512_hex(s, 8)
 }
 
 /// The attachment hash a rule's comment starts with.

@@ -29,13 +29,11 @@
 //! without it are never collected.
 
 use std::collections::HashSet;
-use std::fmt::Write;
 
 use cni_types::CniError;
 use netkit::nft::{
     BaseChain, Batch, Chain, Exprs, Family, LinkMatch, MetaMatch, Nft, Rule, Table, Verdict,
 };
-use sha2::{Digest, Sha512};
 
 use crate::errors::{self, CHECK, SPOOFCHK};
 use crate::masq::retrying;
@@ -58,12 +56,7 @@ impl Attachment<'_> {
         if CHAIN_PREFIX.len() + id.len() + "-mac".len() <= NAME_MAX {
             return id;
         }
-        let digest = Sha512::digest(id.as_bytes());
-        let mut hex = String::with_capacity(32);
-        for b in &digest[..16] {
-            let _ = write!(hex, "{b:02x}");
-        }
-        hex
+        crate::attachment::sha512_hex(&id, 16)
     }
 
     fn spoof_chain(&self) -> String {

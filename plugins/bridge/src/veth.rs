@@ -104,6 +104,19 @@ pub fn attach(host: &mut Netlink, veth: &Link, br: &Link, conf: &Config) -> Resu
         host.set_bridge_port(veth.index, opts)
             .map_err(|e| fail("set bridge port options on", e))?;
     }
-    let _ = netkit::sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", veth.name), "0");
+    no_router_ads(&veth.name);
     host.set_up(veth.index).map_err(|e| fail("bring up", e))
+}
+
+/// Keeps router advertisements from configuring a host-side link. Not
+/// fatal, as in the reference plugin: without IPv6 there is nothing to
+/// turn off, and a read-only /proc/sys must not fail the pod; anything but
+/// the former is logged.
+pub fn no_router_ads(link: &str) {
+    let key = format!("net/ipv6/conf/{link}/accept_ra");
+    if let Err(e) = netkit::sysctl::set(&key, "0")
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("bridge: cannot turn off router advertisements on {link}: {e}");
+    }
 }

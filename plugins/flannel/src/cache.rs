@@ -41,7 +41,9 @@ impl Cache {
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, self.path(container_id)).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
+            // The rename's error is the one to report; a temp file left
+            // behind is overwritten by the next save.
+            fs::remove_file(&tmp).ok();
         })
     }
 

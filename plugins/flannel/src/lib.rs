@@ -124,9 +124,22 @@ impl Plugin for Flannel {
         match delegate::add(&kind, &args.path, &bytes, args.version) {
             Ok(result) => Ok(result),
             Err(e) => {
-                let _ = delegate::run(&kind, &args.path, Command::Del, &bytes);
-                let _ = conf.cache.remove(&args.container_id);
-                Err(e)
+                // Undo: the delegate may have made part of the pod, and the
+                // saved config must go only once that is gone (a later DEL
+                // needs it otherwise).
+                let mut left = Vec::new();
+                match delegate::run(&kind, &args.path, Command::Del, &bytes) {
+                    // A delegate that is not there made nothing either.
+                    Err(err) if err.code != cni_types::error::code::PLUGIN_NOT_FOUND => left.push(
+                        format!("{kind} DEL: {err} (the saved config is kept for a later DEL)"),
+                    ),
+                    _ => {
+                        if let Err(err) = conf.cache.remove(&args.container_id) {
+                            left.push(format!("removing the saved delegate config: {err}"));
+                        }
+                    }
+                }
+                Err(e.rollback_incomplete("flannel", &left))
             }
         }
     }
