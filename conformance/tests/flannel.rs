@@ -348,3 +348,33 @@ fn a_delegate_that_cannot_undo_its_add_is_reported_and_its_config_kept() {
     // Kept, so that the runtime's DEL can still reach the delegate.
     assert!(node.saved(0).is_some());
 }
+
+#[test]
+fn an_inconsistent_subnet_env_is_refused_and_leaves_nothing() {
+    let node = Node::new(1, None);
+    let conf = node.conf("1.0.0");
+    for (text, needle) in [
+        (
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.245.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+            "lies outside FLANNEL_NETWORK",
+        ),
+        (
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=20\nFLANNEL_IPMASQ=true\n",
+            "out of range",
+        ),
+    ] {
+        std::fs::write(node.subnet_env(), text).unwrap();
+        let err = node.run(node.call("ADD", 0, &conf)).error(130);
+        let msg = err["msg"].as_str().unwrap();
+        assert!(msg.contains(needle), "{err}");
+        assert!(
+            msg.contains(node.subnet_env().to_str().unwrap()),
+            "the message names the file: {err}"
+        );
+        assert!(node.saved(0).is_none());
+        assert_eq!(node.reservations(), 0);
+        assert_eq!(node.host_links(), 1, "only lo");
+        node.run(node.call("STATUS", 0, &node.conf("1.1.0")))
+            .error(50);
+    }
+}

@@ -49,7 +49,55 @@ impl SubnetEnv {
         let env = Self::parse(&text)
             .map_err(|e| SubnetEnvError::Invalid(format!("{}: {e}", path.display())))?;
         env.require(path)?;
+        env.consistent()
+            .map_err(|e| SubnetEnvError::Invalid(format!("{}: {e}", path.display())))?;
         Ok(env)
+    }
+
+    /// The values agree with each other: each subnet lies in its family's
+    /// network, and the MTU is one a link of that family can have. A file
+    /// that says otherwise was not written by a working agent (or was
+    /// edited), and pods configured from it would be unreachable.
+    pub fn consistent(&self) -> Result<(), String> {
+        let pairs = [
+            (
+                "FLANNEL_SUBNET",
+                self.subnet,
+                "FLANNEL_NETWORK",
+                &self.networks,
+            ),
+            (
+                "FLANNEL_IPV6_SUBNET",
+                self.ipv6_subnet,
+                "FLANNEL_IPV6_NETWORK",
+                &self.ipv6_networks,
+            ),
+        ];
+        for (skey, subnet, nkey, networks) in pairs {
+            let (Some(subnet), false) = (subnet, networks.is_empty()) else {
+                continue;
+            };
+            let inside = networks
+                .iter()
+                .any(|n| n.prefix() <= subnet.prefix() && n.contains(subnet.network()));
+            if !inside {
+                let list: Vec<String> = networks.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "{skey}={subnet} lies outside {nkey}={}",
+                    list.join(",")
+                ));
+            }
+        }
+        if let Some(mtu) = self.mtu {
+            // IPv6 needs 1280 on every link; IPv4 68.
+            let min = if self.ipv6_subnet.is_some() { 1280 } else { 68 };
+            if !(min..=65535).contains(&mtu) {
+                return Err(format!(
+                    "FLANNEL_MTU={mtu} is out of range ({min} to 65535)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Reads `KEY=VALUE` lines; unknown keys, blank lines and `#` comments
@@ -184,5 +232,30 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let env = |text: &str| SubnetEnv::parse(text).unwrap().consistent();
+        let ok = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(env(ok), Ok(()));
+        let outside = ok.replace("10.244.7.1/24", "10.245.7.1/24");
+        assert!(
+            env(&outside)
+                .unwrap_err()
+                .contains("lies outside FLANNEL_NETWORK")
+        );
+        let wider = ok.replace("10.244.7.1/24", "10.244.0.1/15");
+        assert!(env(&wider).is_err(), "a subnet wider than the network");
+        let v6 = "FLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET=fd00:245::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert!(env(v6).unwrap_err().contains("FLANNEL_IPV6_SUBNET"));
+        assert!(
+            env(&ok.replace("1450", "40"))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(env(&ok.replace("1450", "70000")).is_err());
+        let v6_small = "FLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET=fd00:244:0:7::1/64\nFLANNEL_MTU=1200\nFLANNEL_IPMASQ=true\n";
+        assert!(env(v6_small).unwrap_err().contains("1280"));
     }
 }
