@@ -30,7 +30,7 @@ impl Cache {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
-        let tmp = self.dir.join(format!(".{container_id}.tmp"));
+        let tmp = self.tmp_path(container_id);
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -56,11 +56,42 @@ impl Cache {
         }
     }
 
+    fn tmp_path(&self, container_id: &str) -> PathBuf {
+        self.dir.join(format!(".{container_id}.tmp"))
+    }
+
+    /// Removes the saved config, and the temporary file a save killed
+    /// before its rename left behind.
     pub fn remove(&self, container_id: &str) -> io::Result<()> {
-        match fs::remove_file(self.path(container_id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for path in [self.path(container_id), self.tmp_path(container_id)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
+    }
+
+    /// Container IDs with a temporary file: saves that never finished.
+    pub fn unfinished(&self) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix('.'))
+                .and_then(|n| n.strip_suffix(".tmp"))
+            {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
     }
 
     /// Every saved container ID (our temporary files start with a dot).

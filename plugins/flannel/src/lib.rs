@@ -151,7 +151,12 @@ impl Plugin for Flannel {
             .load(&args.container_id)
             .map_err(|e| cache_err("failed to read the saved delegate config", e))?
         else {
-            return Ok(());
+            // Nothing was delegated (the config is saved first); a save an
+            // ADD killed before its rename may have left a temporary file.
+            return conf
+                .cache
+                .remove(&args.container_id)
+                .map_err(|e| cache_err("failed to remove an unfinished save", e));
         };
         let kind = delegate_type(&bytes)?;
         delegate::run(&kind, &args.path, Command::Del, &bytes)?;
@@ -242,7 +247,16 @@ impl Plugin for Flannel {
             }
         }
         if let Some(valid) = args.conf.gc_valid_attachments() {
-            for id in ids
+            // Saves a killed ADD never finished count too.
+            let mut stale = ids.clone();
+            stale.extend(
+                conf.cache
+                    .unfinished()
+                    .map_err(|e| cache_err("failed to list saved delegate configs", e))?,
+            );
+            stale.sort();
+            stale.dedup();
+            for id in stale
                 .iter()
                 .filter(|id| !valid.iter().any(|a| &a.container_id == *id))
             {
