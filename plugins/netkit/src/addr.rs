@@ -89,9 +89,22 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Every address in the namespace, or of one link.
+    /// Every address in the namespace, or of one link (none if the link
+    /// does not exist).
     pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<LinkAddress>, NetlinkError> {
-        let msgs = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        let mut req = AddressMessage::default();
+        // Under strict checking the kernel sends only the link's addresses.
+        if self.filters_dumps()
+            && let Some(i) = index
+        {
+            req.header.index = i;
+        }
+        let msgs = match self.dump(RouteNetlinkMessage::GetAddress(req)) {
+            Err(e) if index.is_some() && e.errno() == Some(nix::libc::ENODEV) => {
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {

@@ -30,6 +30,13 @@ fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // An fdb entry's destination: the parser does not know which
+        // family a bridge-family message's address is, so go by its size.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -96,6 +103,12 @@ impl Netlink {
     ) -> Result<Vec<Entry>, NetlinkError> {
         let mut req = NeighbourMessage::default();
         req.header.family = family;
+        // The kernel sends only the link's entries when it checks dumps
+        // strictly; without that it reads the request differently (as a
+        // link message, for fdb dumps), so the filter is left out.
+        if self.filters_dumps() {
+            req.attributes.push(NeighbourAttribute::IfIndex(ifindex));
+        }
         let msgs = self.dump(RouteNetlinkMessage::GetNeighbour(req))?;
         Ok(msgs
             .into_iter()

@@ -146,54 +146,167 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Adds many routes in few round trips: each one's result, in order.
+    /// The outer error is a socket failure.
+    pub fn add_routes(
+        &mut self,
+        routes: &[Route],
+    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
+        let reqs = routes
+            .iter()
+            .map(|r| {
+                (
+                    RouteNetlinkMessage::NewRoute(route_message(r)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+            })
+            .collect();
+        Ok(self
+            .request_all(reqs)?
+            .into_iter()
+            .map(|r| r.map(drop))
+            .collect())
+    }
+
+    /// Deletes many routes in few round trips, like [`Netlink::add_routes`].
+    pub fn del_routes(
+        &mut self,
+        routes: &[Route],
+    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
+        let reqs = routes
+            .iter()
+            .map(|r| {
+                let mut msg = route_message(r);
+                msg.header.scope = RouteScope::NoWhere;
+                (RouteNetlinkMessage::DelRoute(msg), 0)
+            })
+            .collect();
+        Ok(self
+            .request_all(reqs)?
+            .into_iter()
+            .map(|r| r.map(drop))
+            .collect())
+    }
+
     /// Every unicast route of one family in every table.
     pub fn routes(&mut self, v4: bool) -> Result<Vec<Route>, NetlinkError> {
         let mut req = RouteMessage::default();
-        req.header.address_family = if v4 {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
+        req.header.address_family = family(v4);
         let msgs = self.dump(RouteNetlinkMessage::GetRoute(req))?;
+        Ok(msgs.iter().filter_map(|m| parse(m, v4)).collect())
+    }
+
+    /// The unicast routes of one family that `filter` selects. The kernel
+    /// sends only those where it filters dumps; what comes back is checked
+    /// here too. A table or link that does not exist has no routes.
+    pub fn routes_filtered(
+        &mut self,
+        v4: bool,
+        filter: &RouteFilter,
+    ) -> Result<Vec<Route>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family(v4);
+        req.header.kind = RouteType::Unicast;
+        if let Some(p) = filter.protocol {
+            req.header.protocol = RouteProtocol::from(p);
+        }
+        if let Some(t) = filter.table {
+            // RTA_TABLE holds any table; the header's byte only the first 255.
+            req.header.table = u8::try_from(t).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+            req.attributes.push(RouteAttribute::Table(t));
+        }
+        if let Some(oif) = filter.oif {
+            req.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let msgs = match self.dump(RouteNetlinkMessage::GetRoute(req)) {
+            // The kernel refuses a filter on a link or a table it does not
+            // know (ENODEV, ENOENT): nothing there.
+            Err(e) if filter.oif.is_some() && e.errno() == Some(nix::libc::ENODEV) => {
+                return Ok(Vec::new());
+            }
+            Err(e) if filter.table.is_some() && e.errno() == Some(nix::libc::ENOENT) => {
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        let kernel_filtered = self.filters_dumps();
         Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Unicast => {
-                    let unspecified: IpAddr = if v4 {
-                        IpAddr::from([0u8; 4])
-                    } else {
-                        IpAddr::from([0u16; 8])
-                    };
-                    let mut route = Route::new(unspecified, r.header.destination_prefix_length);
-                    route.table = Some(u32::from(r.header.table));
-                    route.onlink = r.header.flags.contains(RouteFlags::Onlink);
-                    route.scope = Some(u8::from(r.header.scope));
-                    route.protocol = Some(u8::from(r.header.protocol));
-                    for attr in &r.attributes {
-                        match attr {
-                            RouteAttribute::Destination(a) => {
-                                route.dst = ip_of(a).unwrap_or(unspecified)
-                            }
-                            RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
-                            RouteAttribute::Oif(i) => route.oif = Some(*i),
-                            RouteAttribute::Priority(p) => route.priority = Some(*p),
-                            RouteAttribute::Table(t) => route.table = Some(*t),
-                            RouteAttribute::Metrics(ms) => {
-                                for m in ms {
-                                    match m {
-                                        RouteMetric::Mtu(v) => route.mtu = Some(*v),
-                                        RouteMetric::Advmss(v) => route.advmss = Some(*v),
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    Some(route)
-                }
-                _ => None,
-            })
+            .iter()
+            .filter_map(|m| parse(m, v4))
+            .filter(|r| filter.selects(r, kernel_filtered))
             .collect())
     }
+}
+
+/// Which routes [`Netlink::routes_filtered`] returns; `None` selects all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteFilter {
+    /// The table (main is 254).
+    pub table: Option<u32>,
+    /// The outgoing link.
+    pub oif: Option<u32>,
+    /// Who made them (`rtm_protocol`, see [`Route::protocol`]).
+    pub protocol: Option<u8>,
+}
+
+impl RouteFilter {
+    /// Whether `r` is one of the routes asked for. A multipath route has no
+    /// single link: the kernel's filter (which looks at every next hop)
+    /// decides for it where the kernel filters.
+    fn selects(&self, r: &Route, kernel_filtered: bool) -> bool {
+        self.table.is_none_or(|t| r.table == Some(t))
+            && self.protocol.is_none_or(|p| r.protocol == Some(p))
+            && self.oif.is_none_or(|o| match r.oif {
+                Some(x) => x == o,
+                None => kernel_filtered,
+            })
+    }
+}
+
+fn family(v4: bool) -> AddressFamily {
+    if v4 {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// A dumped unicast route as a [`Route`].
+fn parse(m: &RouteNetlinkMessage, v4: bool) -> Option<Route> {
+    let RouteNetlinkMessage::NewRoute(r) = m else {
+        return None;
+    };
+    if r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let unspecified: IpAddr = if v4 {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let mut route = Route::new(unspecified, r.header.destination_prefix_length);
+    route.table = Some(u32::from(r.header.table));
+    route.onlink = r.header.flags.contains(RouteFlags::Onlink);
+    route.scope = Some(u8::from(r.header.scope));
+    route.protocol = Some(u8::from(r.header.protocol));
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => route.dst = ip_of(a).unwrap_or(unspecified),
+            RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Priority(p) => route.priority = Some(*p),
+            RouteAttribute::Table(t) => route.table = Some(*t),
+            RouteAttribute::Metrics(ms) => {
+                for m in ms {
+                    match m {
+                        RouteMetric::Mtu(v) => route.mtu = Some(*v),
+                        RouteMetric::Advmss(v) => route.advmss = Some(*v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(route)
 }

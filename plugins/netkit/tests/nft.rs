@@ -344,3 +344,77 @@ fn bridge_family_chains_with_iifname_ether_saddr_and_jumps_round_trip() {
     nft.commit(b).unwrap();
     assert_eq!(nft.chains(t).unwrap(), ["PREROUTING"]);
 }
+
+/// Thousands of messages in one transaction: the kernel answers only a
+/// failure (and the commit), so nothing overflows and nothing applied is
+/// reported as failed.
+#[test]
+fn a_large_transaction_commits_whole() {
+    let (_ns, mut nft) = private_nft();
+    let n = 3000;
+    let mut b = nft.batch(None);
+    b.add_table(T, None);
+    b.add_chain(T, "c", None, None);
+    for i in 0..n {
+        b.add_rule(
+            T,
+            "c",
+            &masq_rule(&format!("10.{}.{}.5", i / 250, i % 250), 16),
+            Some(&format!("rule {i}")),
+        );
+    }
+    nft.commit(b).unwrap();
+    let rules = nft.rules(T, Some("c")).unwrap();
+    assert_eq!(rules.len(), n);
+
+    let generation = nft.generation().unwrap();
+    let mut b = nft.batch(Some(generation));
+    for r in &rules {
+        b.del_rule(T, "c", r.handle);
+    }
+    nft.commit(b).unwrap();
+    assert!(nft.rules(T, Some("c")).unwrap().is_empty());
+}
+
+/// A large transaction failing: the first failing message is named, even
+/// when every message fails, and nothing is applied.
+#[test]
+fn a_large_failing_transaction_names_its_first_failure() {
+    let (_ns, mut nft) = private_nft();
+    let mut b = nft.batch(None);
+    b.add_table(T, None);
+    b.add_chain(T, "c", None, None);
+    nft.commit(b).unwrap();
+
+    // Every one of 3000 deletions fails: 3000 errors come back.
+    let mut b = nft.batch(None);
+    for handle in 1000..4000 {
+        b.del_rule(T, "c", handle);
+    }
+    let err = nft.commit(b).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("delete rule inet nft_test c handle 1000:"),
+        "{err}"
+    );
+
+    // 2999 good ones, then one that fails: none of them is applied.
+    let mut b = nft.batch(None);
+    for i in 0..2999 {
+        b.add_rule(
+            T,
+            "c",
+            &masq_rule(&format!("10.{}.{}.5", i / 250, i % 250), 16),
+            None,
+        );
+    }
+    b.add_rule(T, "missing", &masq_rule("10.9.0.5", 16), None);
+    let err = nft.commit(b).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(
+        err.to_string().contains("add rule inet nft_test missing"),
+        "{err}"
+    );
+    assert!(nft.rules(T, Some("c")).unwrap().is_empty());
+}

@@ -22,6 +22,8 @@ use std::io;
 
 use nix::libc;
 
+use crate::nlsock::NetlinkError;
+
 pub use batch::{BaseChain, Batch};
 pub use expr::{Expr, Exprs, HeaderMatch, LinkMatch, MetaMatch, NAT_FULLY_RANDOM, Step, Verdict};
 pub use socket::{Chain, Nft, Rule};
@@ -87,6 +89,17 @@ pub enum NftError {
     Socket(#[source] io::Error),
     #[error("nf_tables: cannot decode the kernel's answer: {0}")]
     Decode(String),
+    /// A dump was interrupted by concurrent changes at every attempt.
+    #[error(
+        "nf_tables: {what}: interrupted by concurrent changes {attempts} times in a row; try again"
+    )]
+    Interrupted { what: String, attempts: u32 },
+    /// The kernel dropped answers (`ENOBUFS`) and none of those that
+    /// arrived tells how it went.
+    #[error(
+        "nf_tables: {what}: the kernel's answers overflowed the socket's receive buffer (ENOBUFS), so whether it was applied is unknown"
+    )]
+    Overrun { what: String },
 }
 
 fn reason(extack: &Option<String>) -> String {
@@ -97,11 +110,35 @@ fn reason(extack: &Option<String>) -> String {
 }
 
 impl NftError {
+    /// A socket-core error, for the request described by `what`.
+    fn from_netlink(what: &str, e: NetlinkError) -> NftError {
+        match e {
+            NetlinkError::Kernel(k) => NftError::Kernel {
+                what: what.to_string(),
+                errno: k.errno,
+                extack: k.message,
+            },
+            NetlinkError::Socket(e) => NftError::Socket(e),
+            NetlinkError::Decode(d) => NftError::Decode(d),
+            NetlinkError::Interrupted { attempts } => NftError::Interrupted {
+                what: what.to_string(),
+                attempts,
+            },
+            NetlinkError::Overrun { .. } => NftError::Overrun {
+                what: what.to_string(),
+            },
+        }
+    }
+
+    /// The kernel's errno; `EINTR` for a dump that kept being interrupted
+    /// and `ENOBUFS` for lost answers, as the socket reports those.
     pub fn errno(&self) -> Option<i32> {
         match self {
             NftError::Kernel { errno, .. } => Some(*errno),
             NftError::Socket(e) => e.raw_os_error(),
             NftError::Decode(_) => None,
+            NftError::Interrupted { .. } => Some(libc::EINTR),
+            NftError::Overrun { .. } => Some(libc::ENOBUFS),
         }
     }
 

@@ -1,17 +1,15 @@
 //! The NETLINK_NETFILTER socket: transactions, the ruleset generation,
-//! and dumps of chains and rules.
+//! and dumps of chains and rules, over the shared socket core.
 
-use std::collections::HashMap;
-
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use nix::libc;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::batch::{BaseChain, Batch, parse_udata_comment};
 use super::expr::Expr;
 use super::sys::*;
-use super::wire::{self, Writer, attrs, replies};
+use super::wire::{self, Writer, attrs};
 use super::{NftError, Table};
+use crate::nlsock::{Answer, NlSocket};
 
 /// A rule as a dump shows it.
 #[derive(Debug, Clone)]
@@ -56,105 +54,75 @@ impl Chain {
 /// An nf_tables netlink socket in the namespace it was made in.
 #[derive(Debug)]
 pub struct Nft {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    sock: NlSocket,
 }
 
 impl Nft {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Nft, NftError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NftError::Socket)?;
-        socket.bind_auto().map_err(NftError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NftError::Socket)?;
-        // The kernel's reason along with the errno, and short error
-        // messages; old kernels without them only lose the reason.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
-        Ok(Nft {
-            socket,
-            seq: 1,
-            buf: vec![0; 64 * 1024],
-        })
+        let sock = NlSocket::open(NETLINK_NETFILTER, false)
+            .map_err(|e| NftError::from_netlink("open", e))?;
+        Ok(Nft { sock })
     }
 
     /// An empty transaction; with `genid` (see [`Nft::generation`]) the
     /// kernel refuses it if the ruleset changed since that generation.
     pub fn batch(&mut self, genid: Option<u32>) -> Batch {
-        let b = Batch::new(self.seq, genid);
-        self.seq = self.seq.wrapping_add(1 << 16);
-        b
+        Batch::new(genid)
     }
 
-    fn send(&self, buf: &[u8]) -> Result<(), NftError> {
-        let n = self.socket.send(buf, 0).map_err(NftError::Socket)?;
-        if n != buf.len() {
-            return Err(NftError::Decode(format!("sent {n} of {} bytes", buf.len())));
-        }
-        Ok(())
-    }
-
-    /// One datagram; `None` when `wait` is false and nothing is queued.
-    fn recv(&mut self, wait: bool) -> Result<Option<usize>, NftError> {
-        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-        match self.socket.recv(&mut &mut self.buf[..], flags) {
-            Ok(n) if n > self.buf.len() => Err(NftError::Decode(format!(
-                "a {n}-byte message does not fit the buffer"
-            ))),
-            Ok(n) => Ok(Some(n)),
-            Err(e) if !wait && e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(NftError::Socket(e)),
-        }
-    }
-
-    /// Sends the transaction and reads one ACK per message; any error
-    /// means nothing was applied. The first error is returned, named
-    /// after its message.
+    /// Sends the transaction, which the kernel applies whole or not at
+    /// all. A failure is the first failing message's error, named after
+    /// it, with the kernel's reason.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NftError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (bytes, labels) = batch.finish();
-        let mut pending: HashMap<u32, String> = labels.into_iter().collect();
-        self.send(&bytes)?;
-        // The kernel runs the whole batch inside sendmsg(), so every answer
-        // is queued by now; the first read waits only to be safe. A batch
-        // refused as a whole (a stale generation) gets one error for
-        // BATCH_BEGIN and nothing else.
-        let mut first_err = None;
-        let mut wait = true;
-        while !pending.is_empty() {
-            let Some(n) = self.recv(wait)? else { break };
-            wait = false;
-            for r in replies(&self.buf[..n])? {
-                if r.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let what = pending.remove(&r.seq);
-                let (errno, extack) = wire::error(&r);
-                if errno != 0 && first_err.is_none() {
-                    first_err = Some(NftError::Kernel {
-                        what: what.unwrap_or_else(|| "transaction".into()),
-                        errno,
-                        extack,
-                    });
-                }
-            }
+        let (mut bytes, labels) = batch.finish();
+        let end = labels.len() + 1;
+        // BATCH_BEGIN and BATCH_END around the messages; a batch refused
+        // as a whole (a stale generation, a failed commit) gets one error,
+        // on BATCH_BEGIN.
+        let kinds = vec![Answer::ErrorOnly; end + 1];
+        let ex = self
+            .sock
+            .exchange(&mut bytes, &kinds)
+            .map_err(|e| NftError::from_netlink("transaction", e))?;
+        let failed = ex
+            .outcomes
+            .iter()
+            .enumerate()
+            .find_map(|(i, o)| match &o.result {
+                Some(Err(e)) => Some((i, e)),
+                _ => None,
+            });
+        if let Some((i, e)) = failed {
+            let what = match i.checked_sub(1).and_then(|m| labels.get(m)) {
+                Some(label) => label.clone(),
+                None => "transaction".into(),
+            };
+            return Err(NftError::Kernel {
+                what,
+                errno: e.errno,
+                extack: e.message.clone(),
+            });
         }
-        match first_err {
-            Some(e) => Err(e),
-            None if pending.is_empty() => Ok(()),
-            None => Err(NftError::Decode(format!(
-                "{} acknowledgements missing",
-                pending.len()
-            ))),
+        let committed = ex
+            .outcomes
+            .get(end)
+            .is_some_and(|o| matches!(o.result, Some(Ok(()))));
+        // Answers were dropped, yet none that came is an error: only the
+        // commit's ACK can tell, and it is not there.
+        if ex.overrun && !committed {
+            return Err(NftError::Overrun {
+                what: "transaction".into(),
+            });
         }
+        Ok(())
     }
 
-    /// Sends one request and collects the bodies of its answers until the
-    /// dump ends (or, without a dump, the first answer).
+    /// Sends one request and collects the bodies of its answers: a dump's
+    /// parts, or a GET's reply.
     fn request(
         &mut self,
         msg: u8,
@@ -163,41 +131,19 @@ impl Nft {
         what: &str,
         fill: impl FnOnce(&mut Writer),
     ) -> Result<Vec<Vec<u8>>, NftError> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
         let mut w = Writer::default();
         let ty = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg);
-        let s = w.begin(ty, NLM_F_REQUEST | flags, seq, family, 0);
+        let s = w.begin(ty, NLM_F_REQUEST | flags, 0, family, 0);
         fill(&mut w);
         w.end(s);
-        self.send(w.bytes())?;
-        let dump = flags & NLM_F_DUMP != 0;
-        let kernel = |errno, extack| NftError::Kernel {
-            what: what.to_string(),
-            errno,
-            extack,
-        };
-        let mut out = Vec::new();
-        let mut interrupted = false;
-        loop {
-            let Some(n) = self.recv(true)? else { continue };
-            for r in replies(&self.buf[..n])? {
-                if r.seq != seq {
-                    continue;
-                }
-                interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
-                match r.ty {
-                    NLMSG_DONE if interrupted => return Err(kernel(libc::EINTR, None)),
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let (errno, extack) = wire::error(&r);
-                        return Err(kernel(errno, extack));
-                    }
-                    _ if dump => out.push(r.body.to_vec()),
-                    _ => return Ok(vec![r.body.to_vec()]),
-                }
-            }
+        let bytes = w.bytes().to_vec();
+        let replies = if flags & NLM_F_DUMP != 0 {
+            self.sock.dump(bytes)
+        } else {
+            self.sock.request(bytes)
         }
+        .map_err(|e| NftError::from_netlink(what, e))?;
+        Ok(replies.iter().map(|r| wire::body(r).to_vec()).collect())
     }
 
     /// The ruleset's generation, for [`Nft::batch`].
