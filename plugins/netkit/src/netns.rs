@@ -33,8 +33,6 @@ pub enum NetnsError {
         #[source]
         source: crate::NetlinkError,
     },
-    #[error("the thread working in network namespace {path} panicked")]
-    Panicked { path: PathBuf },
 }
 
 /// An open network namespace; it stays alive while this is held.
@@ -101,11 +99,10 @@ impl NetNs {
                     Ok(f())
                 })
                 .join()
-                .unwrap_or_else(|_| {
-                    Err(NetnsError::Panicked {
-                        path: self.path.clone(),
-                    })
-                })
+                // A panic is a bug and ends the process (release binaries
+                // abort on it): carried on to the caller, never an error.
+                // The caller's own thread never left its namespace.
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 }
@@ -149,9 +146,13 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_inside_is_an_error_not_a_crash() {
+    fn a_panic_inside_reaches_the_caller_whose_namespace_is_untouched() {
+        let before = ns_inode();
         let (ns, _) = private_netns();
-        let err = ns.run(|| -> () { panic!("boom") }).unwrap_err();
-        assert!(matches!(err, NetnsError::Panicked { .. }), "{err}");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ns.run(|| -> () { panic!("boom") })
+        }));
+        assert!(caught.is_err(), "the panic must not become a value");
+        assert_eq!(ns_inode(), before);
     }
 }
