@@ -12,7 +12,7 @@ use crate::alloc;
 use crate::backend::udp;
 use crate::backend::vxlan::{self, Vxlan};
 use crate::flags::Options;
-use crate::health::{self, Metrics};
+use crate::health::{self, Health};
 use crate::iface::{self, ExtIface};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconfig::{BackendType, NetConfig};
@@ -23,11 +23,7 @@ use crate::subnet_env;
 use crate::traffic::Traffic;
 
 /// How often the data plane is compared with the store (and repaired).
-const RESYNC: Duration = Duration::from_secs(1);
-
-pub fn log(msg: impl AsRef<str>) {
-    eprintln!("flanneld: {}", msg.as_ref());
-}
+pub const RESYNC: Duration = Duration::from_secs(1);
 
 /// The embedded store with `--store-dir`, else etcd (retried until it
 /// answers, as upstream does).
@@ -40,7 +36,7 @@ fn open_store(opts: &Options, stop: &AtomicBool) -> Result<Option<Box<dyn Store>
     loop {
         match EtcdStore::connect(opts) {
             Ok(s) => return Ok(Some(Box::new(s))),
-            Err(e) => log(format!("waiting for etcd: {e}")),
+            Err(e) => crate::warn!("waiting for etcd: {e}"),
         }
         pause(Duration::from_secs(1), stop);
         if stop.load(Ordering::Relaxed) {
@@ -67,13 +63,22 @@ pub struct State {
     pub lease: Lease,
     pub attrs: LeaseAttrs,
     pub vtep: Option<Vxlan>,
-    /// The udp backend's peer table, shared with its forwarding threads.
-    pub udp: Option<udp::Peers>,
+    /// The udp backend: its peer table and device.
+    pub udp: Option<udp::Plane>,
     /// Masquerade and forward rules (nftables).
     pub traffic: Traffic,
-    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     renew_margin: Duration,
     pub lease_ttl: Duration,
+    /// The first resync after start: an earlier version's routes are
+    /// dealt with then.
+    pub first_pass: bool,
+    /// Kernel errors in the current resync.
+    pub dataplane_errors: usize,
+    /// Errors logged in the current resync, and in the one before: one
+    /// that persists is logged as an error once, then at debug level.
+    pub said: Vec<String>,
+    pub said_before: Vec<String>,
 }
 
 fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<NetConfig>, String> {
@@ -81,7 +86,7 @@ fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<Ne
         match store.network_config() {
             Ok(text) => return NetConfig::parse(&text).map(Some),
             Err(e) => {
-                log(format!("waiting for the network config: {e}"));
+                crate::warn!("waiting for the network config: {e}");
                 pause(Duration::from_secs(1), stop);
                 if stop.load(Ordering::Relaxed) {
                     return Ok(None);
@@ -99,13 +104,14 @@ fn start_udp(
     lease: &Lease,
     public_ip: Option<std::net::Ipv4Addr>,
     underlay_mtu: u32,
-) -> Result<udp::Peers, String> {
+    health: Arc<Health>,
+) -> Result<udp::Plane, String> {
     let (Some(local), Some(net), Some(own)) = (public_ip, config.ipv4.as_ref(), lease.key.ipv4)
     else {
         return Err("the udp backend carries IPv4 only: set Network".into());
     };
     let peers = udp::Peers::default();
-    udp::start(local, config.backend.port, peers.clone())?;
+    udp::start(local, config.backend.port, peers.clone(), health)?;
     let err = |what: &str, e: netkit::NetlinkError| format!("{what} {}: {e}", udp::TUN_NAME);
     let tun = nl
         .link_by_name(udp::TUN_NAME)
@@ -119,11 +125,13 @@ fn start_udp(
     }
     nl.set_up(tun.index)
         .map_err(|e| err("cannot bring up", e))?;
-    let mut route = netkit::route::Route::new(net.network.network(), net.network.prefix());
-    route.oif = Some(tun.index);
-    nl.replace_route(&route)
+    // Before subnet.env, as for the other backends; the resync keeps it.
+    nl.replace_route(&udp::cluster_route(net.network, tun.index))
         .map_err(|e| err("cannot route the cluster network through", e))?;
-    Ok(peers)
+    Ok(udp::Plane {
+        peers,
+        tun_index: tun.index,
+    })
 }
 
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
@@ -134,6 +142,13 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             "--subnet-lease-ttl ({} s) must be longer than --subnet-lease-renew-margin ({} min)",
             opts.lease_ttl_seconds, opts.renew_margin_minutes
         ));
+    }
+    // From the start, as upstream: /healthz answers while we wait for the store.
+    let health = Arc::new(Health::new(RESYNC));
+    if opts.healthz_port > 0 {
+        let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
+        health::http::serve(&addr, health.clone())
+            .map_err(|e| format!("cannot serve health on {addr}: {e}"))?;
     }
     let Some(mut store) = open_store(opts, stop)? else {
         return Ok(());
@@ -195,10 +210,12 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     let previous = subnet_env::previous(&opts.subnet_file);
     let lease = alloc::acquire(store.as_mut(), &config, &attrs, previous, lease_ttl)
         .map_err(|e| e.to_string())?;
-    log(format!(
+    crate::info!(
         "acquired lease {} on {} via {:?}",
-        lease.key, ext.name, local
-    ));
+        lease.key,
+        ext.name,
+        local
+    );
     if let Some(v) = vtep.as_mut() {
         v.own = [lease.key.ipv4, lease.key.ipv6]
             .into_iter()
@@ -211,12 +228,12 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     match traffic.setup(&config, &lease.key) {
         Ok(done) => {
             for d in done {
-                log(format!("nftables: {d}"));
+                crate::info!("nftables: {d}");
             }
         }
         // Upstream stops when it cannot masquerade, and only logs forward rules.
         Err(e) if opts.ip_masq => return Err(e.to_string()),
-        Err(e) => log(format!("{e} (tried again every resync)")),
+        Err(e) => crate::error!("{e} (tried again every resync)"),
     }
     let udp = match config.backend.kind {
         BackendType::Udp => Some(start_udp(
@@ -225,6 +242,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             &lease,
             public_ip,
             underlay_mtu,
+            health.clone(),
         )?),
         _ => None,
     };
@@ -238,13 +256,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         &subnet_env::render(&config, &lease.key, mtu, opts.ip_masq),
     )
     .map_err(|e| format!("cannot write {}: {e}", opts.subnet_file.display()))?;
-    let metrics = Arc::new(Metrics::default());
-    metrics.ready.store(true, Ordering::Relaxed);
-    if opts.healthz_port > 0 {
-        let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
-        health::serve(&addr, metrics.clone())
-            .map_err(|e| format!("cannot serve health on {addr}: {e}"))?;
-    }
+    health.subnet_env_written();
     let mut state = State {
         store,
         config,
@@ -255,17 +267,24 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         vtep,
         udp,
         traffic,
-        metrics,
+        health,
         renew_margin,
         lease_ttl,
+        first_pass: true,
+        dataplane_errors: 0,
+        said: Vec::new(),
+        said_before: Vec::new(),
     };
+    state.health.loop_started();
     while !stop.load(Ordering::Relaxed) {
-        state.renew();
-        state.reconcile();
+        state.said_before = std::mem::take(&mut state.said);
+        let renewed = state.renew();
+        let pass = state.reconcile(renewed);
+        state.health.record(pass);
         state.wait_for_change(RESYNC, stop);
     }
     // The data plane stays: pods keep working while the agent restarts.
-    log("stopping; the data plane is left in place");
+    crate::info!("stopping; the data plane is left in place");
     Ok(())
 }
 
@@ -281,12 +300,23 @@ impl State {
         }
     }
 
-    fn renew(&mut self) {
+    /// Logs an error, once while it persists from one resync to the next.
+    pub fn error_once(&mut self, msg: String) {
+        if self.said_before.contains(&msg) {
+            crate::debug!("still: {msg}");
+        } else {
+            crate::error!("{msg}");
+        }
+        self.said.push(msg);
+    }
+
+    /// Renews the lease when it is due; `false` when that failed.
+    fn renew(&mut self) -> bool {
         let Some(expires) = self.lease.expires else {
-            return;
+            return true;
         };
         if expires > SystemTime::now() + self.renew_margin {
-            return;
+            return true;
         }
         match self
             .store
@@ -294,11 +324,19 @@ impl State {
         {
             Ok(()) => {
                 self.lease.expires = Some(SystemTime::now() + self.lease_ttl);
-                log(format!("renewed lease {}", self.lease.key));
+                crate::info!("renewed lease {}", self.lease.key);
+                true
             }
             Err(e) => {
-                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                log(format!("cannot renew lease {}: {e}", self.lease.key));
+                self.health
+                    .metrics
+                    .store_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.error_once(format!(
+                    "cannot renew lease {} (tried again every resync): {e}",
+                    self.lease.key
+                ));
+                false
             }
         }
     }

@@ -29,8 +29,8 @@ pub struct Options {
     pub iptables_forward_rules: bool,
     pub healthz_ip: String,
     pub healthz_port: u16,
-    /// Upstream's klog verbosity (`-v=N`): accepted so that upstream's
-    /// units and manifests run unchanged; our log has one level.
+    /// Upstream's klog verbosity (`-v=N`): debug lines show from 4
+    /// (`log::DEBUG_VERBOSITY`); errors, warnings and info always.
     pub log_level: u32,
     pub version: bool,
     pub help: bool,
@@ -239,7 +239,7 @@ pub fn usage() -> String {
      \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
      \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\
-     \x20 -v N                            log verbosity (accepted for upstream's units; one level here)\n\
+     \x20 -v N                            log verbosity: debug lines from 4 (errors, warnings, info always)\n\
      \x20 --version, --help\n\
      every flag is also read from FLANNELD_<FLAG> (e.g. FLANNELD_IFACE)"
         .to_string()

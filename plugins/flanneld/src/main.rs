@@ -16,20 +16,23 @@ fn main() {
     let opts = match flanneld::flags::Options::parse(&args, |k| std::env::var(k).ok()) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("{e}");
+            flanneld::error!("{e}");
             std::process::exit(2);
         }
     };
-    if opts.help {
-        let _ = writeln!(std::io::stdout(), "{}", flanneld::flags::usage());
-        return;
-    }
-    if opts.version {
-        let _ = writeln!(
-            std::io::stdout(),
-            "flanneld (cni-rs) {}",
-            env!("CARGO_PKG_VERSION")
-        );
+    flanneld::log::init(opts.log_level);
+    let answer = if opts.help {
+        Some(flanneld::flags::usage())
+    } else if opts.version {
+        Some(format!("flanneld (cni-rs) {}", env!("CARGO_PKG_VERSION")))
+    } else {
+        None
+    };
+    if let Some(text) = answer {
+        if let Err(e) = writeln!(std::io::stdout(), "{text}") {
+            flanneld::error!("cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let action = SigAction::new(
@@ -41,12 +44,12 @@ fn main() {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe.
         if let Err(e) = unsafe { sigaction(sig, &action) } {
-            eprintln!("flanneld: cannot handle {sig}: {e}");
+            flanneld::error!("cannot handle {sig}: {e}");
             std::process::exit(1);
         }
     }
     if let Err(e) = flanneld::agent::run(&opts, &STOP) {
-        eprintln!("flanneld: {e}");
+        flanneld::error!("{e}");
         std::process::exit(1);
     }
 }

@@ -28,7 +28,8 @@ impl BackendType {
 pub struct Backend {
     pub kind: BackendType,
     pub vni: u32,
-    /// 0: the kernel's default (8472) for vxlan; 8285 for udp.
+    /// 0: the kernel's default (8472) for vxlan. Never 0 for udp: an unset
+    /// or zero port is `udp::DEFAULT_PORT`, decided here alone.
     pub port: u16,
     pub direct_routing: bool,
     /// 0: the external interface's MTU.
@@ -230,7 +231,11 @@ fn backend(raw: Option<&Value>) -> Result<Backend, String> {
             }
         };
     let vni = num("VNI", (1 << 24) - 1)?.unwrap_or(1);
-    let default_port = if kind == BackendType::Udp { 8285 } else { 0 };
+    let default_port = if kind == BackendType::Udp {
+        u64::from(crate::backend::udp::DEFAULT_PORT)
+    } else {
+        0
+    };
     // 0 means the default, as upstream reads an unset (zero) Port.
     let port = num("Port", 65535)?
         .filter(|p| *p != 0)

@@ -12,7 +12,7 @@ pub fn routes(ext: &ExtIface, peer: &Lease) -> Vec<Route> {
     let mut out = Vec::new();
     let mut push = |subnet: Option<IpNetwork>, via: Option<std::net::IpAddr>| {
         if let (Some(sn), Some(gw)) = (subnet, via) {
-            let mut r = Route::new(sn.network(), sn.prefix());
+            let mut r = crate::routes::new(sn.network(), sn.prefix());
             r.gateway = Some(gw);
             r.oif = Some(ext.index);
             out.push(r);

@@ -3,3 +3,4 @@
 pub mod hostgw;
 pub mod udp;
 pub mod vxlan;
+pub mod vxlan_device;

@@ -5,14 +5,20 @@
 //! networks where VXLAN cannot pass.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use ipnetwork::IpNetwork;
+use netkit::route::Route;
+
+use crate::health::Health;
 
 pub const TUN_NAME: &str = "flannel0";
+/// The port when the config names none (or 0), as upstream.
+pub const DEFAULT_PORT: u16 = 8285;
 /// The outer IPv4 and UDP headers.
 pub const OVERHEAD: u32 = 28;
 
@@ -24,6 +30,21 @@ nix::ioctl_write_ptr_bad!(
 
 /// Where each peer subnet is reached.
 pub type Peers = Arc<RwLock<Vec<(IpNetwork, SocketAddr)>>>;
+
+/// The running backend as the resync sees it.
+#[derive(Debug)]
+pub struct Plane {
+    /// Shared with the forwarding threads.
+    pub peers: Peers,
+    pub tun_index: u32,
+}
+
+/// The whole cluster network through the TUN device.
+pub fn cluster_route(network: IpNetwork, tun_index: u32) -> Route {
+    let mut r = crate::routes::new(network.network(), network.prefix());
+    r.oif = Some(tun_index);
+    r
+}
 
 fn open_tun(name: &str) -> Result<File, String> {
     let file = OpenOptions::new()
@@ -109,10 +130,40 @@ fn net_unreachable(packet: &[u8]) -> Option<Vec<u8>> {
     Some(ip)
 }
 
-/// Opens the device and the socket and starts the two forwarding threads.
-/// The device lives as long as the process (it is not persistent), like
+/// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
+/// 8th... so a persistent failure shows without flooding the log.
+fn forward_failed(health: &Health, what: &str, e: &std::io::Error) {
+    let n = health
+        .metrics
+        .udp_forward_errors
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    if n.is_power_of_two() {
+        crate::warn!("udp: {what}: {e} ({n} packets lost so far)");
+    }
+}
+
+/// A forwarding thread ended on an error: nothing passes any more until a
+/// restart.
+fn stopped(what: &str, e: &std::io::Error) {
+    crate::error!("udp: {what}: {e}; the forwarder stopped (restart flanneld)");
+}
+
+/// Held by a forwarding thread: however it ends (an error, a panic), the
+/// health endpoints learn of it.
+struct Running(Arc<Health>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.forwarder_died();
+    }
+}
+
+/// Opens the device and the socket on `local:port` (the config's port:
+/// the one peers send to) and starts the two forwarding threads. The
+/// device lives as long as the process (it is not persistent), like
 /// upstream's.
-pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
+pub fn start(local: Ipv4Addr, port: u16, peers: Peers, health: Arc<Health>) -> Result<(), String> {
     let tun = open_tun(TUN_NAME)?;
     let sock = UdpSocket::bind((local, port))
         .map_err(|e| format!("cannot bind UDP {local}:{port}: {e}"))?;
@@ -120,9 +171,16 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
     let mut tun_back = tun.try_clone().map_err(|e| e.to_string())?;
     let mut tun_out = tun;
     let sock_in = sock.try_clone().map_err(|e| e.to_string())?;
+    let running_in = Running(health.clone());
     std::thread::spawn(move || {
+        let health = &running_in.0;
         let mut buf = vec![0u8; 65536];
-        while let Ok(n) = tun_in.read(&mut buf) {
+        loop {
+            let n = match tun_in.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return stopped(&format!("cannot read {TUN_NAME}"), &e),
+            };
             let Some(dst) = destination(&buf[..n]) else {
                 continue;
             };
@@ -132,23 +190,40 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers) -> Result<(), String> {
                 .and_then(|p| p.iter().find(|(net, _)| net.contains(dst)).map(|(_, a)| *a));
             match to {
                 Some(to) => {
-                    if decrement_ttl(&mut buf[..n]) {
-                        let _ = sock.send_to(&buf[..n], to);
+                    if decrement_ttl(&mut buf[..n])
+                        && let Err(e) = sock.send_to(&buf[..n], to)
+                    {
+                        forward_failed(health, &format!("cannot send to {to}"), &e);
                     }
                 }
                 None => {
-                    if let Some(reply) = net_unreachable(&buf[..n]) {
-                        let _ = tun_back.write(&reply);
+                    if let Some(reply) = net_unreachable(&buf[..n])
+                        && let Err(e) = tun_back.write(&reply)
+                    {
+                        forward_failed(health, "cannot answer net unreachable", &e);
                     }
                 }
             }
         }
     });
+    let running_out = Running(health);
     std::thread::spawn(move || {
+        let health = &running_out.0;
         let mut buf = vec![0u8; 65536];
-        while let Ok((n, _)) = sock_in.recv_from(&mut buf) {
-            if destination(&buf[..n]).is_some() {
-                let _ = tun_out.write(&buf[..n]);
+        loop {
+            let n = match sock_in.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return stopped("cannot receive", &e),
+            };
+            if destination(&buf[..n]).is_some()
+                && let Err(e) = tun_out.write(&buf[..n])
+            {
+                // The device is gone: nothing will ever be written again.
+                if e.raw_os_error() == Some(nix::libc::EBADFD) {
+                    return stopped(&format!("cannot write {TUN_NAME}"), &e);
+                }
+                forward_failed(health, &format!("cannot write {TUN_NAME}"), &e);
             }
         }
     });

@@ -11,11 +11,12 @@ use netkit::Netlink;
 use netkit::link::{VxlanSpec, format_mac, parse_mac};
 use netkit::neigh::Entry;
 use netkit::route::Route;
-use netlink_packet_route::link::InfoKind;
 use serde_json::{Value, json};
 
+use super::vxlan_device::{self, Want};
 use crate::iface::ExtIface;
 use crate::lease::Lease;
+use crate::routes;
 
 /// What encapsulation adds: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
 /// Ethernet (14).
@@ -74,21 +75,44 @@ pub struct Vxlan {
 }
 
 impl Vxlan {
+    /// What the device should be on `ext`.
+    pub fn want(&self, ext: &ExtIface) -> Want {
+        Want {
+            vni: self.vni,
+            underlay: ext.index,
+            local: self.local,
+            port: self.port,
+            mtu: self.mtu,
+            mac: self.mac,
+        }
+    }
+
     /// Makes sure the device exists as configured, up, with our addresses;
-    /// recreates it when it is gone or different. Returns its index.
+    /// recreates it when it is gone or differs in anything but its MTU
+    /// (changed in place). A new device has no peers: the resync that
+    /// follows programs them again. Returns its index.
     pub fn ensure_device(&self, nl: &mut Netlink, ext: &ExtIface) -> Result<u32, String> {
         let name = device_name(self.vni);
         let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
-        let existing = nl
-            .link_by_name(&name)
-            .map_err(|e| err("cannot look up", e))?;
-        let link = match existing {
-            Some(l) if l.kind == Some(InfoKind::Vxlan) && l.mac == self.mac => l,
-            other => {
-                if let Some(l) = other {
-                    nl.del_link(l.index)
-                        .map_err(|e| err("cannot remove the stale", e))?;
+        let want = self.want(ext);
+        let existing = vxlan_device::read(nl, &name).map_err(|e| err("cannot look up", e))?;
+        let kept = match existing {
+            Some(d) => {
+                let diff = vxlan_device::differences(&d, &want);
+                if diff.is_empty() {
+                    Some(d)
+                } else {
+                    crate::info!("recreating {name}: {}", diff.join(", "));
+                    nl.del_link(d.index)
+                        .map_err(|e| err("cannot remove the outdated", e))?;
+                    None
                 }
+            }
+            None => None,
+        };
+        let dev = match kept {
+            Some(d) => d,
+            None => {
                 let spec = VxlanSpec {
                     name: &name,
                     vni: self.vni,
@@ -99,13 +123,18 @@ impl Vxlan {
                     mac: self.mac,
                 };
                 nl.add_vxlan(&spec).map_err(|e| err("cannot create", e))?;
-                nl.link_by_name(&name)
+                vxlan_device::read(nl, &name)
                     .map_err(|e| err("cannot look up", e))?
                     .ok_or_else(|| format!("{name} vanished right after it was made"))?
             }
         };
+        if dev.mtu != self.mtu {
+            nl.set_mtu(dev.index, self.mtu)
+                .map_err(|e| err("cannot set the MTU of", e))?;
+            crate::info!("{name}: MTU {} -> {}", dev.mtu, self.mtu);
+        }
         let addrs = nl
-            .addresses(Some(link.index))
+            .addresses(Some(dev.index))
             .map_err(|e| err("cannot read addresses of", e))?;
         for sn in &self.own {
             let prefix = if sn.is_ipv4() { 32 } else { 128 };
@@ -113,17 +142,17 @@ impl Vxlan {
                 .iter()
                 .any(|a| a.addr == sn.network() && a.prefix == prefix)
             {
-                match nl.add_address_nodad(link.index, sn.network(), prefix) {
+                match nl.add_address_nodad(dev.index, sn.network(), prefix) {
                     Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
                     _ => {}
                 }
             }
         }
-        if !link.is_up() {
-            nl.set_up(link.index)
+        if !dev.up {
+            nl.set_up(dev.index)
                 .map_err(|e| err("cannot bring up", e))?;
         }
-        Ok(link.index)
+        Ok(dev.index)
     }
 
     /// What one peer needs: neighbour and forwarding entries on the device,
@@ -148,7 +177,7 @@ impl Vxlan {
         };
         let direct = self.direct_routing && ext.on_link(public);
         for sn in [peer.key.ipv4, peer.key.ipv6].into_iter().flatten() {
-            let mut r = Route::new(sn.network(), sn.prefix());
+            let mut r = routes::new(sn.network(), sn.prefix());
             if direct && sn.is_ipv4() == public.is_ipv4() {
                 r.gateway = Some(public);
                 r.oif = Some(ext.index);

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Unreadable};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +29,7 @@ pub struct FileStore {
     dir: PathBuf,
     /// The subnets directory's change time at the last `changed` call.
     seen: Option<(i64, i64)>,
+    unreadable: Unreadable,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -49,6 +50,7 @@ impl FileStore {
         Ok(FileStore {
             dir: dir.to_path_buf(),
             seen: None,
+            unreadable: Unreadable::default(),
         })
     }
 
@@ -86,17 +88,28 @@ impl FileStore {
         fs::rename(&tmp, self.path(key)).map_err(io_err("cannot write a lease"))
     }
 
-    fn read(&self, key: &SubnetKey) -> Option<Lease> {
-        let bytes = fs::read(self.path(key)).ok()?;
-        let record: Record = serde_json::from_slice(&bytes).ok()?;
+    /// The live lease at `key`; `Ok(None)` when there is none or it
+    /// expired, `Err(why)` when the record cannot be read.
+    fn load(&self, key: &SubnetKey) -> Result<Option<Lease>, String> {
+        let bytes = match fs::read(self.path(key)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let record: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if record.expires.is_some_and(|e| e <= now_secs()) {
-            return None;
+            return Ok(None);
         }
-        Some(Lease {
+        Ok(Some(Lease {
             key: *key,
             attrs: record.value,
             expires: record.expires.map(|e| UNIX_EPOCH + Duration::from_secs(e)),
-        })
+        }))
+    }
+
+    /// As `load`; an unreadable record counts as free (it is overwritten).
+    fn read(&self, key: &SubnetKey) -> Option<Lease> {
+        self.load(key).ok().flatten()
     }
 }
 
@@ -122,15 +135,27 @@ impl Store for FileStore {
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         let dir = self.dir.join("subnets");
         let mut out = Vec::new();
+        let mut bad = std::collections::BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(io_err(format!("cannot list {}", dir.display())))? {
             let entry = entry.map_err(io_err("cannot list leases"))?;
-            let Some(key) = entry.file_name().to_str().and_then(SubnetKey::parse) else {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Our temporary files, and anything hidden.
+            if name.starts_with('.') {
+                continue;
+            }
+            let Some(key) = SubnetKey::parse(&name) else {
+                bad.insert(name, "not a subnet key such as 10.244.3.0-24".into());
                 continue;
             };
-            if let Some(lease) = self.read(&key) {
-                out.push(lease);
+            match self.load(&key) {
+                Ok(Some(lease)) => out.push(lease),
+                Ok(None) => {}
+                Err(why) => {
+                    bad.insert(name, why);
+                }
             }
         }
+        self.unreadable.update(bad);
         out.sort_by_key(|l| l.key);
         Ok(out)
     }

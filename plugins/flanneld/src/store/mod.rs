@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod file;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -18,6 +19,23 @@ pub enum StoreError {
     },
     #[error("lease store: {0}")]
     Invalid(String),
+}
+
+/// Lease records that cannot be read (a bad key or value): left out of the
+/// listing, and each named once in the log rather than every resync.
+#[derive(Debug, Default)]
+pub struct Unreadable(BTreeSet<String>);
+
+impl Unreadable {
+    /// After a listing: every record it could not read, with why.
+    pub fn update(&mut self, now: BTreeMap<String, String>) {
+        for (key, why) in &now {
+            if !self.0.contains(key) {
+                crate::warn!("lease record {key} cannot be read, so it is ignored: {why}");
+            }
+        }
+        self.0 = now.into_keys().collect();
+    }
 }
 
 pub trait Store: std::fmt::Debug {

@@ -14,7 +14,7 @@ use tonic::Streaming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use self::client::{Client, ConnectSpec};
-use super::{Store, StoreError};
+use super::{Store, StoreError, Unreadable};
 use crate::flags::Options;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
@@ -29,6 +29,7 @@ pub struct EtcdStore {
     /// A prefix watch on the subnets, made lazily and dropped on any trouble
     /// (the next tick re-lists and watches again).
     watch: Option<Streaming<wire::WatchResponse>>,
+    unreadable: Unreadable,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -99,6 +100,7 @@ impl EtcdStore {
             endpoints,
             revision: 0,
             watch: None,
+            unreadable: Unreadable::default(),
         })
     }
 
@@ -137,12 +139,21 @@ impl Store for EtcdStore {
             let start = self.revision + 1;
             let client = &mut self.client;
             // The timer must be made inside the runtime.
+            let watched = &dir;
             let made = self.rt.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(2), client.watch(&dir, start)).await
+                tokio::time::timeout(Duration::from_secs(2), client.watch(watched, start)).await
             });
             match made {
                 Ok(Ok(ws)) => self.watch = Some(ws),
-                _ => return false,
+                // The 1 s resync still runs; its listing reports the trouble.
+                Ok(Err(e)) => {
+                    crate::debug!("cannot watch {dir}: {}", client::describe(&e));
+                    return false;
+                }
+                Err(_) => {
+                    crate::debug!("cannot watch {dir}: no answer within 2 s");
+                    return false;
+                }
             }
         }
         let Some(ws) = self.watch.as_mut() else {
@@ -158,7 +169,12 @@ impl Store for EtcdStore {
                 true
             }
             Ok(Ok(Some(resp))) => !resp.events.is_empty(),
-            Ok(Ok(None)) | Ok(Err(_)) => {
+            Ok(Ok(None)) => {
+                self.watch = None;
+                true
+            }
+            Ok(Err(e)) => {
+                crate::debug!("the lease watch broke: {}", client::describe(&e));
                 self.watch = None;
                 true
             }
@@ -197,16 +213,19 @@ impl Store for EtcdStore {
             self.revision = h.revision;
         }
         let mut out = Vec::with_capacity(resp.kvs.len());
+        let mut bad = std::collections::BTreeMap::new();
         for kv in &resp.kvs {
-            let Some(key) = std::str::from_utf8(&kv.key)
-                .ok()
-                .and_then(|k| k.strip_prefix(&dir))
-                .and_then(SubnetKey::parse)
-            else {
+            let name = String::from_utf8_lossy(&kv.key).into_owned();
+            let Some(key) = name.strip_prefix(&dir).and_then(SubnetKey::parse) else {
+                bad.insert(name, "not a subnet key such as 10.244.3.0-24".into());
                 continue;
             };
-            let Ok(attrs) = serde_json::from_slice::<LeaseAttrs>(&kv.value) else {
-                continue;
+            let attrs = match serde_json::from_slice::<LeaseAttrs>(&kv.value) {
+                Ok(a) => a,
+                Err(e) => {
+                    bad.insert(name, e.to_string());
+                    continue;
+                }
             };
             // The exact expiry would cost a call per key; only our own
             // lease's matters, and the agent tracks that one itself.
@@ -217,6 +236,7 @@ impl Store for EtcdStore {
                 expires,
             });
         }
+        self.unreadable.update(bad);
         out.sort_by_key(|l| l.key);
         Ok(out)
     }
@@ -239,7 +259,12 @@ impl Store for EtcdStore {
                 .map_err(|e| etcd_err("cannot create a lease", endpoints, client::describe(&e)))?;
             if !created && lease != 0 {
                 // Best effort: an unused grant expires by itself anyway.
-                let _ = client.lease_revoke(lease).await;
+                if let Err(e) = client.lease_revoke(lease).await {
+                    crate::debug!(
+                        "cannot revoke unused etcd lease {lease}: {}",
+                        client::describe(&e)
+                    );
+                }
             }
             Ok(created)
         })

@@ -1,0 +1,745 @@
+//! flanneld hardening: routes it did not make are left alone, the health
+//! endpoints say how the agent really is and cannot be held up by idle
+//! clients, a changed vxlan config reaches the device, the udp backend's
+//! route is repaired, errors are reported, and the log is levelled.
+//!
+//! Simulated hosts as in `flanneld.rs`: network namespaces on a bridge in a
+//! "switch" namespace, one agent per host on the embedded store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use conformance::util::addresses;
+use conformance::{Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
+use serde_json::{Value, json};
+
+/// `ip route` shows our routes as `proto 102` (the agent's own number).
+const OURS: &str = "proto 102";
+const HEALTH_PORT: u16 = 18090;
+
+struct Host {
+    // Dropped first: the agent stops before its namespaces go.
+    agent: Option<Daemon>,
+    pods: Vec<TestNetns>,
+    ns: TestNetns,
+    dir: PathBuf,
+    ip: String,
+}
+
+struct Lab {
+    hosts: Vec<Host>,
+    // Held for the segment the hosts are plugged into.
+    _net: Underlay,
+    dir: TempDir,
+}
+
+impl Lab {
+    /// `n` hosts on one segment (192.168.77.10 + h), one pod namespace
+    /// each, the embedded store holding `config`; no agent started.
+    fn new(n: usize, config: &Value) -> Lab {
+        let mut net = Underlay::new("switch");
+        let dir = TempDir::new("flanneld-hard");
+        std::fs::create_dir_all(dir.path().join("store/subnets")).unwrap();
+        std::fs::write(dir.path().join("store/config"), config.to_string()).unwrap();
+        let hosts = (0..n)
+            .map(|h| {
+                let ip = format!("192.168.77.{}", 10 + h);
+                let ns = net.add_host(&format!("h{h}"), &[&format!("{ip}/24")]);
+                let hdir = dir.path().join(format!("host{h}"));
+                std::fs::create_dir_all(&hdir).unwrap();
+                Host {
+                    agent: None,
+                    pods: vec![TestNetns::new(&format!("h{h}p0"))],
+                    ns,
+                    dir: hdir,
+                    ip,
+                }
+            })
+            .collect();
+        Lab {
+            hosts,
+            _net: net,
+            dir,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn set_config(&self, config: &Value) {
+        std::fs::write(self.store().join("config"), config.to_string()).unwrap();
+    }
+
+    /// Starts host `h`'s agent with `extra` flags; does not wait.
+    fn spawn(&mut self, h: usize, extra: &[&str]) {
+        let store = self.store();
+        let host = &mut self.hosts[h];
+        let env = host.dir.join("subnet.env");
+        let mut args: Vec<String> = [
+            "--store-dir",
+            store.to_str().unwrap(),
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            env.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = host.dir.join("flanneld.log");
+        host.agent = Some(Daemon::start(
+            &plugin_binary("flanneld"),
+            &args,
+            &host.ns,
+            &log,
+        ));
+    }
+
+    /// Starts host `h`'s agent and waits for its subnet.env.
+    fn start(&mut self, h: usize, extra: &[&str]) {
+        let env = self.hosts[h].dir.join("subnet.env");
+        let _ = std::fs::remove_file(&env);
+        self.spawn(h, extra);
+        assert!(
+            wait_for(Duration::from_secs(10), || env.exists()),
+            "host {h} wrote no subnet.env: {}",
+            self.log(h)
+        );
+    }
+
+    fn stop(&mut self, h: usize) {
+        if let Some(mut a) = self.hosts[h].agent.take() {
+            assert_eq!(a.stop(), Some(0), "{}", self.log(h));
+        }
+    }
+
+    fn log(&self, h: usize) -> String {
+        std::fs::read_to_string(self.hosts[h].dir.join("flanneld.log")).unwrap_or_default()
+    }
+
+    fn ns(&self, h: usize) -> &TestNetns {
+        &self.hosts[h].ns
+    }
+
+    /// This host's subnet, e.g. `10.244.7.0/24`.
+    fn subnet(&self, h: usize) -> String {
+        std::fs::read_to_string(self.hosts[h].dir.join("subnet.env"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .unwrap()
+            .replace(".1/", ".0/")
+    }
+
+    /// Adds host `h`'s pod through the CNI chain; returns its IPv4 address.
+    fn add_pod(&self, h: usize) -> String {
+        let host = &self.hosts[h];
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+            "subnetFile": host.dir.join("subnet.env"), "dataDir": host.dir.join("cache"),
+            "ipam": {"dataDir": host.dir.join("ipam")}, "delegate": {"isDefaultGateway": true}
+        });
+        let out = Invocation::new("ADD")
+            .container_id(&format!("h{h}p0"))
+            .netns(&host.pods[0])
+            .config(&conf)
+            .run(&plugin_binary("flannel"), &host.ns);
+        addresses(&out.success()).remove(0)
+    }
+
+    fn reaches(&self, h: usize, target: &str) -> bool {
+        self.hosts[h].pods[0]
+            .exec("ping", &["-c1", "-W1", target])
+            .status
+            .success()
+    }
+
+    /// The lease file naming `ip`.
+    fn lease_of(&self, ip: &str) -> Option<PathBuf> {
+        std::fs::read_dir(self.store().join("subnets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .contains(&format!("\"{ip}\""))
+            })
+    }
+}
+
+/// Runs `f` on a thread of its own inside `ns` (the thread ends with it):
+/// sockets it makes stay in `ns`.
+fn in_netns<T: Send + 'static>(ns: &TestNetns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
+    in_netns(ns, move || {
+        (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", HEALTH_PORT)).unwrap())
+            .collect()
+    })
+}
+
+/// GET `path` from the agent in `ns`: status code and body (0 and the
+/// error when there is no answer within 2 s).
+fn get(ns: &TestNetns, path: &str) -> (u16, String) {
+    match in_netns(ns, || TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()) {
+        Some(s) => request(s, path),
+        None => (0, "cannot connect".into()),
+    }
+}
+
+/// GET `path` over a connection made already.
+fn request(mut s: TcpStream, path: &str) -> (u16, String) {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if let Err(e) = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()) {
+        return (0, e.to_string());
+    }
+    let mut out = String::new();
+    if let Err(e) = s.read_to_string(&mut out) {
+        return (0, e.to_string());
+    }
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+fn metric(ns: &TestNetns, name: &str) -> Option<u64> {
+    let (_, body) = get(ns, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+}
+
+const HEALTH: [&str; 4] = ["--healthz-ip", "127.0.0.1", "--healthz-port", "18090"];
+
+fn host_gw() -> Value {
+    json!({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}})
+}
+
+fn vxlan() -> Value {
+    json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7}})
+}
+
+/// Routes of `ns` with their protocol, `boot` too.
+fn routes(ns: &TestNetns) -> String {
+    ns.ip(&["-d", "route", "show"])
+}
+
+fn route_line(ns: &TestNetns, dst: &str) -> Option<String> {
+    routes(ns)
+        .lines()
+        .find(|l| l.starts_with(&format!("unicast {dst} ")))
+        .map(str::to_string)
+}
+
+#[test]
+fn an_operators_route_in_the_cluster_range_survives_resyncs() {
+    let mut lab = Lab::new(2, &host_gw());
+    lab.start(0, &HEALTH);
+    lab.start(1, &[]);
+    let peer = lab.subnet(1);
+    let h0 = lab.ns(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_some()),
+        "no route to {peer}: {}\n{}",
+        routes(h0),
+        lab.log(0)
+    );
+    // What an operator types: `boot`, a gateway on eth0, in 10.244.0.0/16.
+    h0.ip(&[
+        "route",
+        "add",
+        "10.244.250.0/24",
+        "via",
+        "192.168.77.99",
+        "dev",
+        "eth0",
+    ]);
+    let operators = || {
+        route_line(h0, "10.244.250.0/24")
+            .is_some_and(|l| l.contains("via 192.168.77.99") && l.contains("proto boot"))
+    };
+    // At least 30 resyncs (a change in the store wakes one at once), the
+    // route checked after each.
+    let resyncs = || metric(h0, "flannel_resyncs_total").unwrap_or(0);
+    let start = resyncs();
+    let nudge = lab.store().join("subnets/.nudge");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = start;
+    while done < start + 30 {
+        assert!(Instant::now() < deadline, "only {} resyncs", done - start);
+        std::fs::write(&nudge, "").unwrap();
+        std::fs::remove_file(&nudge).unwrap();
+        wait_for(Duration::from_secs(2), || resyncs() > done);
+        done = resyncs();
+        assert!(
+            operators(),
+            "the operator's route is gone after {} resyncs: {}\n{}",
+            done - start,
+            routes(h0),
+            lab.log(0)
+        );
+    }
+    assert!(
+        route_line(h0, &peer).is_some_and(|l| l.contains(OURS)),
+        "{}",
+        routes(h0)
+    );
+    // The agent still removes its own: host 1 leaves, its route goes.
+    lab.stop(1);
+    std::fs::remove_file(lab.lease_of(&lab.hosts[1].ip.clone()).unwrap()).unwrap();
+    let h0 = lab.ns(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_none()),
+        "{}",
+        routes(h0)
+    );
+    assert!(route_line(h0, "10.244.250.0/24").is_some());
+}
+
+#[test]
+fn routes_of_an_earlier_version_are_adopted_or_cleared_at_start() {
+    let mut lab = Lab::new(2, &vxlan());
+    lab.start(0, &[]);
+    lab.start(1, &[]);
+    let peer = lab.subnet(1);
+    let gw = peer.replace("/24", "");
+    let h0 = lab.ns(0);
+    assert!(wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_some()));
+    lab.stop(0);
+    // As an earlier version left them: its route to the peer (as `boot`),
+    // one to a peer that left meanwhile, and an operator's route.
+    let h0 = lab.ns(0);
+    h0.ip(&[
+        "route",
+        "replace",
+        &peer,
+        "via",
+        &gw,
+        "dev",
+        "flannel.7",
+        "onlink",
+        "proto",
+        "boot",
+    ]);
+    h0.ip(&[
+        "route",
+        "add",
+        "10.244.200.0/24",
+        "via",
+        "10.244.200.0",
+        "dev",
+        "flannel.7",
+        "onlink",
+        "proto",
+        "boot",
+    ]);
+    h0.ip(&[
+        "route",
+        "add",
+        "10.244.201.0/24",
+        "via",
+        "192.168.77.99",
+        "dev",
+        "eth0",
+    ]);
+    assert!(route_line(h0, &peer).unwrap().contains("proto boot"));
+    lab.start(0, &[]);
+    let h0 = lab.ns(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || route_line(h0, "10.244.200.0/24")
+            .is_none()),
+        "the earlier version's route to a departed peer stays: {}\n{}",
+        routes(h0),
+        lab.log(0)
+    );
+    assert!(
+        route_line(h0, "10.244.201.0/24").is_some_and(|l| l.contains("proto boot")),
+        "the operator's route is gone: {}",
+        routes(h0)
+    );
+    assert!(
+        route_line(h0, &peer).is_some_and(|l| l.contains(OURS)),
+        "the earlier version's route to the peer is not adopted: {}",
+        routes(h0)
+    );
+    let log = lab.log(0);
+    assert!(log.contains("adopted"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" W ") && l.contains("10.244.201.0/24")),
+        "the operator's route is named as possibly stale: {log}"
+    );
+}
+
+#[test]
+fn health_answers_while_idle_clients_hold_connections() {
+    let mut lab = Lab::new(1, &host_gw());
+    lab.start(0, &HEALTH);
+    let h0 = lab.ns(0);
+    assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
+    let idle = connect(h0, 50);
+    // One request line sent but never finished: a slow client.
+    let mut slow = connect(h0, 1).remove(0);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    for probe in connect(h0, 3) {
+        let t = Instant::now();
+        let (code, body) = request(probe, "/healthz");
+        let took = t.elapsed();
+        assert_eq!(code, 200, "{body}");
+        assert!(took < Duration::from_millis(100), "/healthz took {took:?}");
+    }
+    drop(idle);
+    drop(slow);
+}
+
+#[test]
+fn readiness_and_health_follow_the_agent() {
+    let mut lab = Lab::new(1, &host_gw());
+    // No network config yet: the agent waits, and says so.
+    std::fs::remove_file(lab.store().join("config")).unwrap();
+    lab.spawn(0, &HEALTH);
+    let h0 = lab.ns(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || get(h0, "/healthz").0 == 200),
+        "/healthz does not answer while starting: {}",
+        lab.log(0)
+    );
+    let (code, body) = get(h0, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("subnet.env"), "{body}");
+    lab.set_config(&host_gw());
+    assert!(
+        wait_for(Duration::from_secs(10), || get(h0, "/readyz").0 == 200),
+        "{:?} {}",
+        get(h0, "/readyz"),
+        lab.log(0)
+    );
+    // A peer that cannot be routed (not on this segment): the data plane
+    // is failing, so not ready at once; but alive: a restart would not
+    // cure it, and a liveness probe must not restart the agent in a loop.
+    let bad = lab.store().join("subnets/10.244.250.0-24");
+    std::fs::write(
+        &bad,
+        r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || get(h0, "/readyz")
+            .1
+            .contains("data plane")),
+        "{:?}",
+        get(h0, "/readyz")
+    );
+    assert_eq!(get(h0, "/readyz").0, 503);
+    // Alive for longer than the liveness limit (10 s of failing passes).
+    let from = metric(h0, "flannel_resyncs_total").unwrap_or(0);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            assert_eq!(get(h0, "/healthz").0, 200, "{:?}", get(h0, "/healthz"));
+            metric(h0, "flannel_resyncs_total").is_some_and(|n| n >= from + 12)
+        }),
+        "the resync loop stopped"
+    );
+    assert_eq!(get(h0, "/readyz").0, 503);
+    assert!(
+        metric(h0, "flannel_dataplane_errors_total").is_some_and(|n| n > 0),
+        "{}",
+        get(h0, "/metrics").1
+    );
+    // The peer leaves: healthy and ready again.
+    std::fs::remove_file(&bad).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200
+            && get(h0, "/healthz").0 == 200),
+        "{:?} {:?}",
+        get(h0, "/readyz"),
+        get(h0, "/healthz")
+    );
+}
+
+fn udp(port: u16) -> Value {
+    json!({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": port}})
+}
+
+#[test]
+fn the_udp_cluster_route_is_repaired_and_one_port_is_used() {
+    let mut lab = Lab::new(2, &udp(0));
+    lab.start(0, &[]);
+    lab.start(1, &[]);
+    let a = lab.add_pod(0);
+    let b = lab.add_pod(1);
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.reaches(0, &b)
+            && lab.reaches(1, &a)),
+        "{}",
+        lab.log(0)
+    );
+    // Port 0 is the default on both sides: bound to 8285.
+    let ss = lab.ns(0).exec("ss", &["-Hulpn"]);
+    let ss = String::from_utf8_lossy(&ss.stdout).to_string();
+    assert!(ss.contains("192.168.77.10:8285"), "{ss}");
+    let h0 = lab.ns(0);
+    h0.ip(&["route", "del", "10.244.0.0/16", "dev", "flannel0"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.reaches(0, &b)),
+        "the cluster route via flannel0 was not repaired: {}\n{}",
+        routes(h0),
+        lab.log(0)
+    );
+    let cluster = route_line(h0, "10.244.0.0/16").unwrap();
+    assert!(
+        cluster.contains("dev flannel0") && cluster.contains(OURS),
+        "{cluster}"
+    );
+}
+
+#[test]
+fn a_dead_udp_forwarder_shows_in_health() {
+    let mut lab = Lab::new(1, &udp(8285));
+    lab.start(0, &HEALTH);
+    let h0 = lab.ns(0);
+    assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
+    // Deleting the TUN device ends the thread reading it.
+    h0.ip(&["link", "del", "flannel0"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || get(h0, "/healthz").0 == 503),
+        "{:?} {}",
+        get(h0, "/healthz"),
+        lab.log(0)
+    );
+    let (code, body) = get(h0, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("udp"), "{body}");
+    let log = lab.log(0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" E ") && l.contains("forwarder stopped")),
+        "{log}"
+    );
+}
+
+/// `ip -d link show flannel.7` in `ns`, and the device's ifindex.
+fn vtep(ns: &TestNetns) -> (String, String) {
+    let text = ns.ip(&["-d", "link", "show", "flannel.7"]);
+    let index = text.split(':').next().unwrap_or("").trim().to_string();
+    (text, index)
+}
+
+#[test]
+fn a_changed_vxlan_config_reaches_the_existing_device() {
+    let mut lab = Lab::new(2, &vxlan());
+    lab.start(0, &[]);
+    lab.start(1, &[]);
+    let (text, first) = vtep(lab.ns(0));
+    assert!(
+        text.contains("dstport 8472")
+            && text.contains("mtu 1450")
+            && text.contains("local 192.168.77.10 "),
+        "{text}"
+    );
+    let restart_all = |lab: &mut Lab, config: &Value| {
+        lab.set_config(config);
+        for h in 0..2 {
+            lab.stop(h);
+        }
+        for h in 0..2 {
+            lab.start(h, &[]);
+        }
+    };
+    // The underlay MTU alone: changed in place.
+    restart_all(
+        &mut lab,
+        &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "MTU": 1400}}),
+    );
+    let (text, index) = vtep(lab.ns(0));
+    assert!(text.contains("mtu 1350"), "{text}");
+    assert_eq!(index, first, "an MTU change keeps the device");
+    // The port: a new device, and the peers programmed again on it.
+    restart_all(
+        &mut lab,
+        &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}),
+    );
+    let (text, index) = vtep(lab.ns(0));
+    assert!(
+        text.contains("dstport 4789") && text.contains("mtu 1450"),
+        "{text}\n{}",
+        lab.log(0)
+    );
+    assert_ne!(index, first);
+    let a = lab.add_pod(0);
+    let b = lab.add_pod(1);
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.reaches(0, &b)
+            && lab.reaches(1, &a)),
+        "pods cannot talk over the new device: {}",
+        lab.log(0)
+    );
+    // The local address (another public IP on the same interface).
+    lab.ns(0)
+        .ip(&["addr", "add", "192.168.77.110/24", "dev", "eth0"]);
+    lab.stop(0);
+    lab.start(0, &["--public-ip", "192.168.77.110"]);
+    let (text, _) = vtep(lab.ns(0));
+    assert!(
+        text.contains("local 192.168.77.110 "),
+        "{text}\n{}",
+        lab.log(0)
+    );
+    assert!(
+        lab.log(0).contains("recreating flannel.7"),
+        "{}",
+        lab.log(0)
+    );
+}
+
+#[test]
+fn store_errors_in_the_resync_are_reported() {
+    let mut lab = Lab::new(1, &host_gw());
+    lab.start(0, &HEALTH);
+    let h0 = lab.ns(0);
+    assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
+    let ip = lab.hosts[0].ip.clone();
+    let own = lab.lease_of(&ip).unwrap();
+    // Our lease deleted, and the store cannot take a new one (its lock is
+    // a directory now): the re-creation fails and says so.
+    let lock = lab.store().join("lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    std::fs::remove_file(&own).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.log(0).lines().any(|l| l
+            .contains(" E ")
+            && l.contains("cannot re-create lease"))),
+        "{}",
+        lab.log(0)
+    );
+    let (code, body) = get(h0, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("lease store"), "{body}");
+    assert!(metric(h0, "flannel_store_errors_total").is_some_and(|n| n > 0));
+    // The store works again: the lease is back, and so is readiness.
+    std::fs::remove_dir(&lock).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || own.exists()
+            && get(h0, "/readyz").0 == 200),
+        "{}",
+        lab.log(0)
+    );
+    // Our key taken over by another node: an error, not ready.
+    std::fs::write(
+        &own,
+        r#"{"value":{"PublicIP":"192.168.77.99","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 503),
+        "{}",
+        lab.log(0)
+    );
+    assert!(
+        lab.log(0)
+            .lines()
+            .any(|l| l.contains(" E ") && l.contains("now names another node")),
+        "{}",
+        lab.log(0)
+    );
+    // A record nobody can read: named once, not at every resync.
+    std::fs::write(lab.store().join("subnets/10.244.251.0-24"), "{oops").unwrap();
+    let named = |lab: &Lab| {
+        lab.log(0)
+            .lines()
+            .filter(|l| l.contains(" W ") && l.contains("10.244.251.0-24 cannot be read"))
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || named(&lab) == 1),
+        "{}",
+        lab.log(0)
+    );
+    let resyncs = || metric(h0, "flannel_resyncs_total").unwrap_or(0);
+    let later = resyncs() + 3;
+    assert!(wait_for(Duration::from_secs(10), || resyncs() >= later));
+    assert_eq!(named(&lab), 1, "{}", lab.log(0));
+}
+
+/// `2025-06-01T12:00:00.123Z X ` with X one of E W I D.
+fn levelled(line: &str) -> Option<char> {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    let ok = b.len() > 27
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..23)
+        && &b[23..25] == b"Z "
+        && b[26] == b' ';
+    let level = char::from(*b.get(25)?);
+    (ok && "EWID".contains(level)).then_some(level)
+}
+
+#[test]
+fn log_lines_are_timestamped_and_levelled() {
+    let mut lab = Lab::new(2, &host_gw());
+    lab.start(0, &[]);
+    lab.start(1, &["-v", "4"]);
+    // A peer that cannot be routed: an error line.
+    std::fs::write(
+        lab.store().join("subnets/10.244.250.0-24"),
+        r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+    )
+    .unwrap();
+    for h in 0..2 {
+        assert!(
+            wait_for(Duration::from_secs(5), || lab.log(h).lines().any(|l| {
+                levelled(l) == Some('E') && l.contains("host-gw needs every peer")
+            })),
+            "{}",
+            lab.log(h)
+        );
+    }
+    lab.stop(0);
+    lab.stop(1);
+    for h in 0..2 {
+        let log = lab.log(h);
+        let levels: Vec<char> = log
+            .lines()
+            .map(|l| levelled(l).unwrap_or_else(|| panic!("not levelled: {l:?}")))
+            .collect();
+        assert!(
+            log.lines()
+                .any(|l| levelled(l) == Some('I') && l.contains("acquired lease")),
+            "{log}"
+        );
+        // Debug lines only with -v 4.
+        assert_eq!(levels.contains(&'D'), h == 1, "{log}");
+    }
+}

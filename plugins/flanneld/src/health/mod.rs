@@ -1,0 +1,358 @@
+//! What the agent reports about itself: `/healthz`, `/readyz` and
+//! `/metrics` (Prometheus text), served by [`http`] from startup on.
+//!
+//! - `/healthz` (liveness): 200 while starting; once the resync loop runs,
+//!   503 when no resync pass has finished for [`stale_after`] (a wedged
+//!   loop), and at once when the udp forwarding threads died: what a
+//!   restart would cure. A store or a peer that keeps failing is not (a
+//!   liveness probe would only restart the agent in a loop): `/readyz`
+//!   says so.
+//! - `/readyz`: 503 until subnet.env is written and a resync succeeded;
+//!   then 503 whenever the last resync could not read the store or change
+//!   the kernel, or the udp forwarder died. The body says why.
+//!
+//! A resync succeeds when it read the leases and every kernel change it
+//! needed went through.
+
+pub mod http;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// No resync pass finished for this long (or 5 resync periods, if
+/// longer): `/healthz` fails.
+pub const STALE_MIN: Duration = Duration::from_secs(10);
+
+pub fn stale_after(resync: Duration) -> Duration {
+    STALE_MIN.max(resync * 5)
+}
+
+/// Counters and gauges for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub leases: AtomicU64,
+    pub peers: AtomicU64,
+    pub repairs: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub dataplane_errors: AtomicU64,
+    pub udp_forward_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+            (
+                "flannel_leases",
+                "gauge",
+                "Leases seen in the store.",
+                &self.leases,
+            ),
+            (
+                "flannel_peers",
+                "gauge",
+                "Peers programmed into the data plane.",
+                &self.peers,
+            ),
+            (
+                "flannel_repairs_total",
+                "counter",
+                "Kernel state found missing and restored.",
+                &self.repairs,
+            ),
+            (
+                "flannel_store_errors_total",
+                "counter",
+                "Failed calls to the lease store.",
+                &self.store_errors,
+            ),
+            (
+                "flannel_resyncs_total",
+                "counter",
+                "Passes comparing the kernel with the store.",
+                &self.resyncs,
+            ),
+            (
+                "flannel_dataplane_errors_total",
+                "counter",
+                "Kernel reads and changes that failed.",
+                &self.dataplane_errors,
+            ),
+            (
+                "flannel_udp_forward_errors_total",
+                "counter",
+                "Packets the udp backend could not pass on.",
+                &self.udp_forward_errors,
+            ),
+        ];
+        rows.iter()
+            .map(|(name, kind, help, v)| {
+                format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                    v.load(Ordering::Relaxed)
+                )
+            })
+            .collect()
+    }
+}
+
+/// The agent's state as the endpoints see it. Times are milliseconds
+/// since `start` plus one (0: never), on the monotonic clock.
+#[derive(Debug)]
+pub struct Health {
+    start: Instant,
+    stale_after: Duration,
+    pub metrics: Metrics,
+    subnet_env: AtomicBool,
+    loop_started: AtomicU64,
+    last_pass: AtomicU64,
+    last_success: AtomicU64,
+    store_failing: AtomicBool,
+    dataplane_failing: AtomicBool,
+    forwarder_dead: AtomicBool,
+}
+
+/// A copy of [`Health`] at one instant, for the verdicts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub now: Duration,
+    pub subnet_env: bool,
+    pub loop_started: Option<Duration>,
+    pub last_pass: Option<Duration>,
+    pub last_success: Option<Duration>,
+    pub store_failing: bool,
+    pub dataplane_failing: bool,
+    pub forwarder_dead: bool,
+}
+
+/// How one resync went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub store_ok: bool,
+    pub dataplane_errors: usize,
+}
+
+impl Health {
+    pub fn new(resync: Duration) -> Health {
+        Health {
+            start: Instant::now(),
+            stale_after: stale_after(resync),
+            metrics: Metrics::default(),
+            subnet_env: AtomicBool::new(false),
+            loop_started: AtomicU64::new(0),
+            last_pass: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+            store_failing: AtomicBool::new(false),
+            dataplane_failing: AtomicBool::new(false),
+            forwarder_dead: AtomicBool::new(false),
+        }
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn at(v: u64) -> Option<Duration> {
+        v.checked_sub(1).map(Duration::from_millis)
+    }
+
+    pub fn subnet_env_written(&self) {
+        self.subnet_env.store(true, Ordering::Relaxed);
+    }
+
+    pub fn loop_started(&self) {
+        self.loop_started.store(self.stamp(), Ordering::Relaxed);
+    }
+
+    /// The udp forwarding threads stopped.
+    pub fn forwarder_died(&self) {
+        self.forwarder_dead.store(true, Ordering::Relaxed);
+    }
+
+    pub fn record(&self, pass: Pass) {
+        self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        let now = self.stamp();
+        self.last_pass.store(now, Ordering::Relaxed);
+        self.store_failing.store(!pass.store_ok, Ordering::Relaxed);
+        self.dataplane_failing
+            .store(pass.dataplane_errors > 0, Ordering::Relaxed);
+        if pass.store_ok && pass.dataplane_errors == 0 {
+            self.last_success.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            now: self.start.elapsed(),
+            subnet_env: self.subnet_env.load(Ordering::Relaxed),
+            loop_started: Self::at(self.loop_started.load(Ordering::Relaxed)),
+            last_pass: Self::at(self.last_pass.load(Ordering::Relaxed)),
+            last_success: Self::at(self.last_success.load(Ordering::Relaxed)),
+            store_failing: self.store_failing.load(Ordering::Relaxed),
+            dataplane_failing: self.dataplane_failing.load(Ordering::Relaxed),
+            forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+}
+
+/// `/healthz`: `Ok(body)` for 200, `Err(body)` for 503.
+pub fn healthz(s: &Snapshot, stale_after: Duration) -> Result<String, String> {
+    if s.forwarder_dead {
+        return Err("the udp forwarding threads stopped\n".into());
+    }
+    let Some(started) = s.loop_started else {
+        return Ok("ok: starting\n".into());
+    };
+    let since = s.last_pass.unwrap_or(started).max(started);
+    let age = s.now.saturating_sub(since);
+    if age > stale_after {
+        return Err(format!(
+            "no resync pass finished for {} s (limit {} s): the agent is stuck\n",
+            age.as_secs(),
+            stale_after.as_secs()
+        ));
+    }
+    Ok("ok\n".into())
+}
+
+/// `/readyz`: `Ok(body)` for 200, `Err(body)` for 503.
+pub fn readyz(s: &Snapshot) -> Result<String, String> {
+    let mut why = Vec::new();
+    if !s.subnet_env {
+        why.push("subnet.env not written yet");
+    } else if s.last_success.is_none() {
+        why.push("no successful resync yet");
+    }
+    if s.store_failing {
+        why.push("the lease store is failing");
+    }
+    if s.dataplane_failing {
+        why.push("the data plane could not be programmed");
+    }
+    if s.forwarder_dead {
+        why.push("the udp forwarding threads stopped");
+    }
+    if why.is_empty() {
+        Ok("ready\n".into())
+    } else {
+        Err(format!("{}\n", why.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALE: Duration = Duration::from_secs(10);
+
+    fn secs(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    fn running(now: u64, last: u64) -> Snapshot {
+        Snapshot {
+            now: Duration::from_secs(now),
+            subnet_env: true,
+            loop_started: secs(2),
+            last_pass: secs(last),
+            last_success: secs(last),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn healthz_follows_the_age_of_the_last_finished_pass() {
+        let starting = Snapshot {
+            now: Duration::from_secs(300),
+            ..Snapshot::default()
+        };
+        assert!(healthz(&starting, STALE).is_ok(), "alive while starting");
+        assert!(healthz(&running(11, 10), STALE).is_ok());
+        assert!(healthz(&running(25, 10), STALE).is_err());
+        // The loop started but no pass ever finished: counted from its start.
+        let never = Snapshot {
+            last_pass: None,
+            last_success: None,
+            ..running(11, 0)
+        };
+        assert!(healthz(&never, STALE).is_ok());
+        let never = Snapshot {
+            last_pass: None,
+            last_success: None,
+            ..running(13, 0)
+        };
+        assert!(healthz(&never, STALE).unwrap_err().contains("stuck"));
+        // Passes that keep failing (a peer that cannot be routed, a store
+        // away): alive, only not ready.
+        let failing = Snapshot {
+            last_success: secs(3),
+            dataplane_failing: true,
+            ..running(60, 59)
+        };
+        assert!(healthz(&failing, STALE).is_ok());
+        assert!(readyz(&failing).is_err());
+        let dead = Snapshot {
+            forwarder_dead: true,
+            ..running(11, 10)
+        };
+        assert!(healthz(&dead, STALE).unwrap_err().contains("udp"));
+    }
+
+    #[test]
+    fn readyz_needs_subnet_env_a_good_resync_and_nothing_failing() {
+        assert!(
+            readyz(&Snapshot::default())
+                .unwrap_err()
+                .contains("subnet.env")
+        );
+        let no_pass = Snapshot {
+            last_success: None,
+            ..running(3, 0)
+        };
+        assert!(
+            readyz(&no_pass)
+                .unwrap_err()
+                .contains("no successful resync")
+        );
+        assert_eq!(readyz(&running(11, 10)), Ok("ready\n".into()));
+        let store = Snapshot {
+            store_failing: true,
+            ..running(11, 10)
+        };
+        assert!(readyz(&store).unwrap_err().contains("lease store"));
+        let kernel = Snapshot {
+            dataplane_failing: true,
+            ..running(11, 10)
+        };
+        assert!(readyz(&kernel).unwrap_err().contains("data plane"));
+    }
+
+    #[test]
+    fn a_pass_updates_the_state() {
+        let h = Health::new(Duration::from_secs(1));
+        assert_eq!(h.stale_after(), STALE_MIN);
+        assert_eq!(stale_after(Duration::from_secs(3)), Duration::from_secs(15));
+        h.subnet_env_written();
+        h.loop_started();
+        h.record(Pass {
+            store_ok: true,
+            dataplane_errors: 1,
+        });
+        let s = h.snapshot();
+        assert!(s.dataplane_failing && s.last_success.is_none());
+        h.record(Pass {
+            store_ok: true,
+            dataplane_errors: 0,
+        });
+        let s = h.snapshot();
+        assert!(!s.dataplane_failing && s.last_success.is_some());
+        assert!(readyz(&s).is_ok());
+        assert!(h.metrics.render().contains("flannel_resyncs_total 2\n"));
+    }
+}
