@@ -96,7 +96,27 @@ impl Net {
         std::fs::create_dir_all(self.store()).unwrap();
         std::fs::write(self.store().join(ip), content).unwrap();
     }
+
+    /// Fills the store with address files outside every range, enough for
+    /// ours to look it up through its index instead of reading it whole.
+    fn make_large(&self) {
+        for i in 0..LARGE_FILL {
+            let ip = format!("{FILL_PREFIX}{}.{}", i / 250, i % 250 + 1);
+            self.reserve_by_hand(&ip, &format!("fill-{i}\r\neth0"));
+        }
+    }
+
+    /// The reservations on disk, without those of [`Net::make_large`].
+    fn own_reservations(&self) -> Vec<(String, String)> {
+        let mut all = self.reservations();
+        all.retain(|(ip, _)| !ip.starts_with(FILL_PREFIX));
+        all
+    }
 }
+
+/// Where [`Net::make_large`] puts its files: in no test's ranges.
+const FILL_PREFIX: &str = "10.250.";
+const LARGE_FILL: usize = 1_000;
 
 fn addresses(result: &Value) -> Vec<String> {
     result["ips"]
@@ -576,6 +596,7 @@ fn crash_leftovers_do_not_break_the_store() {
 #[test]
 fn a_damaged_index_is_rebuilt_from_the_store() {
     let net = Net::v4();
+    net.make_large();
     net.add("a");
     net.add("b");
     let index = net.data.path().join(".cni-rs-index/hlnet");
@@ -584,7 +605,10 @@ fn a_damaged_index_is_rebuilt_from_the_store() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with('b'))
         .collect();
-    assert!(!buckets.is_empty());
+    assert!(
+        !buckets.is_empty(),
+        "a large store is looked up by its index"
+    );
     for b in &buckets {
         // Torn writes: a line cut short, the checksum no longer matching.
         let text = std::fs::read_to_string(b).unwrap();
@@ -594,12 +618,15 @@ fn a_damaged_index_is_rebuilt_from_the_store() {
     net.run(net.call("CHECK", "b")).silent_success();
     net.del("a");
     net.del("b");
-    assert!(net.reservations().is_empty());
+    assert!(net.own_reservations().is_empty());
 }
 
-#[test]
-fn the_index_is_only_a_hint_when_the_store_changes_behind_our_back() {
+/// Changes made behind our back, small store (read whole) or large (index).
+fn foreign_changes_are_seen(large: bool) {
     let net = Net::v4();
+    if large {
+        net.make_large();
+    }
     net.add("a");
     // Someone else reserves for "b" and frees "a": we must see both.
     net.reserve_by_hand("10.1.2.40", "b\r\neth0");
@@ -607,15 +634,99 @@ fn the_index_is_only_a_hint_when_the_store_changes_behind_our_back() {
     net.run(net.call("ADD", "b")).error(111);
     net.run(net.call("CHECK", "a")).error(113);
     net.del("b");
-    assert!(net.reservations().is_empty());
+    assert!(net.own_reservations().is_empty());
     // The same address re-taken by another attachment is not "a"'s any more.
     net.add("a");
     std::fs::write(net.store().join("10.1.2.3"), "z\r\neth0").unwrap();
     net.run(net.call("CHECK", "a")).error(113);
     net.del("a");
     assert_eq!(
-        net.reservations(),
+        net.own_reservations(),
         [("10.1.2.3".to_string(), "z\r\neth0".to_string())]
+    );
+}
+
+#[test]
+fn a_small_store_is_read_as_it_is() {
+    foreign_changes_are_seen(false);
+}
+
+#[test]
+fn the_index_is_only_a_hint_when_the_store_changes_behind_our_back() {
+    foreign_changes_are_seen(true);
+}
+
+#[test]
+fn a_large_store_trusts_its_index_while_nobody_else_writes() {
+    let net = Net::v4();
+    net.make_large();
+    net.add("a");
+    let stamp = net.data.path().join(".cni-rs-index/hlnet/stamp");
+    let sealed = std::fs::read_to_string(&stamp).unwrap();
+    // Trusted, not rebuilt: a rebuild would seal and stamp afresh.
+    net.run(net.call("CHECK", "a")).silent_success();
+    net.del("nobody");
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), sealed);
+    // Any change by someone else withdraws the trust.
+    net.reserve_by_hand("10.1.2.99", "b\r\neth0");
+    net.run(net.call("ADD", "b")).error(111);
+    assert_ne!(std::fs::read_to_string(&stamp).unwrap(), sealed);
+}
+
+/// Clears the append-only flag on drop, so the scratch dir can go even when
+/// the test fails.
+struct AppendOnly<'a>(&'a Path);
+
+impl AppendOnly<'_> {
+    /// `None` where the filesystem has no such flag (then nothing to test).
+    fn set(dir: &Path) -> Option<AppendOnly<'_>> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+a")
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then_some(AppendOnly(dir))
+    }
+}
+
+impl Drop for AppendOnly<'_> {
+    fn drop(&mut self) {
+        let cleared = std::process::Command::new("chattr")
+            .arg("-a")
+            .arg(self.0)
+            .status();
+        if !cleared.is_ok_and(|s| s.success()) {
+            eprintln!("warning: chattr -a {} failed", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn an_incomplete_rollback_is_reported_under_the_adds_error() {
+    let net = Net::v4();
+    net.add("first"); // creates the store
+    // Files can be created in an append-only directory but not removed, so
+    // the failed ADD below cannot take back its first address.
+    let store = net.store();
+    let Some(_guard) = AppendOnly::set(&store) else {
+        eprintln!("skipped: chattr +a is not supported on {}", store.display());
+        return;
+    };
+    let out = net.run(net.call("ADD", "x").cni_args("IP=10.1.2.50,192.168.7.7"));
+    let err = out.error(112);
+    assert_eq!(
+        err["msg"], "failed to allocate all requested IPs: 192.168.7.7",
+        "the ADD's own error stays what the runtime sees"
+    );
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("rollback incomplete: 10.1.2.50 is still reserved"),
+        "{err}"
+    );
+    assert!(
+        out.stderr.contains("10.1.2.50 is still reserved"),
+        "{}",
+        out.stderr
     );
 }
 

@@ -4,13 +4,15 @@
 //! a call holds it: no renames and no truncations to zero, which on ext4
 //! start writeback of the file (its `auto_da_alloc` heuristics).
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+use nix::sys::stat::Mode;
 
 /// Overwrites `path` with `data` in place (created 0600 if missing).
 /// Readers may see a torn file if the writer dies midway: use it only for
@@ -71,6 +73,37 @@ impl Unnamed {
             Ok(()) => Ok(true),
             Err(nix::errno::Errno::EEXIST) => Ok(false),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Removes `path`; a file already gone is no error.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the file `name` in the directory `dir` into `buf` (cleared first);
+/// `false` if it does not exist. Cheaper than `fs::read` when reading a
+/// whole store: no path walk from the root, no size query.
+pub fn read_in(dir: &File, name: &OsStr, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let fd = match nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+    {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = File::from(fd);
+    buf.clear();
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! An index from attachment to addresses, so that the duplicate check on
-//! ADD and the lookups of DEL and CHECK do not read every reservation file
-//! (the reference plugin does, which costs ~0.5 s per call at 60,000
-//! reservations).
+//! ADD and the lookups of DEL and CHECK in a large store do not read every
+//! reservation file (the reference plugin does, which costs ~0.5 s per call
+//! at 60,000 reservations).
 //!
 //! It lives beside the store, in `<dataDir>/.cni-rs-index/<network>/` (a
 //! network name cannot start with a dot, so this never collides, and the
@@ -9,24 +9,20 @@
 //! files by a hash of the attachment, so a call reads and rewrites one small
 //! file.
 //!
-//! The index is a hint. It is trusted only while the store directory's
-//! identity and timestamps match the stamp written after our own last
-//! change: any other writer (the reference plugin, a person) changes them,
-//! and the index is then rebuilt from the store. Entries found are still
-//! verified against the address files before use.
+//! Whether the index may be trusted is decided by the store from the stamp
+//! (see `stamp`); entries found are still verified against the address
+//! files before use.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::overwrite;
 use crate::owner::Owner;
 
 pub const INDEX_DIR: &str = ".cni-rs-index";
-const STAMP_FILE: &str = "stamp";
 const BUCKETS: u64 = 256;
 
 /// One indexed reservation.
@@ -54,20 +50,6 @@ pub struct Index {
     dirty: BTreeSet<u8>,
 }
 
-/// Identity and change times of the store directory.
-pub fn stamp_of(store_dir: &Path) -> io::Result<String> {
-    let m = fs::metadata(store_dir)?;
-    Ok(format!(
-        "{} {} {}.{:09} {}.{:09}\n",
-        m.dev(),
-        m.ino(),
-        m.ctime(),
-        m.ctime_nsec(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
-}
-
 /// FNV-1a: stable across runs and versions, unlike std's hasher.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -81,18 +63,19 @@ fn bucket_of(container_id: &str, ifname: &str) -> u8 {
 }
 
 impl Index {
-    /// Opens the index of the store at `store_dir`; it is valid only when
-    /// its stamp matches the directory as it is now.
-    pub fn open(data_dir: &Path, name: &str, store_dir: &Path) -> io::Result<Index> {
-        let dir = data_dir.join(INDEX_DIR).join(name);
-        let current = stamp_of(store_dir)?;
-        let saved = fs::read_to_string(dir.join(STAMP_FILE)).unwrap_or_default();
-        Ok(Index {
+    /// The index in `dir` (see [`dir_of`]); `current` says whether its
+    /// stamp proved it up to date (if not, the first lookup rebuilds it).
+    pub fn open(dir: PathBuf, current: bool) -> Index {
+        Index {
             dir,
-            valid: saved == current,
+            valid: current,
             buckets: BTreeMap::new(),
             dirty: BTreeSet::new(),
-        })
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn is_valid(&self) -> bool {
@@ -163,15 +146,11 @@ impl Index {
         }
     }
 
-    /// Writes the changed buckets, then the stamp of the store as it is now
-    /// (after all of this call's changes). Nothing is stamped while invalid.
-    pub fn save(&mut self, store_dir: &Path) -> io::Result<()> {
+    /// Writes the changed buckets; `false`, writing nothing, while the index
+    /// is not a complete picture of the store (then it must not be stamped).
+    pub fn save(&mut self) -> io::Result<bool> {
         if !self.valid {
-            // Make sure a stale stamp can never vouch for this index.
-            return match fs::remove_file(self.dir.join(STAMP_FILE)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+            return Ok(false);
         }
         fs::create_dir_all(&self.dir)?;
         for b in std::mem::take(&mut self.dirty) {
@@ -192,8 +171,13 @@ impl Index {
             text.push_str(&format!("#{:016x}\n", fnv1a(text.as_bytes())));
             overwrite(&path, text.as_bytes())?;
         }
-        overwrite(&self.dir.join(STAMP_FILE), stamp_of(store_dir)?.as_bytes())
+        Ok(true)
     }
+}
+
+/// Where the index of network `name` lives.
+pub fn dir_of(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join(INDEX_DIR).join(name)
 }
 
 fn read_bucket(path: &Path) -> io::Result<Vec<Entry>> {

@@ -9,7 +9,9 @@ pub mod fsutil;
 pub mod index;
 pub mod ip;
 pub mod owner;
+pub mod pending;
 pub mod range;
+pub mod stamp;
 pub mod store;
 
 use std::net::IpAddr;
@@ -110,12 +112,23 @@ impl Plugin for HostLocal {
             )));
         }
         if let Err(e) = outcome {
-            // Nothing of a failed ADD stays reserved.
+            // Nothing of a failed ADD stays reserved; what could not be
+            // undone is named for the operator, under the ADD's own error.
+            let mut left = Vec::new();
             for ipc in &result.ips {
-                let _ = store.release(ipc.address.ip(), &owner);
+                let ip = ipc.address.ip();
+                if let Err(err) = store.release(ip, &owner) {
+                    left.push(format!(
+                        "{ip} is still reserved in {}: {err}",
+                        store.dir().display()
+                    ));
+                }
             }
-            let _ = store.commit();
-            return Err(e);
+            let dir = store.dir().display().to_string();
+            if let Err(err) = store.commit() {
+                left.push(format!("failed to save the address store {dir}: {err}"));
+            }
+            return Err(e.rollback_incomplete("host-local", &left));
         }
         commit(store)?;
         Ok(result)
