@@ -170,7 +170,9 @@ pub fn write(cache_dir: &Path, entry: &Entry) -> Result<PathBuf, Failure> {
         std::fs::rename(&tmp, &file)
     })();
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+        // The write's error is the one to report; a temporary file left
+        // behind is overwritten by the next write of this entry.
+        std::fs::remove_file(&tmp).ok();
         return Err(fail(&format!("write {}", file.display()), e));
     }
     Ok(file)

@@ -342,7 +342,7 @@ pub fn del(
     // plugins get no prevResult (libcni does the same).
     let cached = cache::read(&file).unwrap_or_else(|f| {
         note(format_args!("ignoring the cached result: {f}"));
-        let _ = cache::remove(&file);
+        drop_unusable(&file);
         None
     });
     let att = att.or_cached(cached.as_ref());
@@ -361,7 +361,7 @@ pub fn del(
                     "ignoring the cached result in {}: {f}",
                     file.display()
                 ));
-                let _ = cache::remove(&file);
+                drop_unusable(&file);
             }
         }
     }
@@ -465,4 +465,12 @@ pub fn status(rt: &Runtime, list: &NetworkList, version: Version) -> Result<(), 
             .map_err(|f| f.context(format!("plugin {} failed (status)", plugin.describe())))?;
     }
     Ok(())
+}
+
+/// Removes a cache entry that cannot be used; a failure is noted (the entry
+/// is then dropped by the DEL's own removal, or stays for a person to see).
+fn drop_unusable(file: &Path) {
+    if let Err(f) = cache::remove(file) {
+        note(format_args!("cannot remove {}: {f}", file.display()));
+    }
 }
