@@ -191,6 +191,9 @@ fn on_coarse_clock_fs<T: Send>(f: impl FnOnce(&Path) -> T + Send) -> T {
     let image = scratch.path().join("fs.img");
     let mnt = scratch.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    // Found before the mount namespace: inside it, under a chroot, the test
+    // binary's own path reads as one outside the chroot.
+    conformance::bins::bin_dir();
     let outcome = std::thread::scope(|s| {
         s.spawn(|| {
             // unshare(CLONE_NEWNS) applies to this thread (and what it
