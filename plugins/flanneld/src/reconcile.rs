@@ -293,7 +293,13 @@ impl State {
         let networks = self.networks();
         let ext = self.ext.index;
         for v4 in [true, false] {
-            let current = match self.nl.routes(v4) {
+            // The kernel sends the main table only (the agent writes
+            // nowhere else), not the local table and the others as well.
+            let main = netkit::route::RouteFilter {
+                table: Some(routes::MAIN_TABLE),
+                ..Default::default()
+            };
+            let current = match self.nl.routes_filtered(v4, &main) {
                 Ok(r) => r,
                 Err(e) => {
                     self.failed(format!("cannot list routes: {e}"));

@@ -28,6 +28,42 @@ pub struct Link {
     pub vlan_filtering: Option<bool>,
     pub hairpin: Option<bool>,
     pub isolated: Option<bool>,
+    /// For a vxlan device: its settings.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// A vxlan device's settings as the kernel reports them (what an agent
+/// compares with its config to tell whether the device must be remade).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub underlay: Option<u32>,
+    pub local: Option<std::net::IpAddr>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+    pub gbp: bool,
+    pub group: Option<std::net::IpAddr>,
+}
+
+impl VxlanInfo {
+    fn from_opts(opts: Vec<InfoVxlan>) -> VxlanInfo {
+        let mut v = VxlanInfo::default();
+        for o in opts {
+            match o {
+                InfoVxlan::Id(id) => v.vni = Some(id),
+                InfoVxlan::Link(l) => v.underlay = Some(l),
+                InfoVxlan::Local(a) => v.local = Some(a.into()),
+                InfoVxlan::Local6(a) => v.local = Some(a.into()),
+                InfoVxlan::Group(a) => v.group = Some(a.into()),
+                InfoVxlan::Group6(a) => v.group = Some(a.into()),
+                InfoVxlan::Port(p) => v.port = Some(p),
+                InfoVxlan::Learning(l) => v.learning = Some(l),
+                InfoVxlan::Gbp => v.gbp = true,
+                _ => {}
+            }
+        }
+        v
+    }
 }
 
 impl Link {
@@ -44,6 +80,7 @@ impl Link {
             vlan_filtering: None,
             hairpin: None,
             isolated: None,
+            vxlan: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -62,6 +99,9 @@ impl Link {
                                         link.vlan_filtering = Some(v);
                                     }
                                 }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(opts)) => {
+                                link.vxlan = Some(VxlanInfo::from_opts(opts));
                             }
                             LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
                                 for o in opts {
@@ -138,6 +178,55 @@ pub struct VxlanSpec<'a> {
     pub mtu: u32,
     pub mac: [u8; 6],
 }
+
+impl VxlanSpec<'_> {
+    /// What differs between `have` and this spec in a way only a new
+    /// device fixes, e.g. `dstport 8472 (want 4789)`; empty when the
+    /// device can stay. The MTU is not in it: it changes in place.
+    pub fn differences(&self, have: &Link) -> Vec<String> {
+        let Some(v) = &have.vxlan else {
+            return vec!["not a vxlan device".to_string()];
+        };
+        let mut out = Vec::new();
+        let mut check = |what: &str, have: Option<String>, want: String| {
+            if have.as_deref() != Some(want.as_str()) {
+                let shown = have.unwrap_or_else(|| "none".into());
+                out.push(format!("{what} {shown} (want {want})"));
+            }
+        };
+        check("id", v.vni.map(|n| n.to_string()), self.vni.to_string());
+        let port = if self.port == 0 {
+            VXLAN_KERNEL_PORT
+        } else {
+            self.port
+        };
+        check("dstport", v.port.map(|p| p.to_string()), port.to_string());
+        check(
+            "local",
+            v.local.map(|a| a.to_string()),
+            self.local.to_string(),
+        );
+        check(
+            "underlay ifindex",
+            v.underlay.map(|i| i.to_string()),
+            self.underlay.to_string(),
+        );
+        check("mac", Some(format_mac(&have.mac)), format_mac(&self.mac));
+        if v.learning != Some(false) {
+            out.push("learning on (want off)".into());
+        }
+        if v.gbp {
+            out.push("gbp on (want off)".into());
+        }
+        if let Some(g) = v.group {
+            out.push(format!("group {g} (want none)"));
+        }
+        out
+    }
+}
+
+/// The kernel's vxlan port when none is given (not IANA's 4789, for history).
+pub const VXLAN_KERNEL_PORT: u16 = 8472;
 
 /// How a veth pair is made: the host end here, the peer in another namespace.
 #[derive(Debug, Clone)]
@@ -350,5 +439,88 @@ mod tests {
             format_mac(&[0x0a, 0x58, 0, 1, 0, 0x2a]),
             "0a:58:00:01:00:2a"
         );
+    }
+
+    fn spec() -> VxlanSpec<'static> {
+        VxlanSpec {
+            name: "flannel.7",
+            vni: 7,
+            underlay: 2,
+            local: "192.168.77.10".parse().unwrap(),
+            port: 0,
+            mtu: 1450,
+            mac: [2, 0, 0, 0, 0, 1],
+        }
+    }
+
+    /// The device `spec` makes, as a dump reports it.
+    fn made_by(w: &VxlanSpec<'_>) -> Link {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 9;
+        let mut link = Link::from_message(msg);
+        link.mac = w.mac.to_vec();
+        link.mtu = w.mtu;
+        link.kind = Some(InfoKind::Vxlan);
+        link.vxlan = Some(VxlanInfo {
+            vni: Some(w.vni),
+            underlay: Some(w.underlay),
+            local: Some(w.local),
+            port: Some(if w.port == 0 {
+                VXLAN_KERNEL_PORT
+            } else {
+                w.port
+            }),
+            learning: Some(false),
+            gbp: false,
+            group: None,
+        });
+        link
+    }
+
+    #[test]
+    fn a_matching_vxlan_device_stays_whatever_its_mtu() {
+        let w = spec();
+        let mut d = made_by(&w);
+        assert!(w.differences(&d).is_empty());
+        d.mtu = 1350;
+        assert!(w.differences(&d).is_empty(), "the MTU changes in place");
+    }
+
+    #[test]
+    fn every_vxlan_attribute_counts() {
+        let w = spec();
+        let d = made_by(&w);
+        let port = VxlanSpec {
+            port: 4789,
+            ..w.clone()
+        };
+        assert_eq!(port.differences(&d), ["dstport 8472 (want 4789)"]);
+        let local = VxlanSpec {
+            local: "192.168.77.110".parse().unwrap(),
+            ..w.clone()
+        };
+        assert_eq!(
+            local.differences(&d),
+            ["local 192.168.77.10 (want 192.168.77.110)"]
+        );
+        let mut others = d.clone();
+        others.mac = vec![2, 0, 0, 0, 0, 2];
+        others.vxlan = Some(VxlanInfo {
+            vni: Some(8),
+            underlay: Some(3),
+            learning: Some(true),
+            gbp: true,
+            group: Some("239.1.1.1".parse().unwrap()),
+            ..d.vxlan.clone().unwrap()
+        });
+        assert_eq!(
+            w.differences(&others).len(),
+            6,
+            "{:?}",
+            w.differences(&others)
+        );
+        let mut bridge = d;
+        bridge.vxlan = None;
+        assert_eq!(w.differences(&bridge), ["not a vxlan device"]);
     }
 }

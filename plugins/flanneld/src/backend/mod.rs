@@ -3,4 +3,3 @@
 pub mod hostgw;
 pub mod udp;
 pub mod vxlan;
-pub mod vxlan_device;

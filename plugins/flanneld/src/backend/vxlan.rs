@@ -13,7 +13,6 @@ use netkit::neigh::Entry;
 use netkit::route::Route;
 use serde_json::{Value, json};
 
-use super::vxlan_device::{self, Want};
 use crate::iface::ExtIface;
 use crate::lease::Lease;
 use crate::routes;
@@ -75,18 +74,6 @@ pub struct Vxlan {
 }
 
 impl Vxlan {
-    /// What the device should be on `ext`.
-    pub fn want(&self, ext: &ExtIface) -> Want {
-        Want {
-            vni: self.vni,
-            underlay: ext.index,
-            local: self.local,
-            port: self.port,
-            mtu: self.mtu,
-            mac: self.mac,
-        }
-    }
-
     /// Makes sure the device exists as configured, up, with our addresses;
     /// recreates it when it is gone or differs in anything but its MTU
     /// (changed in place). A new device has no peers: the resync that
@@ -94,11 +81,21 @@ impl Vxlan {
     pub fn ensure_device(&self, nl: &mut Netlink, ext: &ExtIface) -> Result<u32, String> {
         let name = device_name(self.vni);
         let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
-        let want = self.want(ext);
-        let existing = vxlan_device::read(nl, &name).map_err(|e| err("cannot look up", e))?;
+        let spec = VxlanSpec {
+            name: &name,
+            vni: self.vni,
+            underlay: ext.index,
+            local: self.local,
+            port: self.port,
+            mtu: self.mtu,
+            mac: self.mac,
+        };
+        let existing = nl
+            .link_by_name(&name)
+            .map_err(|e| err("cannot look up", e))?;
         let kept = match existing {
             Some(d) => {
-                let diff = vxlan_device::differences(&d, &want);
+                let diff = spec.differences(&d);
                 if diff.is_empty() {
                     Some(d)
                 } else {
@@ -113,17 +110,8 @@ impl Vxlan {
         let dev = match kept {
             Some(d) => d,
             None => {
-                let spec = VxlanSpec {
-                    name: &name,
-                    vni: self.vni,
-                    underlay: ext.index,
-                    local: self.local,
-                    port: self.port,
-                    mtu: self.mtu,
-                    mac: self.mac,
-                };
                 nl.add_vxlan(&spec).map_err(|e| err("cannot create", e))?;
-                vxlan_device::read(nl, &name)
+                nl.link_by_name(&name)
                     .map_err(|e| err("cannot look up", e))?
                     .ok_or_else(|| format!("{name} vanished right after it was made"))?
             }
@@ -148,7 +136,7 @@ impl Vxlan {
                 }
             }
         }
-        if !dev.up {
+        if !dev.is_up() {
             nl.set_up(dev.index)
                 .map_err(|e| err("cannot bring up", e))?;
         }
