@@ -72,46 +72,43 @@ impl Cache {
         Ok(())
     }
 
-    /// Container IDs with a temporary file: saves that never finished.
-    pub fn unfinished(&self) -> io::Result<Vec<String>> {
+    /// The regular files in the cache directory (none when it is not
+    /// there yet).
+    fn files(&self) -> io::Result<Vec<String>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut ids = Vec::new();
+        let mut names = Vec::new();
         for entry in entries {
             let entry = entry?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix('.'))
-                .and_then(|n| n.strip_suffix(".tmp"))
+            if let Some(name) = entry.file_name().to_str()
+                && entry.file_type().is_ok_and(|t| t.is_file())
             {
-                ids.push(id.to_string());
+                names.push(name.to_string());
             }
         }
-        Ok(ids)
+        names.sort();
+        Ok(names)
+    }
+
+    /// Container IDs with a temporary file: saves that never finished.
+    pub fn unfinished(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .files()?
+            .iter()
+            .filter_map(|n| n.strip_prefix('.')?.strip_suffix(".tmp"))
+            .map(str::to_string)
+            .collect())
     }
 
     /// Every saved container ID (our temporary files start with a dot).
     pub fn list(&self) -> io::Result<Vec<String>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            if let Some(name) = entry.file_name().to_str()
-                && !name.starts_with('.')
-                && entry.file_type().is_ok_and(|t| t.is_file())
-            {
-                ids.push(name.to_string());
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        Ok(self
+            .files()?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect())
     }
 }
