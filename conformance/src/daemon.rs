@@ -71,6 +71,28 @@ impl Drop for Daemon {
     }
 }
 
+/// flanneld as the tests run it: on the embedded store in `store`, the
+/// simulated host's `eth0`, writing `subnet_file`, then `extra` flags;
+/// its stderr in `log`. Does not wait for it.
+pub fn start_flanneld(
+    ns: &TestNetns,
+    store: &Path,
+    subnet_file: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> Daemon {
+    let mut args: Vec<String> = vec![
+        "--store-dir".into(),
+        store.display().to_string(),
+        "--iface".into(),
+        "eth0".into(),
+        "--subnet-file".into(),
+        subnet_file.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Daemon::start(&crate::plugin_binary("flanneld"), &args, ns, log)
+}
+
 /// Polls `cond` until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

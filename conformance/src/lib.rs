@@ -16,7 +16,7 @@ pub mod node;
 pub mod runner;
 
 pub use bins::plugin_binary;
-pub use daemon::{Daemon, wait_for};
+pub use daemon::{Daemon, start_flanneld, wait_for};
 pub use netns::{TestHost, TestNetns, require_root};
 pub use node::PluginNode;
 pub use runner::{Invocation, PluginOutput};

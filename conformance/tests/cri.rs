@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use conformance::bins::bin_dir;
 use conformance::cri::Containerd;
 use conformance::cri::wire::PodSandboxState;
-use conformance::{Daemon, TempDir, TestNetns, Underlay, plugin_binary, require_root, wait_for};
+use conformance::{Daemon, TempDir, TestNetns, Underlay, require_root, start_flanneld, wait_for};
 
 /// The reference plugins an operator has next to ours: the CRI runs
 /// `loopback` for every sandbox, and the conflist chains `portmap`.
@@ -87,21 +87,11 @@ impl Cluster {
             // flannel reads /run/flannel/subnet.env: the runtime's /run.
             let env = runtime.run_dir().join("flannel/subnet.env");
             std::fs::create_dir_all(env.parent().unwrap()).unwrap();
-            let args: Vec<String> = [
-                "--store-dir",
-                store.path().to_str().unwrap(),
-                "--iface",
-                "eth0",
-                "--subnet-file",
-                env.to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let agent = Daemon::start(
-                &plugin_binary("flanneld"),
-                &args,
+            let agent = start_flanneld(
                 &ns,
+                store.path(),
+                &env,
+                &[],
                 &runtime.run_dir().join("flanneld.log"),
             );
             assert!(

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conformance::util::addresses;
-use conformance::{Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
+use conformance::{
+    Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, start_flanneld, wait_for,
+};
 use serde_json::{Value, json};
 
 /// `ip route` shows our routes as `proto 102` (the agent's own number).
@@ -80,25 +82,8 @@ impl Lab {
         let store = self.store();
         let host = &mut self.hosts[h];
         let env = host.dir.join("subnet.env");
-        let mut args: Vec<String> = [
-            "--store-dir",
-            store.to_str().unwrap(),
-            "--iface",
-            "eth0",
-            "--subnet-file",
-            env.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
         let log = host.dir.join("flanneld.log");
-        host.agent = Some(Daemon::start(
-            &plugin_binary("flanneld"),
-            &args,
-            &host.ns,
-            &log,
-        ));
+        host.agent = Some(start_flanneld(&host.ns, &store, &env, extra, &log));
     }
 
     /// Starts host `h`'s agent and waits for its subnet.env.
