@@ -35,3 +35,18 @@ pub fn plugin_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Debian's Go host-local, for the interop tests.
+pub const GO_HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+
+/// Whether the Go host-local is there; fails the test when it is not,
+/// unless `CNI_RS_ALLOW_NO_GO` asks to skip the interop tests.
+pub fn go_host_local_available() -> bool {
+    let ok = std::path::Path::new(GO_HOST_LOCAL).is_file();
+    assert!(
+        ok || std::env::var_os("CNI_RS_ALLOW_NO_GO").is_some(),
+        "the Go reference plugin {GO_HOST_LOCAL} is missing: apt-get install containernetworking-plugins \
+         (scripts/test.sh does), or set CNI_RS_ALLOW_NO_GO=1 to skip the interop tests"
+    );
+    ok
+}

@@ -7,10 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use conformance::bins::{GO_HOST_LOCAL, go_host_local_available as go_available};
 use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
 use serde_json::{Value, json};
-
-const GO_HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
 /// One network's store in a scratch dataDir, and a host namespace to run in.
 struct Net {
@@ -125,16 +124,6 @@ fn addresses(result: &Value) -> Vec<String> {
         .iter()
         .map(|ip| ip["address"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn go_available() -> bool {
-    let ok = Path::new(GO_HOST_LOCAL).is_file();
-    assert!(
-        ok || std::env::var_os("CNI_RS_ALLOW_NO_GO").is_some(),
-        "the Go reference plugin {GO_HOST_LOCAL} is missing: apt-get install containernetworking-plugins \
-         (scripts/test.sh does), or set CNI_RS_ALLOW_NO_GO=1 to skip the interop tests"
-    );
-    ok
 }
 
 #[test]

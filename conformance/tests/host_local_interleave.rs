@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use conformance::bins::GO_HOST_LOCAL;
+use conformance::util::addresses;
 use conformance::{Invocation, PluginOutput, TempDir, TestHost, plugin_binary};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const GO_HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 const NET: &str = "hlnet";
 /// Enough address files to put the store well past the size up to which
 /// ours reads it whole, so that lookups go through the index.
@@ -146,28 +147,6 @@ impl<'a> Store<'a> {
 
 /// Attachment -> the addresses its ADD returned.
 type Model = BTreeMap<(String, String), Vec<String>>;
-
-fn addresses(result: &Value) -> Vec<String> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            let cidr = ip["address"].as_str().unwrap();
-            cidr.split('/').next().unwrap().to_string()
-        })
-        .collect()
-}
-
-fn go_available() -> bool {
-    let ok = Path::new(GO_HOST_LOCAL).is_file();
-    assert!(
-        ok || std::env::var_os("CNI_RS_ALLOW_NO_GO").is_some(),
-        "the Go reference plugin {GO_HOST_LOCAL} is missing: apt-get install containernetworking-plugins \
-         (scripts/test.sh does), or set CNI_RS_ALLOW_NO_GO=1 to skip the interop tests"
-    );
-    ok
-}
 
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -368,7 +347,7 @@ fn interleaved_calls_keep_the_store_exact(host: &TestHost, data: &Path, large: b
 
 #[test]
 fn our_del_releases_what_go_added_in_our_tick_small_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| our_del_releases_a_foreign_add_in_our_tick(&host, data, false));
     }
@@ -376,7 +355,7 @@ fn our_del_releases_what_go_added_in_our_tick_small_store() {
 
 #[test]
 fn our_del_releases_what_go_added_in_our_tick_large_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| our_del_releases_a_foreign_add_in_our_tick(&host, data, true));
     }
@@ -384,7 +363,7 @@ fn our_del_releases_what_go_added_in_our_tick_large_store() {
 
 #[test]
 fn our_add_refuses_what_go_added_in_our_tick_small_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| our_add_refuses_a_foreign_add_in_our_tick(&host, data, false));
     }
@@ -392,7 +371,7 @@ fn our_add_refuses_what_go_added_in_our_tick_small_store() {
 
 #[test]
 fn our_add_refuses_what_go_added_in_our_tick_large_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| our_add_refuses_a_foreign_add_in_our_tick(&host, data, true));
     }
@@ -400,7 +379,7 @@ fn our_add_refuses_what_go_added_in_our_tick_large_store() {
 
 #[test]
 fn interleaved_with_go_on_a_coarse_clock_small_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| interleaved_calls_keep_the_store_exact(&host, data, false));
     }
@@ -408,7 +387,7 @@ fn interleaved_with_go_on_a_coarse_clock_small_store() {
 
 #[test]
 fn interleaved_with_go_on_a_coarse_clock_large_store() {
-    if go_available() {
+    if conformance::bins::go_host_local_available() {
         let host = TestHost::new(0);
         on_coarse_clock_fs(|data| interleaved_calls_keep_the_store_exact(&host, data, true));
     }
@@ -416,7 +395,7 @@ fn interleaved_with_go_on_a_coarse_clock_large_store() {
 
 #[test]
 fn interleaved_with_go_on_the_temp_filesystem() {
-    if !go_available() {
+    if !conformance::bins::go_host_local_available() {
         return;
     }
     let host = TestHost::new(0);
