@@ -428,13 +428,7 @@ mod tests {
     /// Runs `f` in a network namespace private to the test (made on a
     /// throwaway thread, held by fd; never the machine's own).
     fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("this test needs root (CAP_SYS_ADMIN)");
-            netkit::NetNs::current().unwrap()
-        })
-        .join()
-        .unwrap();
+        let ns = netkit::NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)");
         ns.run(f).unwrap()
     }
 

@@ -21,6 +21,11 @@ pub enum NetnsError {
     },
     #[error("{path} is not a network namespace (not an nsfs file)")]
     NotNetns { path: PathBuf },
+    #[error("failed to create a network namespace: {source}")]
+    Create {
+        #[source]
+        source: nix::Error,
+    },
     #[error("failed to enter network namespace {path}: {source}")]
     Enter {
         path: PathBuf,
@@ -61,6 +66,22 @@ impl NetNs {
             return Err(NetnsError::NotNetns { path });
         }
         Ok(NetNs { file, path })
+    }
+
+    /// A new, empty network namespace, made on a throwaway thread and held
+    /// only by this handle: it goes away with its last handle (and what
+    /// is in it). No thread of the caller's changes namespace.
+    pub fn create() -> Result<Self, NetnsError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                        .map_err(|source| NetnsError::Create { source })?;
+                    Self::current()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// The namespace of the calling thread.
@@ -110,22 +131,17 @@ impl NetNs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sched::unshare;
     use std::os::unix::fs::MetadataExt;
 
     fn ns_inode() -> u64 {
         std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
     }
 
-    /// A namespace private to this test: made on a throwaway thread, held by fd.
+    /// A namespace private to this test, and its inode.
     fn private_netns() -> (NetNs, u64) {
-        std::thread::spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET)
-                .expect("this test needs root (CAP_SYS_ADMIN) to create a network namespace");
-            (NetNs::current().unwrap(), ns_inode())
-        })
-        .join()
-        .unwrap()
+        let ns = NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)");
+        let inode = ns.run(ns_inode).unwrap();
+        (ns, inode)
     }
 
     #[test]

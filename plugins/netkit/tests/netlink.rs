@@ -12,15 +12,9 @@ use netkit::{NetNs, Netlink};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use nix::sched::{CloneFlags, unshare};
 
 fn private_netns() -> NetNs {
-    std::thread::spawn(|| {
-        unshare(CloneFlags::CLONE_NEWNET).expect("this test needs root (CAP_SYS_ADMIN)");
-        NetNs::current().unwrap()
-    })
-    .join()
-    .unwrap()
+    NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)")
 }
 
 fn ip(s: &str) -> IpAddr {

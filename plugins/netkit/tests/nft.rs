@@ -9,7 +9,6 @@ use netkit::nft::{
     Table, Verdict,
 };
 use nix::libc;
-use nix::sched::{CloneFlags, unshare};
 
 const T: Table<'static> = Table {
     family: Family::Inet,
@@ -18,12 +17,7 @@ const T: Table<'static> = Table {
 
 /// A socket in a fresh private namespace (kept alive by the NetNs).
 fn private_nft() -> (NetNs, Nft) {
-    let ns = std::thread::spawn(|| {
-        unshare(CloneFlags::CLONE_NEWNET).expect("this test needs root (CAP_SYS_ADMIN)");
-        NetNs::current().unwrap()
-    })
-    .join()
-    .unwrap();
+    let ns = NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)");
     let nft = ns.run(Nft::new).unwrap().unwrap();
     (ns, nft)
 }

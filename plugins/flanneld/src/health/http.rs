@@ -230,13 +230,7 @@ mod tests {
     /// connections do not delay an answer, and an oversized head is refused.
     #[test]
     fn idle_clients_do_not_block_a_probe() {
-        let ns = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("this test needs root (CAP_SYS_ADMIN)");
-            netkit::NetNs::current().unwrap()
-        })
-        .join()
-        .unwrap();
+        let ns = netkit::NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)");
         ns.run(|| {
             std::process::Command::new("ip")
                 .args(["link", "set", "lo", "up"])
