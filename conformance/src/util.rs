@@ -70,3 +70,11 @@ pub fn addresses(result: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Writes an executable file (a stand-in plugin, usually a shell script).
+pub fn script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("cannot make {} executable: {e}", path.display()));
+}

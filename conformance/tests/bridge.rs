@@ -463,7 +463,7 @@ fn a_rollback_that_cannot_undo_everything_says_what_is_left() {
     // an unreachable gateway) and whose DEL then fails.
     let fake = conformance::TempDir::new("fakeipam");
     let script = fake.path().join("stuck-ipam");
-    std::fs::write(
+    conformance::util::script(
         &script,
         r#"#!/bin/sh
 case "$CNI_COMMAND" in
@@ -471,9 +471,7 @@ ADD) echo '{"cniVersion":"1.1.0","ips":[{"address":"10.66.0.5/24","gateway":"10.
 DEL) echo '{"cniVersion":"1.1.0","code":11,"msg":"store is locked"}'; exit 1 ;;
 esac
 "#,
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut conf = node.conf("1.1.0", json!([]), json!({}));
     conf["ipam"] = json!({"type": "stuck-ipam"});
     let path = format!(

@@ -192,8 +192,7 @@ impl Node {
 
     fn script(&self, name: &str, body: &str) {
         let path = self.fakes().join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        conformance::util::script(&path, &format!("#!/bin/sh\n{body}"));
     }
 
     /// Shell lines that log one call: stdin, the `CNI_*` environment, and

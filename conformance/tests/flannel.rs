@@ -151,12 +151,10 @@ fn the_upstream_example_delegate_config() {
     );
     let fake = TempDir::new("fakebridge");
     let script = fake.path().join("bridge");
-    std::fs::write(
+    conformance::util::script(
         &script,
         "#!/bin/sh\ncat > \"$(dirname \"$0\")/stdin\"\necho '{\"cniVersion\":\"0.1.0\",\"ip4\":{\"ip\":\"10.1.17.2/24\"}}'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     node.run(
         node.call("ADD", 0, &conf)
             .env("CNI_PATH", &fake.path().display().to_string()),
@@ -320,12 +318,10 @@ fn a_delegate_that_cannot_undo_its_add_is_reported_and_its_config_kept() {
     // A delegate whose ADD fails and whose DEL fails too.
     let fake = conformance::TempDir::new("stuckdelegate");
     let script = fake.path().join("stuck-bridge");
-    std::fs::write(
+    conformance::util::script(
         &script,
         "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"busy\"}'\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut conf = node.conf("1.0.0");
     conf["delegate"] = json!({"type": "stuck-bridge"});
     let path = format!(

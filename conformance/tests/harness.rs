@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use conformance::{Invocation, TestHost, TestNetns};
@@ -66,12 +66,10 @@ fn a_plugin_runs_inside_the_host_namespace_with_only_the_cni_environment() {
     std::fs::create_dir_all(&dir).unwrap();
     let fake = dir.join("report-plugin");
     // A stand-in plugin that reports where it runs and what it was given.
-    std::fs::write(
+    conformance::util::script(
         &fake,
         "#!/bin/sh\nstat -L -c %i /proc/self/ns/net\nenv | grep -c '^CNI_'\ncat\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let out = Invocation::new("ADD")
         .netns(&host.host)
         .stdin("hello")
