@@ -121,6 +121,13 @@ fn route_message(route: &Route) -> RouteMessage {
     msg
 }
 
+/// The request that deletes `route` (any scope matches).
+fn delete_message(route: &Route) -> RouteNetlinkMessage {
+    let mut msg = route_message(route);
+    msg.header.scope = RouteScope::NoWhere;
+    RouteNetlinkMessage::DelRoute(msg)
+}
+
 impl Netlink {
     pub fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         self.request(
@@ -140,10 +147,7 @@ impl Netlink {
     }
 
     pub fn del_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        let mut msg = route_message(route);
-        msg.header.scope = RouteScope::NoWhere;
-        self.request(RouteNetlinkMessage::DelRoute(msg), 0)
-            .map(drop)
+        self.request(delete_message(route), 0).map(drop)
     }
 
     /// Adds many routes in few round trips: each one's result, in order.
@@ -152,20 +156,12 @@ impl Netlink {
         &mut self,
         routes: &[Route],
     ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        let reqs = routes
-            .iter()
-            .map(|r| {
-                (
-                    RouteNetlinkMessage::NewRoute(route_message(r)),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )
-            })
-            .collect();
-        Ok(self
-            .request_all(reqs)?
-            .into_iter()
-            .map(|r| r.map(drop))
-            .collect())
+        self.route_batch(routes, |r| {
+            (
+                RouteNetlinkMessage::NewRoute(route_message(r)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+        })
     }
 
     /// Deletes many routes in few round trips, like [`Netlink::add_routes`].
@@ -173,14 +169,15 @@ impl Netlink {
         &mut self,
         routes: &[Route],
     ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        let reqs = routes
-            .iter()
-            .map(|r| {
-                let mut msg = route_message(r);
-                msg.header.scope = RouteScope::NoWhere;
-                (RouteNetlinkMessage::DelRoute(msg), 0)
-            })
-            .collect();
+        self.route_batch(routes, |r| (delete_message(r), 0))
+    }
+
+    fn route_batch(
+        &mut self,
+        routes: &[Route],
+        request: impl Fn(&Route) -> (RouteNetlinkMessage, u16),
+    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
+        let reqs = routes.iter().map(request).collect();
         Ok(self
             .request_all(reqs)?
             .into_iter()
