@@ -170,13 +170,17 @@ impl State {
                 .map(|net| udp::cluster_route(net, u.tun_index))
                 .into_iter()
                 .collect();
-            let poisoned = match u.peers.write() {
-                Ok(mut t) => {
-                    *t = entries;
-                    false
-                }
-                Err(_) => true,
-            };
+            // Written only when it changed: the forwarding threads read it
+            // for every packet, and a write makes them wait.
+            let unchanged = u.peers.read().is_ok_and(|t| *t == entries);
+            let poisoned = !unchanged
+                && match u.peers.write() {
+                    Ok(mut t) => {
+                        *t = entries;
+                        false
+                    }
+                    Err(_) => true,
+                };
             // Only a forwarding thread that panicked poisons it.
             if poisoned {
                 self.failed("udp: the peer table is poisoned".into());
