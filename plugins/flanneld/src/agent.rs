@@ -294,9 +294,6 @@ impl State {
         let end = Instant::now() + d;
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(50));
-            if self.store.changed() {
-                return;
-            }
         }
     }
 

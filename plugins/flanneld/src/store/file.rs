@@ -114,14 +114,8 @@ impl FileStore {
 }
 
 impl Store for FileStore {
-    fn changed(&mut self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let now = fs::metadata(self.dir.join("subnets"))
-            .ok()
-            .map(|m| (m.ctime(), m.ctime_nsec()));
-        let changed = now != self.seen;
-        self.seen = now;
-        changed
+    fn feed(&mut self, _sink: super::Sink, _relist: Duration) -> Result<(), StoreError> {
+        Err(StoreError::Invalid("the embedded store's feed is not written yet".into()))
     }
 
     fn network_config(&mut self) -> Result<String, StoreError> {

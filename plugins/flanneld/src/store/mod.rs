@@ -38,6 +38,34 @@ impl Unreadable {
     }
 }
 
+/// What a store's feed reports, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    /// Every live lease and the config at one moment: first thing after
+    /// `feed`, and again whenever the feed lost track (a broken or
+    /// compacted watch, a store that restarted) and on the feed's slow
+    /// safety tick. A lease missing from a listing is no proof that it is
+    /// gone (the store may have come back empty): the agent waits a grace
+    /// period before it removes it.
+    Listed {
+        leases: Vec<Lease>,
+        /// `None`: there is no config (or it cannot be read).
+        config: Option<String>,
+    },
+    /// A lease was created or rewritten.
+    Put(Lease),
+    /// A lease was deleted or expired: proof that it is gone.
+    Gone(SubnetKey),
+    /// The network config was written (`None`: deleted).
+    Config(Option<String>),
+    /// The feed cannot reach the store (it keeps trying, then lists again).
+    Trouble(String),
+}
+
+/// Receives a feed's events; `false` when the receiver went away, which
+/// ends the feed.
+pub type Sink = Box<dyn FnMut(StoreEvent) -> bool + Send>;
+
 pub trait Store: std::fmt::Debug {
     /// The network config JSON.
     fn network_config(&mut self) -> Result<String, StoreError>;
@@ -58,10 +86,10 @@ pub trait Store: std::fmt::Debug {
         ttl: Option<Duration>,
     ) -> Result<(), StoreError>;
     fn delete(&mut self, key: &SubnetKey) -> Result<(), StoreError>;
-    /// A cheap hint that leases may have changed since the last call, so
-    /// the agent can resync at once instead of at the next tick. Stores
-    /// without one answer `false` and rely on the tick.
-    fn changed(&mut self) -> bool {
-        false
-    }
+    /// Starts a thread that reports the store's changes to `sink`: a
+    /// `Listed` first, then each change as it happens (etcd: a watch; the
+    /// embedded store: inotify, plus expiry of leases as it comes due),
+    /// a `Listed` again after trouble, and one every `relist` (with
+    /// jitter) as a safety net.
+    fn feed(&mut self, sink: Sink, relist: Duration) -> Result<(), StoreError>;
 }
