@@ -106,41 +106,44 @@ impl Netlink {
             other => other?,
         };
         Ok(msgs
-            .into_iter()
+            .iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => {
-                    let addr = a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Local(ip) => Some(*ip),
-                        _ => None,
-                    });
-                    let addr = addr.or_else(|| {
-                        a.attributes.iter().find_map(|attr| match attr {
-                            AddressAttribute::Address(ip) => Some(*ip),
-                            _ => None,
-                        })
-                    })?;
-                    let flags = a
-                        .attributes
-                        .iter()
-                        .find_map(|attr| match attr {
-                            AddressAttribute::Flags(f) => Some(*f),
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| {
-                            AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
-                        });
-                    Some(LinkAddress {
-                        index: a.header.index,
-                        addr,
-                        prefix: a.header.prefix_len,
-                        scope: a.header.scope,
-                        tentative: flags.contains(AddressFlags::Tentative),
-                        dad_failed: flags.contains(AddressFlags::Dadfailed),
-                    })
-                }
+                RouteNetlinkMessage::NewAddress(a) => parse(a),
                 _ => None,
             })
             .filter(|a| index.is_none_or(|i| i == a.index))
             .collect())
     }
+}
+
+/// An address, dumped or notified, as a [`LinkAddress`]: the local one
+/// where a point-to-point link has a peer address too.
+pub(crate) fn parse(a: &AddressMessage) -> Option<LinkAddress> {
+    let local = a.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = local.or_else(|| {
+        a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    // IFA_FLAGS holds all 32 bits; the header's byte only the first 8.
+    let flags = a
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
+        })
+        .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(a.header.flags.bits())));
+    Some(LinkAddress {
+        index: a.header.index,
+        addr,
+        prefix: a.header.prefix_len,
+        scope: a.header.scope,
+        tentative: flags.contains(AddressFlags::Tentative),
+        dad_failed: flags.contains(AddressFlags::Dadfailed),
+    })
 }

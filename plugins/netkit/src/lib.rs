@@ -5,6 +5,7 @@
 //! kernel's reason, interrupted dumps, buffer sizing.
 
 pub mod addr;
+pub mod batch;
 pub mod link;
 pub mod neigh;
 pub mod netlink;
@@ -14,5 +15,6 @@ mod nlsock;
 pub mod route;
 pub mod sysctl;
 
+pub use batch::Op;
 pub use netlink::{KernelError, Netlink, NetlinkError};
 pub use netns::{NetNs, NetnsError};

@@ -67,7 +67,8 @@ impl VxlanInfo {
 }
 
 impl Link {
-    fn from_message(msg: LinkMessage) -> Link {
+    /// A link, dumped or notified, as a [`Link`].
+    pub(crate) fn from_message(msg: LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),

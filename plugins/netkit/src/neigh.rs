@@ -61,39 +61,80 @@ fn ip_family(ip: IpAddr) -> AddressFamily {
     }
 }
 
+/// The request that sets `e` as a permanent neighbour entry (replacing
+/// one for the same address).
+pub(crate) fn set_neighbour_request(e: &Entry) -> (RouteNetlinkMessage, u16) {
+    let msg = message(ip_family(e.ip), e);
+    (
+        RouteNetlinkMessage::NewNeighbour(msg),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+pub(crate) fn del_neighbour_request(e: &Entry) -> (RouteNetlinkMessage, u16) {
+    let msg = message(ip_family(e.ip), e);
+    (RouteNetlinkMessage::DelNeighbour(msg), 0)
+}
+
+/// A forwarding entry as a VXLAN device takes it: owned by the device
+/// (`NTF_SELF`), not by a bridge above it.
+fn fdb_message(e: &Entry) -> NeighbourMessage {
+    let mut msg = message(AddressFamily::Bridge, e);
+    msg.header.flags = NeighbourFlags::Own;
+    msg
+}
+
+pub(crate) fn set_fdb_request(e: &Entry) -> (RouteNetlinkMessage, u16) {
+    (
+        RouteNetlinkMessage::NewNeighbour(fdb_message(e)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+pub(crate) fn del_fdb_request(e: &Entry) -> (RouteNetlinkMessage, u16) {
+    (RouteNetlinkMessage::DelNeighbour(fdb_message(e)), 0)
+}
+
+/// A neighbour or forwarding entry, dumped or notified, as an [`Entry`]:
+/// `None` without both an IP address and a link-layer address (an
+/// unresolved neighbour, a bridge's own fdb entry).
+pub(crate) fn entry(n: &NeighbourMessage) -> Option<Entry> {
+    let ip = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(d) => ip_of(d),
+        _ => None,
+    })?;
+    let mac = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+        _ => None,
+    })?;
+    Some(Entry {
+        ifindex: n.header.ifindex,
+        ip,
+        mac,
+    })
+}
+
 impl Netlink {
     /// A permanent neighbour entry: `ip` is at `mac` on the link.
     pub fn set_neighbour(&mut self, e: &Entry) -> Result<(), NetlinkError> {
-        let msg = message(ip_family(e.ip), e);
-        self.request(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        let (msg, flags) = set_neighbour_request(e);
+        self.request(msg, flags).map(drop)
     }
 
     pub fn del_neighbour(&mut self, e: &Entry) -> Result<(), NetlinkError> {
-        let msg = message(ip_family(e.ip), e);
-        self.request(RouteNetlinkMessage::DelNeighbour(msg), 0)
-            .map(drop)
+        let (msg, flags) = del_neighbour_request(e);
+        self.request(msg, flags).map(drop)
     }
 
     /// A forwarding entry on a VXLAN device: frames for `mac` go to `ip`.
     pub fn set_fdb(&mut self, e: &Entry) -> Result<(), NetlinkError> {
-        let mut msg = message(AddressFamily::Bridge, e);
-        msg.header.flags = NeighbourFlags::Own;
-        self.request(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        let (msg, flags) = set_fdb_request(e);
+        self.request(msg, flags).map(drop)
     }
 
     pub fn del_fdb(&mut self, e: &Entry) -> Result<(), NetlinkError> {
-        let mut msg = message(AddressFamily::Bridge, e);
-        msg.header.flags = NeighbourFlags::Own;
-        self.request(RouteNetlinkMessage::DelNeighbour(msg), 0)
-            .map(drop)
+        let (msg, flags) = del_fdb_request(e);
+        self.request(msg, flags).map(drop)
     }
 
     fn dump_neigh(
@@ -111,19 +152,9 @@ impl Netlink {
         }
         let msgs = self.dump(RouteNetlinkMessage::GetNeighbour(req))?;
         Ok(msgs
-            .into_iter()
+            .iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == ifindex => {
-                    let ip = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(d) => ip_of(d),
-                        _ => None,
-                    })?;
-                    let mac = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
-                        _ => None,
-                    })?;
-                    Some(Entry { ifindex, ip, mac })
-                }
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == ifindex => entry(n),
                 _ => None,
             })
             .collect())

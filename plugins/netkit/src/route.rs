@@ -121,11 +121,19 @@ fn route_message(route: &Route) -> RouteMessage {
     msg
 }
 
+/// The request that adds `route`, or replaces one to the same destination.
+pub(crate) fn replace_request(route: &Route) -> (RouteNetlinkMessage, u16) {
+    (
+        RouteNetlinkMessage::NewRoute(route_message(route)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
 /// The request that deletes `route` (any scope matches).
-fn delete_message(route: &Route) -> RouteNetlinkMessage {
+pub(crate) fn delete_request(route: &Route) -> (RouteNetlinkMessage, u16) {
     let mut msg = route_message(route);
     msg.header.scope = RouteScope::NoWhere;
-    RouteNetlinkMessage::DelRoute(msg)
+    (RouteNetlinkMessage::DelRoute(msg), 0)
 }
 
 impl Netlink {
@@ -139,50 +147,13 @@ impl Netlink {
 
     /// Adds the route, or replaces one to the same destination.
     pub fn replace_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        self.request(
-            RouteNetlinkMessage::NewRoute(route_message(route)),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        let (msg, flags) = replace_request(route);
+        self.request(msg, flags).map(drop)
     }
 
     pub fn del_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        self.request(delete_message(route), 0).map(drop)
-    }
-
-    /// Adds many routes in few round trips: each one's result, in order.
-    /// The outer error is a socket failure.
-    pub fn add_routes(
-        &mut self,
-        routes: &[Route],
-    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        self.route_batch(routes, |r| {
-            (
-                RouteNetlinkMessage::NewRoute(route_message(r)),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )
-        })
-    }
-
-    /// Deletes many routes in few round trips, like [`Netlink::add_routes`].
-    pub fn del_routes(
-        &mut self,
-        routes: &[Route],
-    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        self.route_batch(routes, |r| (delete_message(r), 0))
-    }
-
-    fn route_batch(
-        &mut self,
-        routes: &[Route],
-        request: impl Fn(&Route) -> (RouteNetlinkMessage, u16),
-    ) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
-        let reqs = routes.iter().map(request).collect();
-        Ok(self
-            .request_all(reqs)?
-            .into_iter()
-            .map(|r| r.map(drop))
-            .collect())
+        let (msg, flags) = delete_request(route);
+        self.request(msg, flags).map(drop)
     }
 
     /// Every unicast route of one family in every table.
@@ -190,7 +161,7 @@ impl Netlink {
         let mut req = RouteMessage::default();
         req.header.address_family = family(v4);
         let msgs = self.dump(RouteNetlinkMessage::GetRoute(req))?;
-        Ok(msgs.iter().filter_map(|m| parse(m, v4)).collect())
+        Ok(msgs.iter().filter_map(parse_new).collect())
     }
 
     /// The unicast routes of one family that `filter` selects. The kernel
@@ -229,7 +200,7 @@ impl Netlink {
         let kernel_filtered = self.filters_dumps();
         Ok(msgs
             .iter()
-            .filter_map(|m| parse(m, v4))
+            .filter_map(parse_new)
             .filter(|r| filter.selects(r, kernel_filtered))
             .collect())
     }
@@ -268,18 +239,23 @@ fn family(v4: bool) -> AddressFamily {
     }
 }
 
-/// A dumped unicast route as a [`Route`].
-fn parse(m: &RouteNetlinkMessage, v4: bool) -> Option<Route> {
-    let RouteNetlinkMessage::NewRoute(r) = m else {
-        return None;
-    };
+/// A dumped route, if it is a unicast one.
+fn parse_new(m: &RouteNetlinkMessage) -> Option<Route> {
+    match m {
+        RouteNetlinkMessage::NewRoute(r) => parse(r),
+        _ => None,
+    }
+}
+
+/// A unicast IPv4 or IPv6 route, dumped or notified, as a [`Route`].
+pub(crate) fn parse(r: &RouteMessage) -> Option<Route> {
     if r.header.kind != RouteType::Unicast {
         return None;
     }
-    let unspecified: IpAddr = if v4 {
-        IpAddr::from([0u8; 4])
-    } else {
-        IpAddr::from([0u16; 8])
+    let unspecified: IpAddr = match r.header.address_family {
+        AddressFamily::Inet => IpAddr::from([0u8; 4]),
+        AddressFamily::Inet6 => IpAddr::from([0u16; 8]),
+        _ => return None,
     };
     let mut route = Route::new(unspecified, r.header.destination_prefix_length);
     route.table = Some(u32::from(r.header.table));

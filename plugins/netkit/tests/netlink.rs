@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use netkit::link::{VethSpec, VxlanSpec};
 use netkit::neigh::Entry;
 use netkit::route::{Route, RouteFilter};
-use netkit::{NetNs, Netlink};
+use netkit::{NetNs, Netlink, Op};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -328,13 +328,18 @@ fn a_large_batch_of_route_requests_is_answered_one_by_one() {
             r
         })
         .collect();
-    // One in the middle is already there: it alone fails.
-    routes.insert(1500, routes[10].clone());
-    let results = nl.add_routes(&routes).unwrap();
+    // One in the middle has a gateway nothing reaches: it alone fails.
+    let mut bad = Route::new(ip("10.99.0.0"), 24);
+    bad.gateway = Some(ip("203.0.113.1"));
+    bad.table = Some(100);
+    routes.insert(1500, bad);
+    let ops: Vec<Op> = routes.iter().cloned().map(Op::ReplaceRoute).collect();
+    let results = nl.apply(&ops).unwrap();
     assert_eq!(results.len(), n + 1);
     for (i, r) in results.iter().enumerate() {
         if i == 1500 {
-            assert!(r.as_ref().unwrap_err().is_exists(), "{r:?}");
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(e.errno(), Some(nix::libc::ENETUNREACH), "{e}");
         } else {
             assert!(r.is_ok(), "route {i}: {r:?}");
         }
@@ -345,8 +350,14 @@ fn a_large_batch_of_route_requests_is_answered_one_by_one() {
     };
     assert_eq!(nl.routes_filtered(true, &filter).unwrap().len(), n);
 
-    routes.remove(1500);
-    let results = nl.del_routes(&routes).unwrap();
-    assert!(results.iter().all(Result::is_ok));
+    // Replacing is idempotent; deleting the one never added fails alone.
+    let again = nl.apply(&ops).unwrap();
+    assert_eq!(again.iter().filter(|r| r.is_err()).count(), 1);
+    let dels: Vec<Op> = routes.iter().cloned().map(Op::DelRoute).collect();
+    let results = nl.apply(&dels).unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_err(), i == 1500, "route {i}: {r:?}");
+    }
+    assert!(results[1500].as_ref().unwrap_err().is_not_found());
     assert!(nl.routes_filtered(true, &filter).unwrap().is_empty());
 }
