@@ -45,27 +45,32 @@ impl<'a> Frame<'a> {
 
 /// The messages of a datagram, in order.
 pub fn frames(buf: &[u8]) -> Result<Vec<Frame<'_>>, NetlinkError> {
-    let mut out = Vec::new();
+    each(buf).collect()
+}
+
+/// The messages of a datagram one by one, without collecting them; a
+/// malformed one ends the walk with its error.
+pub fn each(buf: &[u8]) -> impl Iterator<Item = Result<Frame<'_>, NetlinkError>> {
     let mut off = 0;
-    while off + HDR_LEN <= buf.len() {
-        let m = &buf[off..];
+    std::iter::from_fn(move || {
+        let m = buf.get(off..).filter(|m| m.len() >= HDR_LEN)?;
         let len = u32_at(m, 0) as usize;
         if len < HDR_LEN || len > m.len() {
-            return Err(NetlinkError::Decode(format!(
+            off = buf.len(); // nothing after it can be found
+            return Some(Err(NetlinkError::Decode(format!(
                 "a message claims {len} bytes where {} remain",
                 m.len()
-            )));
+            ))));
         }
-        out.push(Frame {
+        off += align4(len);
+        Some(Ok(Frame {
             ty: u16_at(m, 4),
             flags: u16_at(m, 6),
             seq: u32_at(m, 8),
             port: u32_at(m, 12),
             bytes: &m[..len],
-        });
-        off += align4(len);
-    }
-    Ok(out)
+        }))
+    })
 }
 
 /// Numbers the messages of `buf` `first`, `first + 1`, ... and returns how
@@ -214,6 +219,12 @@ pub(crate) mod tests {
         buf[16] = 0xff;
         assert!(frames(&buf[16..]).is_err());
         assert!(stamp(&mut buf[16..], 1).is_err());
+        // One by one: what precedes a malformed message is read, then the
+        // walk ends.
+        let mut two = message(0x18, 0, 0, 0, &[]);
+        two.extend_from_slice(&[0xff, 0, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let got: Vec<_> = each(&two).collect();
+        assert!(matches!(got.as_slice(), [Ok(_), Err(_)]), "{got:?}");
     }
 
     #[test]
