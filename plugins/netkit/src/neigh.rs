@@ -12,7 +12,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// A permanent entry: `ip` -> `mac` (neighbour) or `mac` -> `ip` (fdb).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub ifindex: u32,
     pub ip: IpAddr,
@@ -95,22 +95,39 @@ pub(crate) fn del_fdb_request(e: &Entry) -> (RouteNetlinkMessage, u16) {
     (RouteNetlinkMessage::DelNeighbour(fdb_message(e)), 0)
 }
 
+fn destination(n: &NeighbourMessage) -> Option<IpAddr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(d) => ip_of(d),
+        _ => None,
+    })
+}
+
+fn lladdr(n: &NeighbourMessage) -> Option<Vec<u8>> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
 /// A neighbour or forwarding entry, dumped or notified, as an [`Entry`]:
 /// `None` without both an IP address and a link-layer address (an
 /// unresolved neighbour, a bridge's own fdb entry).
 pub(crate) fn entry(n: &NeighbourMessage) -> Option<Entry> {
-    let ip = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(d) => ip_of(d),
-        _ => None,
-    })?;
-    let mac = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
-        _ => None,
-    })?;
     Some(Entry {
         ifindex: n.header.ifindex,
-        ip,
-        mac,
+        ip: destination(n)?,
+        mac: lladdr(n)?,
+    })
+}
+
+/// A deleted neighbour as an [`Entry`]: the kernel marks a neighbour
+/// failed before it deletes it, which drops its link-layer address, so the
+/// announcement of the deletion has none and `mac` is empty.
+pub(crate) fn gone_entry(n: &NeighbourMessage) -> Option<Entry> {
+    Some(Entry {
+        ifindex: n.header.ifindex,
+        ip: destination(n)?,
+        mac: lladdr(n).unwrap_or_default(),
     })
 }
 

@@ -102,6 +102,16 @@ impl NetNs {
             })
     }
 
+    /// A [`crate::Monitor`] of this namespace's changes, usable from any
+    /// thread.
+    pub fn monitor(&self) -> Result<crate::Monitor, NetnsError> {
+        self.run(crate::Monitor::new)?
+            .map_err(|e| NetnsError::Socket {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+
     pub fn fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.file)
     }

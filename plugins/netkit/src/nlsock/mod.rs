@@ -22,20 +22,30 @@
 //! as they are read) is queued. So answers that may or may not come (an
 //! nf_tables batch member reports only its failure) are collected by
 //! reading until the queue is empty, without waiting.
+//!
+//! The same socket can listen instead (rtnetlink's multicast groups, see
+//! [`crate::monitor`]): [`NlSocket::subscribe`], then
+//! [`NlSocket::notifications`] hands over what the kernel announces,
+//! message by message, from the one receive buffer; notifications the
+//! kernel had to drop are reported as lost, not as an error.
 
 mod collect;
 mod error;
 pub(crate) mod frame;
 
 use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::{Socket, SocketAddr};
 use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 pub use collect::{Answer, Outcome};
 pub use error::{KernelError, NetlinkError};
+pub use frame::Frame;
 
 use collect::Collector;
 
@@ -53,6 +63,9 @@ const DUMP_ATTEMPTS: u32 = 3;
 /// Requests sent together by [`NlSocket::request_all`]: their ACKs fit the
 /// default receive buffer, so no privilege is needed.
 const WINDOW: usize = 64;
+/// Datagrams [`NlSocket::notifications`] reads in one call at most, so
+/// that a steady stream still comes back in bounded pieces.
+const NOTIFY_DATAGRAMS: usize = 4096;
 
 /// What [`NlSocket::exchange`] read: one outcome per request, and whether
 /// answers were lost (`ENOBUFS`).
@@ -64,14 +77,25 @@ pub struct Exchanged {
 
 enum Received {
     Datagram(usize),
+    /// A datagram longer than the buffer: its tail is gone.
+    Truncated(usize),
     /// Nothing queued (only without waiting).
     Empty,
     /// The kernel dropped answers: the queue overflowed.
     Overrun,
 }
 
-/// A netlink socket bound to the network namespace it was made in.
+/// What [`NlSocket::notifications`] hands over.
 #[derive(Debug)]
+pub enum Notice<'a> {
+    /// One message the kernel announced.
+    Message(Frame<'a>),
+    /// Notifications were lost: the kernel dropped some because the
+    /// receive buffer was full (`ENOBUFS`), or one could not be read whole.
+    Lost,
+}
+
+/// A netlink socket bound to the network namespace it was made in.
 pub struct NlSocket {
     socket: Socket,
     port: u32,
@@ -81,6 +105,20 @@ pub struct NlSocket {
     rcvbuf: usize,
     sndbuf: usize,
     strict: bool,
+}
+
+// By hand: the receive buffer's 64 KiB of bytes say nothing.
+impl std::fmt::Debug for NlSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NlSocket")
+            .field("socket", &self.socket)
+            .field("port", &self.port)
+            .field("seq", &self.seq)
+            .field("rcvbuf", &self.rcvbuf)
+            .field("sndbuf", &self.sndbuf)
+            .field("strict", &self.strict)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A socket option only newer kernels have: `false` where the kernel does
@@ -196,12 +234,7 @@ impl NlSocket {
         let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
         loop {
             match self.socket.recv(&mut &mut self.buf[..], flags) {
-                Ok(n) if n > self.buf.len() => {
-                    return Err(NetlinkError::Decode(format!(
-                        "a {n}-byte datagram did not fit the {}-byte buffer",
-                        self.buf.len()
-                    )));
-                }
+                Ok(n) if n > self.buf.len() => return Ok(Received::Truncated(n)),
                 Ok(n) => return Ok(Received::Datagram(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if !wait && e.kind() == io::ErrorKind::WouldBlock => {
@@ -211,6 +244,71 @@ impl NlSocket {
                 Err(e) => return Err(NetlinkError::Socket(e)),
             }
         }
+    }
+
+    /// Whether something can be read within `timeout` (a datagram, or the
+    /// error that notifications were dropped).
+    fn readable(&self, timeout: Duration) -> Result<bool, NetlinkError> {
+        // poll() counts whole milliseconds: round up, so that a short
+        // timeout still waits rather than only looks.
+        let ms = timeout.as_micros().div_ceil(1000);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(n) => Ok(n > 0),
+            // A signal cut the wait short: the caller waits again for
+            // what is left of its time.
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(sock_err(e)),
+        }
+    }
+
+    /// Joins the multicast `groups` (e.g. `RTNLGRP_LINK`) and raises the
+    /// receive buffer to `rcvbuf` bytes, so that a burst of notifications
+    /// queues up while the reader is busy instead of being dropped.
+    pub fn subscribe(&mut self, groups: &[u32], rcvbuf: usize) -> Result<(), NetlinkError> {
+        for group in groups {
+            self.socket
+                .add_membership(*group)
+                .map_err(NetlinkError::Socket)?;
+        }
+        self.reserve_rcvbuf(rcvbuf)
+    }
+
+    /// Waits up to `timeout` (`None`: as long as it takes) for
+    /// notifications, then hands every queued one to `each` without
+    /// waiting more. Returns whether anything came (a lost notification
+    /// counts); `false` when the time ran out.
+    pub fn notifications(
+        &mut self,
+        timeout: Option<Duration>,
+        mut each: impl FnMut(Notice<'_>),
+    ) -> Result<bool, NetlinkError> {
+        if let Some(t) = timeout
+            && !self.readable(t)?
+        {
+            return Ok(false);
+        }
+        let mut wait = timeout.is_none();
+        for read in 0..NOTIFY_DATAGRAMS {
+            match self.recv(wait)? {
+                Received::Datagram(n) => {
+                    for f in frame::each(&self.buf[..n]) {
+                        match f {
+                            Ok(f) => each(Notice::Message(f)),
+                            // The rest of the datagram cannot be found.
+                            Err(_) => each(Notice::Lost),
+                        }
+                    }
+                }
+                // The kernel reports a drop once, then delivers what it
+                // had queued: reading goes on.
+                Received::Truncated(_) | Received::Overrun => each(Notice::Lost),
+                Received::Empty => return Ok(read > 0),
+            }
+            wait = false;
+        }
+        Ok(true)
     }
 
     /// Sends the requests in `datagram` (whole messages; their sequence
@@ -246,6 +344,12 @@ impl NlSocket {
             let wait = !c.done() && !overrun;
             match self.recv(wait)? {
                 Received::Datagram(n) => c.feed(&self.buf[..n])?,
+                Received::Truncated(n) => {
+                    return Err(NetlinkError::Decode(format!(
+                        "a {n}-byte datagram did not fit the {}-byte buffer",
+                        self.buf.len()
+                    )));
+                }
                 Received::Overrun => overrun = true,
                 Received::Empty => break,
             }
