@@ -11,6 +11,7 @@
 //!
 //! Everything here is pure: the caller dumps, plans, then applies.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -105,6 +106,16 @@ pub enum Change {
     RemoveLegacy(Route),
 }
 
+/// Routes by destination, for look-ups in linear time (a full comparison
+/// at thousands of peers).
+fn by_destination(routes: &[Route]) -> HashMap<(IpAddr, u8), Vec<&Route>> {
+    let mut map: HashMap<(IpAddr, u8), Vec<&Route>> = HashMap::with_capacity(routes.len());
+    for r in routes {
+        map.entry((r.dst, r.prefix)).or_default().push(r);
+    }
+    map
+}
+
 /// What makes one family's `current` routes hold `desired`. `legacy`: at
 /// start, which `boot` routes are an earlier version's.
 pub fn plan(
@@ -112,28 +123,37 @@ pub fn plan(
     desired: &[Route],
     legacy: Option<&dyn Fn(&Route) -> bool>,
 ) -> Vec<Change> {
+    let have = by_destination(current);
+    let want = by_destination(desired);
+    let none = Vec::new();
     let mut out = Vec::new();
-    for want in desired {
-        if current.iter().any(|r| is_ours(r) && same(r, want)) {
+    for w in desired {
+        let there = have.get(&(w.dst, w.prefix)).unwrap_or(&none);
+        if there.iter().any(|r| is_ours(r) && same(r, w)) {
             continue;
         }
-        let over = current
+        let over = there
             .iter()
-            .find(|r| !is_ours(r) && same_destination(r, want))
-            .cloned();
+            .find(|r| !is_ours(r) && same_destination(r, w))
+            .map(|r| (*r).clone());
         out.push(Change::Add {
-            want: want.clone(),
+            want: w.clone(),
             over,
         });
     }
     for r in current.iter().filter(|r| is_ours(r)) {
-        if !desired.iter().any(|d| same(d, r)) {
+        let wanted = want.get(&(r.dst, r.prefix)).unwrap_or(&none);
+        if !wanted.iter().any(|d| same(d, r)) {
             out.push(Change::Remove(r.clone()));
         }
     }
     if let Some(is_legacy) = legacy {
         for r in current {
-            let wanted = desired.iter().any(|d| same_destination(r, d));
+            let wanted = want
+                .get(&(r.dst, r.prefix))
+                .unwrap_or(&none)
+                .iter()
+                .any(|d| same_destination(r, d));
             if !wanted && is_legacy(r) {
                 out.push(Change::RemoveLegacy(r.clone()));
             }

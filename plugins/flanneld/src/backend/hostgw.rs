@@ -1,16 +1,17 @@
 //! host-gw: a route to each peer's subnet via the peer's public address.
 //! Needs every peer on the same L2 segment.
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 use netkit::route::Route;
 
 use crate::iface::ExtIface;
-use crate::lease::Lease;
+use crate::peers::Peer;
 
-/// The routes a peer's lease needs.
-pub fn routes(ext: &ExtIface, peer: &Lease) -> Vec<Route> {
-    let mut out = Vec::new();
-    let mut push = |subnet: Option<IpNetwork>, via: Option<std::net::IpAddr>| {
+/// The routes a peer needs, added to `out`.
+pub fn routes(ext: &ExtIface, peer: &Peer, out: &mut Vec<Route>) {
+    let mut push = |subnet: Option<IpNetwork>, via: Option<IpAddr>| {
         if let (Some(sn), Some(gw)) = (subnet, via) {
             let mut r = crate::routes::new(sn.network(), sn.prefix());
             r.gateway = Some(gw);
@@ -18,7 +19,6 @@ pub fn routes(ext: &ExtIface, peer: &Lease) -> Vec<Route> {
             out.push(r);
         }
     };
-    push(peer.key.ipv4, peer.attrs.public_ip.map(Into::into));
-    push(peer.key.ipv6, peer.attrs.public_ipv6.map(Into::into));
-    out
+    push(peer.key.ipv4, peer.public_ip.map(Into::into));
+    push(peer.key.ipv6, peer.public_ipv6.map(Into::into));
 }

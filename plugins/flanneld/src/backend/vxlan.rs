@@ -8,13 +8,13 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use netkit::Netlink;
-use netkit::link::{VxlanSpec, format_mac, parse_mac};
+use netkit::link::{VxlanSpec, format_mac};
 use netkit::neigh::Entry;
-use netkit::route::Route;
 use serde_json::{Value, json};
 
 use crate::iface::ExtIface;
-use crate::lease::Lease;
+use crate::peers::Peer;
+use crate::plan::Wanted;
 use crate::routes;
 
 /// What encapsulation adds: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
@@ -51,16 +51,6 @@ pub fn backend_data(vni: u32, mac: &[u8; 6]) -> Value {
     json!({"VNI": vni, "VtepMAC": format_mac(mac)})
 }
 
-/// The peer's VTEP MAC from its lease.
-fn peer_mac(peer: &Lease) -> Option<[u8; 6]> {
-    peer.attrs
-        .backend_data
-        .as_ref()?
-        .get("VtepMAC")?
-        .as_str()
-        .and_then(parse_mac)
-}
-
 #[derive(Debug)]
 pub struct Vxlan {
     pub vni: u32,
@@ -77,19 +67,31 @@ impl Vxlan {
     /// Makes sure the device exists as configured, up, with our addresses;
     /// recreates it when it is gone or differs in anything but its MTU
     /// (changed in place). A new device has no peers: the resync that
-    /// follows programs them again. Returns its index.
-    pub fn ensure_device(&self, nl: &mut Netlink, ext: &ExtIface) -> Result<u32, String> {
-        let name = device_name(self.vni);
-        let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
-        let spec = VxlanSpec {
-            name: &name,
+    /// follows programs them again.
+    fn spec<'a>(&self, name: &'a str, ext: &ExtIface) -> VxlanSpec<'a> {
+        VxlanSpec {
+            name,
             vni: self.vni,
             underlay: ext.index,
             local: self.local,
             port: self.port,
             mtu: self.mtu,
             mac: self.mac,
-        };
+        }
+    }
+
+    /// The device as the kernel reports it is as configured (and up).
+    pub fn matches(&self, dev: &netkit::link::Link, ext: &ExtIface) -> bool {
+        let name = device_name(self.vni);
+        dev.mtu == self.mtu && self.spec(&name, ext).differences(dev).is_empty()
+    }
+
+    /// Returns the index, and whether the device was made or brought up
+    /// (what it held is gone then).
+    pub fn ensure_device(&self, nl: &mut Netlink, ext: &ExtIface) -> Result<(u32, bool), String> {
+        let name = device_name(self.vni);
+        let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
+        let spec = self.spec(&name, ext);
         let existing = nl
             .link_by_name(&name)
             .map_err(|e| err("cannot look up", e))?;
@@ -107,6 +109,7 @@ impl Vxlan {
             }
             None => None,
         };
+        let made = kept.is_none();
         let dev = match kept {
             Some(d) => d,
             None => {
@@ -140,29 +143,24 @@ impl Vxlan {
             nl.set_up(dev.index)
                 .map_err(|e| err("cannot bring up", e))?;
         }
-        Ok(dev.index)
+        Ok((dev.index, made || !dev.is_up()))
     }
 
     /// What one peer needs: neighbour and forwarding entries on the device,
     /// and routes.
-    pub fn desired(
-        &self,
-        dev: u32,
-        ext: &ExtIface,
-        peer: &Lease,
-    ) -> (Vec<Entry>, Vec<Entry>, Vec<Route>) {
-        let (mut neigh, mut fdb, mut routes) = (Vec::new(), Vec::new(), Vec::new());
-        let Some(mac) = peer_mac(peer) else {
-            return (neigh, fdb, routes);
+    pub fn desired(&self, dev: u32, ext: &ExtIface, peer: &Peer, out: &mut Wanted) {
+        let Some(mac) = peer.mac else {
+            return;
         };
         let Some(public) = peer
-            .attrs
             .public_ip
             .map(IpAddr::V4)
-            .or(peer.attrs.public_ipv6.map(IpAddr::V6))
+            .or(peer.public_ipv6.map(IpAddr::V6))
         else {
-            return (neigh, fdb, routes);
+            return;
         };
+        let Wanted { routes, neigh, fdb } = out;
+        let before = neigh.len();
         let direct = self.direct_routing && ext.on_link(public);
         for sn in [peer.key.ipv4, peer.key.ipv6].into_iter().flatten() {
             let mut r = routes::new(sn.network(), sn.prefix());
@@ -181,13 +179,12 @@ impl Vxlan {
             }
             routes.push(r);
         }
-        if !neigh.is_empty() {
+        if neigh.len() > before {
             fdb.push(Entry {
                 ifindex: dev,
                 ip: public,
                 mac: mac.to_vec(),
             });
         }
-        (neigh, fdb, routes)
     }
 }
