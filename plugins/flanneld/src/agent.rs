@@ -1,12 +1,25 @@
 //! The agent: lease this node's subnet, write subnet.env, then keep the data
-//! plane equal to the store's leases (see `reconcile`).
+//! plane equal to the store's leases.
+//!
+//! After start-up everything is driven by events on one channel: the
+//! store's feed (leases put or gone, the config, full listings; see
+//! `store`), and the kernel's own notifications (a route, neighbour, fdb
+//! entry or device of ours deleted or altered: repaired at once; see
+//! `repair`). Each batch of events becomes one batch of kernel changes
+//! (`plan` says what, `netkit::batch` sends them). Ticks: the lease renewal,
+//! the retry of a failed write, the end of an absent peer's grace period,
+//! the nftables check, and a rare full comparison with the kernel
+//! (`reconcile`) as a safety net.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use netkit::Netlink;
+use netkit::batch::Op;
+use netkit::monitor::{Change, Monitor};
 
 use crate::alloc;
 use crate::backend::udp;
@@ -16,14 +29,29 @@ use crate::health::{self, Health};
 use crate::iface::{self, ExtIface};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconfig::{BackendType, NetConfig};
-use crate::store::Store;
+use crate::own::Own;
+use crate::peers::Table;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
+use crate::store::{Store, StoreEvent};
 use crate::subnet_env;
 use crate::traffic::Traffic;
 
-/// How often the data plane is compared with the store (and repaired).
-pub const RESYNC: Duration = Duration::from_secs(1);
+/// The loop goes round at least this often (it records its health then,
+/// and notices a request to stop).
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often the masquerade and forward rules are checked (a cheap look
+/// at the ruleset generation when nothing changed).
+pub const TRAFFIC_CHECK: Duration = Duration::from_secs(2);
+
+/// What wakes the agent.
+#[derive(Debug)]
+pub enum Event {
+    Store(StoreEvent),
+    Kernel(Vec<Change>),
+    /// The kernel notification socket failed (a full comparison follows).
+    KernelTrouble(String),
+}
 
 /// The embedded store with `--store-dir`, else etcd (retried until it
 /// answers, as upstream does).
@@ -57,12 +85,15 @@ fn pause(d: Duration, stop: &AtomicBool) {
 #[derive(Debug)]
 pub struct State {
     pub store: Box<dyn Store>,
+    /// The config this agent runs (read at start; a change needs a restart).
     pub config: NetConfig,
     pub ext: ExtIface,
     pub nl: Netlink,
     pub lease: Lease,
     pub attrs: LeaseAttrs,
     pub vtep: Option<Vxlan>,
+    /// The vxlan device's index, once it exists.
+    pub dev: Option<u32>,
     /// The udp backend: its peer table and device.
     pub udp: Option<udp::Plane>,
     /// Masquerade and forward rules (nftables).
@@ -70,13 +101,35 @@ pub struct State {
     pub health: Arc<Health>,
     renew_margin: Duration,
     pub lease_ttl: Duration,
-    /// The first resync after start: an earlier version's routes are
-    /// dealt with then.
+    /// How long a peer missing from a listing is kept.
+    pub grace: Duration,
+    /// Between full comparisons.
+    pub full_every: Duration,
+    pub peers: Table,
+    /// Whether our lease in the store is ours.
+    pub own: Own,
+    /// Kernel changes to send at the end of this round of events.
+    pub pending: Vec<Op>,
+    /// The underlay link is up (routes via it vanish when it goes down).
+    pub ext_up: bool,
+    /// The udp peer table must be rebuilt from `peers`.
+    pub udp_dirty: bool,
+    /// The store's feed: listed at least once, and what troubles it.
+    pub listed: bool,
+    pub store_trouble: Option<String>,
+    /// What differs in the store's network config, while it does.
+    pub config_drift: Option<String>,
+    /// The first full comparison after start: an earlier version's
+    /// routes are dealt with then.
     pub first_pass: bool,
-    /// Kernel errors in the current resync.
+    /// When the next full comparison runs, and the wait after a failed one.
+    pub next_full: Instant,
+    pub full_backoff: Option<Duration>,
+    next_traffic: Instant,
+    /// Kernel changes that failed since the last successful full pass.
     pub dataplane_errors: usize,
-    /// Errors logged in the current resync, and in the one before: one
-    /// that persists is logged as an error once, then at debug level.
+    /// Errors logged lately: one that persists is logged as an error
+    /// once, then at debug level (cleared by each full comparison).
     pub said: Vec<String>,
     pub said_before: Vec<String>,
 }
@@ -144,7 +197,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         ));
     }
     // From the start, as upstream: /healthz answers while we wait for the store.
-    let health = Arc::new(Health::new(RESYNC));
+    let health = Arc::new(Health::new(TICK));
     if opts.healthz_port > 0 {
         let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
         health::http::serve(&addr, health.clone())
@@ -216,12 +269,13 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         ext.name,
         local
     );
+    let mut dev = None;
     if let Some(v) = vtep.as_mut() {
         v.own = [lease.key.ipv4, lease.key.ipv6]
             .into_iter()
             .flatten()
             .collect();
-        v.ensure_device(&mut nl, &ext)?;
+        dev = Some(v.ensure_device(&mut nl, &ext)?.0);
     }
     // Before subnet.env, as upstream: pods made from it get their NAT.
     let mut traffic = Traffic::new(opts.ip_masq, opts.iptables_forward_rules);
@@ -257,6 +311,10 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot write {}: {e}", opts.subnet_file.display()))?;
     health.subnet_env_written();
+    let (tx, rx) = mpsc::channel();
+    start_kernel_events(tx.clone())?;
+    let full_every = Duration::from_secs(opts.full_resync_seconds);
+    let now = Instant::now();
     let mut state = State {
         store,
         config,
@@ -265,56 +323,207 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         lease,
         attrs,
         vtep,
+        dev,
         udp,
         traffic,
         health,
         renew_margin,
         lease_ttl,
+        grace: Duration::from_secs(opts.peer_grace_seconds),
+        full_every,
+        peers: Table::default(),
+        own: Own::Held,
+        pending: Vec::new(),
+        ext_up: true,
+        udp_dirty: false,
+        listed: false,
+        store_trouble: None,
+        config_drift: None,
         first_pass: true,
+        // The first full comparison follows the first listing.
+        next_full: now + full_every,
+        full_backoff: None,
+        next_traffic: now + TRAFFIC_CHECK,
         dataplane_errors: 0,
         said: Vec::new(),
         said_before: Vec::new(),
     };
+    let sink = tx.clone();
+    state
+        .store
+        .feed(
+            Box::new(move |ev| sink.send(Event::Store(ev)).is_ok()),
+            full_every,
+        )
+        .map_err(|e| format!("cannot follow the lease store: {e}"))?;
+    drop(tx);
     state.health.loop_started();
-    while !stop.load(Ordering::Relaxed) {
-        state.said_before = std::mem::take(&mut state.said);
-        let renewed = state.renew();
-        let pass = state.reconcile(renewed);
-        state.health.record(pass);
-        state.wait_for_change(RESYNC, stop);
-    }
+    state.run(&rx, stop);
     // The data plane stays: pods keep working while the agent restarts.
     crate::info!("stopping; the data plane is left in place");
     Ok(())
 }
 
+/// A thread that passes the kernel's notifications on.
+fn start_kernel_events(tx: Sender<Event>) -> Result<(), String> {
+    // Opened here, in the agent's namespace; read on the thread.
+    let mut monitor =
+        Monitor::new().map_err(|e| format!("cannot listen to the kernel's notifications: {e}"))?;
+    std::thread::Builder::new()
+        .name("kernel-events".into())
+        .spawn(move || {
+            loop {
+                let ev = match monitor.next() {
+                    Ok(changes) if changes.is_empty() => continue,
+                    Ok(changes) => Event::Kernel(changes),
+                    Err(e) => {
+                        // Not a busy loop on a socket that keeps failing.
+                        std::thread::sleep(Duration::from_secs(1));
+                        Event::KernelTrouble(e.to_string())
+                    }
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the kernel notification thread: {e}"))
+}
+
+/// Up to ±10 % of `d`, so that agents started together do not compare
+/// (and list) in step.
+pub fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_or(
+            u16::try_from(std::process::id() & 0xffff).unwrap_or(0),
+            |()| u16::from_le_bytes(b),
+        );
+    // 0.9 .. 1.1 of d.
+    d.mul_f64(0.9 + 0.2 * f64::from(r) / f64::from(u16::MAX))
+}
+
 impl State {
-    /// Sleeps until the next tick, or less when the store reports a change.
-    fn wait_for_change(&mut self, d: Duration, stop: &AtomicBool) {
-        let end = Instant::now() + d;
-        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(50));
+    /// The loop: handle what arrives, in batches; run what is due.
+    fn run(&mut self, rx: &Receiver<Event>, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.due(now);
+            let wait = self.next_deadline(now).saturating_duration_since(now);
+            match rx.recv_timeout(wait.min(TICK)) {
+                Ok(ev) => {
+                    self.handle(ev);
+                    // Everything queued meanwhile joins the same batch.
+                    while let Ok(ev) = rx.try_recv() {
+                        self.handle(ev);
+                    }
+                    self.flush();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.store_trouble = Some("the store's feed stopped".into());
+                    std::thread::sleep(TICK);
+                }
+            }
+            self.health.record(self.pass());
         }
     }
 
-    /// Logs an error, once while it persists from one resync to the next.
+    /// The soonest of the timers.
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = self.next_full.min(self.next_traffic);
+        if let Some(t) = self.own.retry_at() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.peers.next_expiry(self.grace) {
+            next = next.min(t);
+        }
+        if let Some(t) = self.renew_at() {
+            next = next.min(t);
+        }
+        next.max(now)
+    }
+
+    /// Runs the timers that are due.
+    fn due(&mut self, now: Instant) {
+        if self.renew_at().is_some_and(|t| t <= now) {
+            self.renew();
+        }
+        if self.own.retry_at().is_some_and(|t| t <= now) {
+            self.retake_own();
+        }
+        let expired = self.peers.expired(self.grace, now);
+        if !expired.is_empty() {
+            for key in expired {
+                crate::info!(
+                    "lease {key} has been missing from the store for {} s: its peer is removed",
+                    self.grace.as_secs()
+                );
+                self.peer_gone(&key);
+            }
+            self.flush();
+        }
+        if now >= self.next_traffic {
+            self.sync_traffic();
+            self.next_traffic = now + TRAFFIC_CHECK;
+        }
+        if now >= self.next_full && self.listed {
+            self.full_pass();
+        }
+    }
+
+    /// Where the agent stands, for `/healthz` and `/readyz`.
+    fn pass(&self) -> crate::health::Pass {
+        crate::health::Pass {
+            store_ok: self.listed && self.store_trouble.is_none() && self.own.is_settled(),
+            dataplane_errors: self.dataplane_errors,
+            conflict: self.own.is_conflict(),
+            config_changed: self.config_drift.is_some(),
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Store(ev) => self.on_store(ev),
+            Event::Kernel(changes) => self.on_kernel(changes),
+            Event::KernelTrouble(e) => {
+                self.error_once(format!(
+                    "kernel notifications failed ({e}): comparing everything instead"
+                ));
+                self.full_soon();
+            }
+        }
+    }
+
+    /// Logs an error, once while it persists between full comparisons.
     pub fn error_once(&mut self, msg: String) {
-        if self.said_before.contains(&msg) {
+        if self.said_before.contains(&msg) || self.said.contains(&msg) {
             crate::debug!("still: {msg}");
         } else {
             crate::error!("{msg}");
         }
-        self.said.push(msg);
+        if !self.said.contains(&msg) {
+            self.said.push(msg);
+        }
     }
 
-    /// Renews the lease when it is due; `false` when that failed.
-    fn renew(&mut self) -> bool {
-        let Some(expires) = self.lease.expires else {
-            return true;
-        };
-        if expires > SystemTime::now() + self.renew_margin {
-            return true;
+    /// When the lease is due for renewal (`None`: never, or not ours now).
+    fn renew_at(&self) -> Option<Instant> {
+        if !matches!(self.own, Own::Held) {
+            return None;
         }
+        let expires = self.lease.expires?;
+        let left = expires
+            .checked_sub(self.renew_margin)
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO);
+        Some(Instant::now() + left)
+    }
+
+    /// Renews the lease (the store keeps the same grant alive).
+    fn renew(&mut self) {
         match self
             .store
             .update(&self.lease.key, &self.attrs, Some(self.lease_ttl))
@@ -322,18 +531,15 @@ impl State {
             Ok(()) => {
                 self.lease.expires = Some(SystemTime::now() + self.lease_ttl);
                 crate::info!("renewed lease {}", self.lease.key);
-                true
             }
             Err(e) => {
                 self.health
                     .metrics
                     .store_errors
                     .fetch_add(1, Ordering::Relaxed);
-                self.error_once(format!(
-                    "cannot renew lease {} (tried again every resync): {e}",
-                    self.lease.key
-                ));
-                false
+                self.error_once(format!("cannot renew lease {}: {e}", self.lease.key));
+                // Tried again in a while, not in a loop.
+                self.own = Own::later(crate::own::FIRST_RETRY, true);
             }
         }
     }

@@ -25,6 +25,13 @@ pub struct Options {
     /// Lease time in seconds (upstream's is fixed at 24 h; shorter leases
     /// are for labs and tests of renewal).
     pub lease_ttl_seconds: u64,
+    /// A peer missing from a full listing of the store (not deleted, not
+    /// expired: the store may have come back empty) is removed only after
+    /// this many seconds, so agents can re-register meanwhile.
+    pub peer_grace_seconds: u64,
+    /// Seconds between full comparisons of the kernel with the peers (a
+    /// safety net; changes are applied as they are reported), jittered.
+    pub full_resync_seconds: u64,
     pub ip_masq: bool,
     pub iptables_forward_rules: bool,
     pub healthz_ip: String,
@@ -57,6 +64,8 @@ impl Default for Options {
             subnet_file: PathBuf::from("/run/flannel/subnet.env"),
             renew_margin_minutes: 60,
             lease_ttl_seconds: 24 * 3600,
+            peer_grace_seconds: 60,
+            full_resync_seconds: 300,
             ip_masq: false,
             iptables_forward_rules: true,
             healthz_ip: "0.0.0.0".into(),
@@ -88,6 +97,8 @@ const FLAGS: &[&str] = &[
     "subnet-file",
     "subnet-lease-renew-margin",
     "subnet-lease-ttl",
+    "peer-grace-period",
+    "full-resync-period",
     "ip-masq",
     "iptables-forward-rules",
     "healthz-ip",
@@ -157,6 +168,20 @@ impl Options {
                 self.lease_ttl_seconds = value
                     .parse()
                     .map_err(|_| parse_err("not a number of seconds"))?;
+            }
+            "peer-grace-period" => {
+                self.peer_grace_seconds = value
+                    .parse()
+                    .map_err(|_| parse_err("not a number of seconds"))?;
+            }
+            "full-resync-period" => {
+                let s: u64 = value
+                    .parse()
+                    .map_err(|_| parse_err("not a number of seconds"))?;
+                if s == 0 {
+                    return Err(parse_err("must be at least 1 second"));
+                }
+                self.full_resync_seconds = s;
             }
             "ip-masq" => self.ip_masq = bool_value(flag, value)?,
             "iptables-forward-rules" => self.iptables_forward_rules = bool_value(flag, value)?,
@@ -236,6 +261,10 @@ pub fn usage() -> String {
      \x20 --subnet-file FILE              default /run/flannel/subnet.env\n\
      \x20 --subnet-lease-renew-margin M   minutes before expiry to renew (1-1439, default 60)\n\
      \x20 --subnet-lease-ttl S            lease time in seconds (default 86400, as upstream)\n\
+     \x20 --peer-grace-period S          a peer missing from a re-list of the store (not deleted) is\n\
+     \x20                                removed after S seconds (default 60): time to re-register\n\
+     \x20 --full-resync-period S         full comparison of the kernel with the store every S seconds\n\
+     \x20                                (default 300, jittered; changes are applied as they happen)\n\
      \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
      \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\

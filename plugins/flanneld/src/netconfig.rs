@@ -309,6 +309,53 @@ impl NetConfig {
     }
 }
 
+/// What differs between two configs, for the log: `Network 10.244.0.0/16
+/// -> 10.245.0.0/16, Backend vxlan -> host-gw`.
+pub fn describe_change(old: &NetConfig, new: &NetConfig) -> String {
+    fn fam(f: &Option<Family>) -> (String, String) {
+        match f {
+            Some(f) => (f.network.to_string(), f.subnet_len.to_string()),
+            None => ("none".into(), "none".into()),
+        }
+    }
+    let (o4, n4, o6, n6) = (
+        fam(&old.ipv4),
+        fam(&new.ipv4),
+        fam(&old.ipv6),
+        fam(&new.ipv6),
+    );
+    let (ob, nb) = (&old.backend, &new.backend);
+    let fields = [
+        ("Network", o4.0, n4.0),
+        ("SubnetLen", o4.1, n4.1),
+        ("IPv6Network", o6.0, n6.0),
+        ("IPv6SubnetLen", o6.1, n6.1),
+        (
+            "Backend",
+            ob.kind.as_str().to_string(),
+            nb.kind.as_str().to_string(),
+        ),
+        ("VNI", ob.vni.to_string(), nb.vni.to_string()),
+        ("Port", ob.port.to_string(), nb.port.to_string()),
+        (
+            "DirectRouting",
+            ob.direct_routing.to_string(),
+            nb.direct_routing.to_string(),
+        ),
+        ("MTU", ob.mtu.to_string(), nb.mtu.to_string()),
+    ];
+    let mut out: Vec<String> = fields
+        .iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a} -> {b}"))
+        .collect();
+    if out.is_empty() {
+        // SubnetMin/SubnetMax.
+        out.push("the subnet range".into());
+    }
+    out.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

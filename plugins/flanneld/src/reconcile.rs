@@ -1,25 +1,33 @@
-//! Keeping the kernel equal to the store: each resync lists the leases,
-//! works out what the data plane should hold, adds what is missing (a
-//! repair, counted), removes what belongs to peers that left, and leaves
-//! everything as is when the store cannot be read. It also restores the
-//! masquerade and forward rules (see `traffic`). Every backend goes through
-//! the same route repair (`routes` decides which routes are ours).
+//! The full comparison, a safety net: the kernel's routes, neighbours and
+//! fdb entries are read and made equal to what the peer table wants (what
+//! is missing added, a repair, counted; ours that nothing wants removed).
+//! Changes are applied as events report them (`follow`, `repair`); this
+//! runs once after the first listing (leftovers of peers that left while
+//! the agent was down), rarely after that (`--full-resync-period`,
+//! jittered), after lost kernel notifications, and with backoff after a
+//! kernel change failed. Every backend goes through the same route repair
+//! (`routes` decides which routes are ours).
 //!
 //! A failed kernel read or change is logged as an error (once while it
-//! persists), counted in `flannel_dataplane_errors_total`, and makes the
-//! pass a failure for `/readyz` and `/healthz` (see `health`).
+//! persists), counted in `flannel_dataplane_errors_total`, and makes
+//! `/readyz` fail until a full comparison succeeds (see `health`).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ipnetwork::IpNetwork;
+use netkit::batch::Op;
 use netkit::neigh::Entry;
 use netkit::route::Route;
 
-use crate::agent::State;
-use crate::backend::{hostgw, udp};
-use crate::health::Pass;
-use crate::lease::Lease;
+use crate::agent::{State, jitter};
+use crate::backend::udp;
+use crate::follow::reach;
+use crate::own::{FIRST_RETRY, MAX_RETRY};
+use crate::peers::Peer;
+use crate::plan::{self, Wanted};
 use crate::routes::{self, Change};
 
 impl State {
@@ -45,7 +53,7 @@ impl State {
 
     /// A kernel read or change failed: logged and counted; this pass fails.
     /// The same failure in the pass before was logged already.
-    fn failed(&mut self, msg: String) {
+    pub fn failed(&mut self, msg: String) {
         self.error_once(msg);
         self.dataplane_errors += 1;
         self.health
@@ -54,166 +62,148 @@ impl State {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn store_failed(&mut self, msg: String) {
-        self.error_once(msg);
-        self.health
-            .metrics
-            .store_errors
-            .fetch_add(1, Ordering::Relaxed);
+    /// A full comparison as soon as the loop gets to it.
+    pub fn full_soon(&mut self) {
+        self.next_full = Instant::now();
     }
 
-    /// One resync. `renewed`: the lease renewal before it did not fail.
-    pub fn reconcile(&mut self, renewed: bool) -> Pass {
-        self.dataplane_errors = 0;
-        // The rules depend on the config and our lease only: kept whatever the store says.
-        self.sync_traffic();
-        let leases = match self.store.leases() {
-            Ok(l) => l,
+    /// Sends the queued kernel changes in one batch; failures are logged
+    /// and counted, and a full comparison follows (with backoff).
+    pub fn flush(&mut self) {
+        if self.udp_dirty {
+            self.udp_dirty = false;
+            self.sync_udp_peers();
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let results = match self.nl.apply(&ops) {
+            Ok(r) => r,
             Err(e) => {
-                // The store being away is no reason for pods to lose each other.
-                self.store_failed(format!("cannot read leases (data plane kept as is): {e}"));
-                return Pass {
-                    store_ok: false,
-                    dataplane_errors: self.dataplane_errors,
-                };
+                self.failed(format!("cannot send {} kernel changes: {e}", ops.len()));
+                self.full_soon();
+                return;
             }
         };
-        let store_ok = self.check_own_lease(&leases) && renewed;
-        let metrics = &self.health.metrics;
-        metrics.leases.store(leases.len() as u64, Ordering::Relaxed);
-        let peers: Vec<&Lease> = leases.iter().filter(|l| l.key != self.lease.key).collect();
-        metrics.peers.store(peers.len() as u64, Ordering::Relaxed);
+        let mut failed = 0;
+        for (op, r) in ops.iter().zip(results) {
+            match r {
+                Ok(()) => {}
+                Err(e) if plan::is_removal(op) && e.is_not_found() => {}
+                Err(e) => {
+                    failed += 1;
+                    let hint = match op {
+                        Op::ReplaceRoute(r) if r.oif == Some(self.ext.index) => {
+                            " (host-gw needs every peer on this host's L2 segment)"
+                        }
+                        _ => "",
+                    };
+                    self.failed(format!("cannot apply {}: {e}{hint}", plan::describe(op)));
+                }
+            }
+        }
+        if failed > 0 && self.full_backoff.is_none() {
+            self.full_backoff = Some(FIRST_RETRY);
+            self.next_full = Instant::now() + FIRST_RETRY;
+        }
+    }
+
+    /// One full comparison; the next is scheduled (sooner after a failure).
+    pub fn full_pass(&mut self) {
+        self.said_before = std::mem::take(&mut self.said);
+        self.dataplane_errors = 0;
+        self.health.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_traffic();
+        let peers: Vec<Peer> = self.peers.iter().copied().collect();
         if let Some((routes, dev)) = self.sync_devices(&peers) {
             // Leftovers of an earlier version: on the first pass that gets here.
             let first = std::mem::replace(&mut self.first_pass, false);
             self.sync_routes(&routes, dev, first);
         }
+        self.flush();
         crate::debug!(
-            "resync: {} peers, {} errors",
+            "full comparison: {} peers, {} errors",
             peers.len(),
             self.dataplane_errors
         );
-        Pass {
-            store_ok,
-            dataplane_errors: self.dataplane_errors,
+        let now = Instant::now();
+        if self.dataplane_errors > 0 {
+            let backoff = self.full_backoff.unwrap_or(FIRST_RETRY);
+            self.next_full = now + backoff;
+            self.full_backoff = Some((backoff * 2).min(MAX_RETRY));
+        } else {
+            self.full_backoff = None;
+            self.next_full = now + jitter(self.full_every);
         }
     }
 
-    /// Our lease is in the store and names us; re-created when it is gone.
-    /// `false` when the store does not hold it as ours after this.
-    fn check_own_lease(&mut self, leases: &[Lease]) -> bool {
-        match leases.iter().find(|l| l.key == self.lease.key) {
-            Some(l)
-                if l.attrs.public_ip == self.attrs.public_ip
-                    && l.attrs.public_ipv6 == self.attrs.public_ipv6 =>
-            {
-                true
-            }
-            Some(l) => {
-                let msg = format!(
-                    "lease {} now names another node (PublicIP {:?}, PublicIPv6 {:?}): pods of both would clash; restart this agent to get another subnet",
-                    self.lease.key, l.attrs.public_ip, l.attrs.public_ipv6
-                );
-                self.error_once(msg);
-                false
-            }
-            None => {
-                crate::warn!(
-                    "lease {} is gone from the store; re-creating it",
-                    self.lease.key
-                );
-                match self
-                    .store
-                    .create(&self.lease.key, &self.attrs, Some(self.lease_ttl))
-                {
-                    Ok(true) => {
-                        self.lease.expires = Some(std::time::SystemTime::now() + self.lease_ttl);
-                        crate::info!("lease {} re-created", self.lease.key);
-                        true
-                    }
-                    Ok(false) => {
-                        self.error_once(format!(
-                            "cannot re-create lease {}: another node took it meanwhile",
-                            self.lease.key
-                        ));
-                        false
-                    }
-                    Err(e) => {
-                        self.store_failed(format!(
-                            "cannot re-create lease {} (tried again next resync): {e}",
-                            self.lease.key
-                        ));
-                        false
-                    }
+    /// The udp forwarders' peer table, from the peer table.
+    fn sync_udp_peers(&mut self) {
+        let Some(u) = &self.udp else {
+            return;
+        };
+        let port = self.config.backend.port;
+        let entries: Vec<(IpNetwork, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.key.ipv4?, SocketAddr::new(p.public_ip?.into(), port))))
+            .collect();
+        // Written only when it changed: the forwarding threads read it
+        // for every packet, and a write makes them wait.
+        let unchanged = u.peers.read().is_ok_and(|t| *t == entries);
+        let poisoned = !unchanged
+            && match u.peers.write() {
+                Ok(mut t) => {
+                    *t = entries;
+                    false
                 }
-            }
+                Err(_) => true,
+            };
+        // Only a forwarding thread that panicked poisons it.
+        if poisoned {
+            self.failed("udp: the peer table is poisoned".into());
         }
     }
 
     /// Brings the backend's devices and per-peer state in line; returns the
     /// routes wanted and the vxlan device, or `None` when the device is
     /// missing and cannot be made (nothing else can be done this pass).
-    fn sync_devices(&mut self, peers: &[&Lease]) -> Option<(Vec<Route>, Option<u32>)> {
+    fn sync_devices(&mut self, peers: &[Peer]) -> Option<(Vec<Route>, Option<u32>)> {
         if let Some(u) = &self.udp {
-            let port = self.config.backend.port;
-            let entries = peers
-                .iter()
-                .filter_map(|p| {
-                    Some((
-                        p.key.ipv4?,
-                        SocketAddr::new(p.attrs.public_ip?.into(), port),
-                    ))
-                })
-                .collect();
-            let cluster = self.config.ipv4.as_ref().map(|f| f.network);
-            let routes = cluster
-                .map(|net| udp::cluster_route(net, u.tun_index))
+            let routes = self
+                .config
+                .ipv4
+                .as_ref()
+                .map(|f| udp::cluster_route(f.network, u.tun_index))
                 .into_iter()
                 .collect();
-            // Written only when it changed: the forwarding threads read it
-            // for every packet, and a write makes them wait.
-            let unchanged = u.peers.read().is_ok_and(|t| *t == entries);
-            let poisoned = !unchanged
-                && match u.peers.write() {
-                    Ok(mut t) => {
-                        *t = entries;
-                        false
-                    }
-                    Err(_) => true,
-                };
-            // Only a forwarding thread that panicked poisons it.
-            if poisoned {
-                self.failed("udp: the peer table is poisoned".into());
-            }
+            self.sync_udp_peers();
             return Some((routes, None));
         }
-        let Some(v) = &self.vtep else {
-            let routes = peers
-                .iter()
-                .flat_map(|p| hostgw::routes(&self.ext, p))
-                .collect();
-            return Some((routes, None));
-        };
-        let index = match v.ensure_device(&mut self.nl, &self.ext) {
-            Ok(index) => index,
-            Err(e) => {
-                self.failed(format!("cannot restore the vxlan device: {e}"));
-                return None;
+        if let Some(v) = &self.vtep {
+            match v.ensure_device(&mut self.nl, &self.ext) {
+                Ok((index, _)) => self.dev = Some(index),
+                Err(e) => {
+                    self.dev = None;
+                    self.failed(format!("cannot restore the vxlan device: {e}"));
+                    return None;
+                }
             }
-        };
-        let (mut routes, mut neigh, mut fdb) = (Vec::new(), Vec::new(), Vec::new());
+        }
+        let reach = reach(&self.vtep, self.dev, &self.ext, false)?;
+        let mut all = Wanted::default();
         for p in peers {
-            let (n, f, r) = v.desired(index, &self.ext, p);
-            neigh.extend(n);
-            fdb.extend(f);
-            routes.extend(r);
+            plan::wanted(&reach, p, &mut all);
         }
-        self.sync_entries(index, &neigh, &fdb);
-        Some((routes, Some(index)))
+        if let Some(dev) = self.dev {
+            self.sync_entries(dev, &all.neigh, &all.fdb);
+        }
+        Some((all.routes, self.dev))
     }
 
     /// Masquerade and forward rules: restored when someone removed them.
-    fn sync_traffic(&mut self) {
+    pub fn sync_traffic(&mut self) {
         match self.traffic.ensure(&self.config, &self.lease.key) {
             Ok(done) => {
                 for d in done {
@@ -244,50 +234,48 @@ impl State {
     }
 
     fn sync_neighbours(&mut self, have: &[Entry], want: &[Entry]) {
-        for e in want.iter().filter(|e| !have.contains(e)) {
-            match self.nl.set_neighbour(e) {
-                Ok(()) => self.repaired(),
-                Err(err) => self.failed(format!(
-                    "cannot set neighbour {} on the vxlan device: {err}",
-                    e.ip
-                )),
-            }
+        let had: HashSet<(IpAddr, &[u8])> = have.iter().map(|e| (e.ip, &e.mac[..])).collect();
+        let wanted: HashSet<IpAddr> = want.iter().map(|e| e.ip).collect();
+        let mut ops = Vec::new();
+        for e in want.iter().filter(|e| !had.contains(&(e.ip, &e.mac[..]))) {
+            crate::info!("neighbour {} was missing: restored", e.ip);
+            ops.push(Op::SetNeighbour(e.clone()));
         }
-        let stale: Vec<&Entry> = have
+        for e in have
             .iter()
-            .filter(|e| self.in_cluster(e.ip) && !want.iter().any(|n| n.ip == e.ip))
-            .collect();
-        for e in stale {
-            match self.nl.del_neighbour(e) {
-                Ok(()) => crate::info!("neighbour {} of a departed peer removed", e.ip),
-                Err(err) if err.is_not_found() => {}
-                Err(err) => {
-                    self.failed(format!("cannot remove the stale neighbour {}: {err}", e.ip))
-                }
-            }
+            .filter(|e| self.in_cluster(e.ip) && !wanted.contains(&e.ip))
+        {
+            crate::info!("neighbour {} of a departed peer removed", e.ip);
+            ops.push(Op::DelNeighbour(e.clone()));
         }
+        self.queue_repairs(ops);
     }
 
     fn sync_fdb(&mut self, have: &[Entry], want: &[Entry]) {
-        for e in want.iter().filter(|e| !have.contains(e)) {
-            match self.nl.set_fdb(e) {
-                Ok(()) => self.repaired(),
-                Err(err) => self.failed(format!("cannot set the fdb entry for {}: {err}", e.ip)),
-            }
+        let had: HashSet<(IpAddr, &[u8])> = have.iter().map(|e| (e.ip, &e.mac[..])).collect();
+        let wanted: HashSet<(IpAddr, &[u8])> = want.iter().map(|e| (e.ip, &e.mac[..])).collect();
+        let mut ops = Vec::new();
+        for e in want.iter().filter(|e| !had.contains(&(e.ip, &e.mac[..]))) {
+            crate::info!("fdb entry for {} was missing: restored", e.ip);
+            ops.push(Op::SetFdb(e.clone()));
         }
         // Only unicast entries, as we make them (a peer's VTEP MAC).
-        for e in have
-            .iter()
-            .filter(|e| e.mac.len() == 6 && e.mac[0] & 1 == 0 && !want.contains(e))
-        {
-            match self.nl.del_fdb(e) {
-                Ok(()) => crate::info!("fdb entry for {} of a departed peer removed", e.ip),
-                Err(err) if err.is_not_found() => {}
-                Err(err) => self.failed(format!(
-                    "cannot remove the stale fdb entry for {}: {err}",
-                    e.ip
-                )),
+        for e in have.iter().filter(|e| {
+            e.mac.len() == 6 && e.mac[0] & 1 == 0 && !wanted.contains(&(e.ip, &e.mac[..]))
+        }) {
+            crate::info!("fdb entry for {} of a departed peer removed", e.ip);
+            ops.push(Op::DelFdb(e.clone()));
+        }
+        self.queue_repairs(ops);
+    }
+
+    /// Changes a full comparison found needed; additions count as repairs.
+    fn queue_repairs(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            if !plan::is_removal(&op) {
+                self.repaired();
             }
+            self.pending.push(op);
         }
     }
 
@@ -330,55 +318,42 @@ impl State {
                 }
             }
             for change in routes::plan(&current, &want, legacy) {
-                self.apply(change, ext);
+                self.apply(change);
             }
         }
     }
 
-    fn apply(&mut self, change: Change, ext: u32) {
-        match change {
-            Change::Add { want, over } => match self.nl.replace_route(&want) {
-                Ok(()) => {
-                    self.repaired();
-                    match over {
-                        Some(o) if routes::same(&o, &want) => crate::info!(
-                            "route {} adopted (it was made as proto {:?}, by an earlier version)",
-                            routes::describe(&want),
-                            o.protocol
-                        ),
-                        Some(o) => crate::warn!(
-                            "route {} replaced {}, which flanneld did not make",
-                            routes::describe(&want),
-                            routes::describe(&o)
-                        ),
-                        None => crate::info!("route {} programmed", routes::describe(&want)),
-                    }
+    fn apply(&mut self, change: Change) {
+        let op = match change {
+            Change::Add { want, over } => {
+                self.repaired();
+                match over {
+                    Some(o) if routes::same(&o, &want) => crate::info!(
+                        "route {} adopted (it was made as proto {:?}, by an earlier version)",
+                        routes::describe(&want),
+                        o.protocol
+                    ),
+                    Some(o) => crate::warn!(
+                        "route {} replaces {}, which flanneld did not make",
+                        routes::describe(&want),
+                        routes::describe(&o)
+                    ),
+                    None => crate::info!("route {} was missing: restored", routes::describe(&want)),
                 }
-                Err(e) => {
-                    let hint = if want.oif == Some(ext) && want.gateway.is_some() {
-                        " (host-gw needs every peer on this host's L2 segment)"
-                    } else {
-                        ""
-                    };
-                    self.failed(format!(
-                        "cannot route {}: {e}{hint}",
-                        routes::describe(&want)
-                    ));
-                }
-            },
-            Change::Remove(r) => match self.nl.del_route(&r) {
-                Ok(()) => crate::info!("route {} of a departed peer removed", routes::describe(&r)),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => self.failed(format!("cannot remove route {}: {e}", routes::describe(&r))),
-            },
-            Change::RemoveLegacy(r) => match self.nl.del_route(&r) {
-                Ok(()) => crate::info!(
+                Op::ReplaceRoute(want)
+            }
+            Change::Remove(r) => {
+                crate::info!("route {} of a departed peer removed", routes::describe(&r));
+                Op::DelRoute(r)
+            }
+            Change::RemoveLegacy(r) => {
+                crate::info!(
                     "route {} left by an earlier version for a departed peer removed",
                     routes::describe(&r)
-                ),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => self.failed(format!("cannot remove route {}: {e}", routes::describe(&r))),
-            },
-        }
+                );
+                Op::DelRoute(r)
+            }
+        };
+        self.pending.push(op);
     }
 }

@@ -7,12 +7,13 @@
 //!   restart would cure. A store or a peer that keeps failing is not (a
 //!   liveness probe would only restart the agent in a loop): `/readyz`
 //!   says so.
-//! - `/readyz`: 503 until subnet.env is written and a resync succeeded;
-//!   then 503 whenever the last resync could not read the store or change
-//!   the kernel, or the udp forwarder died. The body says why.
+//! - `/readyz`: 503 until subnet.env is written and the peers were listed
+//!   and programmed; then 503 whenever the store is failing, our lease is
+//!   held by another node, the store's network config changed under us, a
+//!   kernel change is failing, or the udp forwarder died. The body says why.
 //!
-//! A resync succeeds when it read the leases and every kernel change it
-//! needed went through.
+//! The agent's loop records where it stands each time round (at least
+//! every second), whether anything happened or not.
 
 pub mod http;
 
@@ -37,11 +38,15 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     pub dataplane_errors: AtomicU64,
     pub udp_forward_errors: AtomicU64,
+    pub lease_conflicts: AtomicU64,
+    pub leases_invalid: AtomicU64,
+    pub config_changed: AtomicU64,
+    pub peers_absent: AtomicU64,
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
             (
                 "flannel_leases",
                 "gauge",
@@ -84,6 +89,30 @@ impl Metrics {
                 "Packets the udp backend could not pass on.",
                 &self.udp_forward_errors,
             ),
+            (
+                "flannel_lease_conflicts_total",
+                "counter",
+                "Times this node's lease was found held by another node.",
+                &self.lease_conflicts,
+            ),
+            (
+                "flannel_leases_invalid",
+                "gauge",
+                "Leases in the store ignored as invalid (outside the network, overlapping, malformed).",
+                &self.leases_invalid,
+            ),
+            (
+                "flannel_config_changed",
+                "gauge",
+                "1 while the store's network config differs from the one this agent runs.",
+                &self.config_changed,
+            ),
+            (
+                "flannel_peers_absent",
+                "gauge",
+                "Peers missing from the last listing of the store, kept for the grace period.",
+                &self.peers_absent,
+            ),
         ];
         rows.iter()
             .map(|(name, kind, help, v)| {
@@ -110,6 +139,8 @@ pub struct Health {
     store_failing: AtomicBool,
     dataplane_failing: AtomicBool,
     forwarder_dead: AtomicBool,
+    conflict: AtomicBool,
+    config_changed: AtomicBool,
 }
 
 /// A copy of [`Health`] at one instant, for the verdicts.
@@ -123,13 +154,23 @@ pub struct Snapshot {
     pub store_failing: bool,
     pub dataplane_failing: bool,
     pub forwarder_dead: bool,
+    pub conflict: bool,
+    pub config_changed: bool,
 }
 
-/// How one resync went.
+/// Where the agent stands after handling what happened (events, ticks,
+/// a full comparison).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pass {
+    /// The store is reachable, our lease is ours and in place, and the
+    /// peers were listed at least once.
     pub store_ok: bool,
+    /// Kernel changes that failed and are not yet repaired.
     pub dataplane_errors: usize,
+    /// Our key holds another node's lease.
+    pub conflict: bool,
+    /// The store's network config is no longer the one we run.
+    pub config_changed: bool,
 }
 
 impl Health {
@@ -145,6 +186,8 @@ impl Health {
             store_failing: AtomicBool::new(false),
             dataplane_failing: AtomicBool::new(false),
             forwarder_dead: AtomicBool::new(false),
+            conflict: AtomicBool::new(false),
+            config_changed: AtomicBool::new(false),
         }
     }
 
@@ -171,13 +214,19 @@ impl Health {
         self.forwarder_dead.store(true, Ordering::Relaxed);
     }
 
+    /// The agent's loop went round (it does at least every second).
     pub fn record(&self, pass: Pass) {
-        self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
         let now = self.stamp();
         self.last_pass.store(now, Ordering::Relaxed);
         self.store_failing.store(!pass.store_ok, Ordering::Relaxed);
         self.dataplane_failing
             .store(pass.dataplane_errors > 0, Ordering::Relaxed);
+        self.conflict.store(pass.conflict, Ordering::Relaxed);
+        self.config_changed
+            .store(pass.config_changed, Ordering::Relaxed);
+        self.metrics
+            .config_changed
+            .store(u64::from(pass.config_changed), Ordering::Relaxed);
         if pass.store_ok && pass.dataplane_errors == 0 {
             self.last_success.store(now, Ordering::Relaxed);
         }
@@ -193,6 +242,8 @@ impl Health {
             store_failing: self.store_failing.load(Ordering::Relaxed),
             dataplane_failing: self.dataplane_failing.load(Ordering::Relaxed),
             forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
+            conflict: self.conflict.load(Ordering::Relaxed),
+            config_changed: self.config_changed.load(Ordering::Relaxed),
         }
     }
 
@@ -228,6 +279,12 @@ pub fn readyz(s: &Snapshot) -> Result<String, String> {
         why.push("subnet.env not written yet");
     } else if s.last_success.is_none() {
         why.push("no successful resync yet");
+    }
+    if s.conflict {
+        why.push("this node's lease is held by another node (see the log)");
+    }
+    if s.config_changed {
+        why.push("the network config in the store changed: restart flanneld to apply it");
     }
     if s.store_failing {
         why.push("the lease store is failing");
@@ -343,16 +400,25 @@ mod tests {
         h.record(Pass {
             store_ok: true,
             dataplane_errors: 1,
+            ..Pass::default()
         });
         let s = h.snapshot();
         assert!(s.dataplane_failing && s.last_success.is_none());
         h.record(Pass {
             store_ok: true,
             dataplane_errors: 0,
+            ..Pass::default()
         });
         let s = h.snapshot();
         assert!(!s.dataplane_failing && s.last_success.is_some());
         assert!(readyz(&s).is_ok());
-        assert!(h.metrics.render().contains("flannel_resyncs_total 2\n"));
+        h.record(Pass {
+            conflict: true,
+            config_changed: true,
+            ..Pass::default()
+        });
+        let why = readyz(&h.snapshot()).unwrap_err();
+        assert!(why.contains("held by another node") && why.contains("network config"));
+        assert!(h.metrics.render().contains("flannel_config_changed 1\n"));
     }
 }

@@ -115,7 +115,9 @@ impl FileStore {
 
 impl Store for FileStore {
     fn feed(&mut self, _sink: super::Sink, _relist: Duration) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("the embedded store's feed is not written yet".into()))
+        Err(StoreError::Invalid(
+            "the embedded store's feed is not written yet".into(),
+        ))
     }
 
     fn network_config(&mut self) -> Result<String, StoreError> {

@@ -130,7 +130,9 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     fn feed(&mut self, _sink: super::Sink, _relist: Duration) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("the etcd feed is not written yet".into()))
+        Err(StoreError::Invalid(
+            "the etcd feed is not written yet".into(),
+        ))
     }
 
     fn network_config(&mut self) -> Result<String, StoreError> {
