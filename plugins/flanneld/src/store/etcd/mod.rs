@@ -10,6 +10,7 @@
 //! `etcdctl lease list` shows one lease per node.
 
 mod client;
+mod feed;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -326,8 +327,14 @@ impl Leases<'_> {
 }
 
 impl Store for EtcdStore {
-    fn feed(&mut self, _sink: super::Sink, _relist: Duration) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("the etcd feed is not written yet".into()))
+    fn feed(&mut self, sink: super::Sink, relist: Duration) -> Result<(), StoreError> {
+        feed::start(
+            self.spec.clone(),
+            &self.prefix,
+            &self.endpoints,
+            sink,
+            relist,
+        )
     }
 
     fn network_config(&mut self) -> Result<String, StoreError> {
