@@ -302,7 +302,10 @@ impl Feed {
     fn record(&mut self, name: &OsString, only_created: bool) -> Option<StoreEvent> {
         let text = name.to_string_lossy();
         let Some(key) = SubnetKey::parse(&text) else {
-            if !only_created {
+            let there = self.store.dir.join("subnets").join(name).exists();
+            if !there {
+                self.store.unreadable.forget(&text);
+            } else if !only_created {
                 let why = "not a subnet key such as 10.244.3.0-24";
                 self.store.unreadable.note(text.into_owned(), why);
             }
