@@ -6,7 +6,8 @@
 //! Covered: one etcd lease per key through renewals, re-creation after a
 //! delete, and an agent restart; the feed's listing and events for writes
 //! made with etcdctl; an etcd wiped and restarted empty; a compacted
-//! watch; and 5,000 leases (listing time, write-to-event time, idle CPU).
+//! watch; 5,000 leases (listing time, write-to-event time, idle CPU); and
+//! all of it for a user with a password (auth tokens on every call).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
@@ -572,5 +573,54 @@ fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
         );
         assert!(list_time < Duration::from_secs(10), "{list_time:?}");
         assert!(share <= 0.2, "idle feed used {share:.3} % of a core");
+    });
+}
+
+#[test]
+fn a_user_with_a_password_renews_revokes_and_feeds() {
+    let etcd = Etcd::start("store-auth");
+    etcd.ctl(&["user", "add", "root:rootpw", "--interactive=false"]);
+    etcd.ctl(&["user", "add", "flannel:flpw", "--interactive=false"]);
+    etcd.ctl(&["role", "add", "flannel"]);
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "flannel",
+        "--prefix=true",
+        "readwrite",
+        &format!("{PREFIX}/"),
+    ]);
+    etcd.ctl(&["user", "grant-role", "flannel", "flannel"]);
+    etcd.ctl(&["auth", "enable"]);
+    let root = |args: &[&str]| {
+        let mut a = vec!["--user", "root:rootpw"];
+        a.extend_from_slice(args);
+        etcd.ctl(&a)
+    };
+    let lease_count = || root(&["lease", "list"]).lines().skip(1).count();
+    in_netns(&etcd.ns.path(), || {
+        let opts = Options {
+            etcd_username: Some("flannel".into()),
+            etcd_password: Some("flpw".into()),
+            ..etcd.opts()
+        };
+        let mut store = EtcdStore::connect(&opts).unwrap();
+        let (sink, rx) = channel();
+        store.feed(sink, HOUR).unwrap();
+        assert!(listed(next(&rx, Duration::from_secs(15))).0.is_empty());
+        let k = key("10.244.8.0-24");
+        let ttl = Some(Duration::from_secs(60));
+        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.key == k));
+        store.update(&k, &attrs("192.0.2.8"), ttl).unwrap();
+        store.update(&k, &attrs("192.0.2.80"), ttl).unwrap();
+        assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.attrs == attrs("192.0.2.80")));
+        assert_eq!(lease_count(), 1);
+        root(&["del", &subnet("10.244.8.0-24")]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(k));
+        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        assert_eq!(lease_count(), 1, "the earlier grant was not revoked");
+        store.delete(&k).unwrap();
+        assert_eq!(lease_count(), 0);
     });
 }
