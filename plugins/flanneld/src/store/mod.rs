@@ -36,6 +36,63 @@ impl Unreadable {
         }
         self.0 = now.into_keys().collect();
     }
+
+    /// One record seen unreadable (a feed's event): logged unless it
+    /// already was.
+    pub fn note(&mut self, key: String, why: &str) {
+        if !self.0.contains(&key) {
+            crate::warn!("lease record {key} cannot be read, so it is ignored: {why}");
+            self.0.insert(key);
+        }
+    }
+
+    /// A record that was read fine (or is gone): a later bad write to it
+    /// is logged again.
+    pub fn forget(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+}
+
+/// `d` give or take 10 %, so that agents started together do not all
+/// list the store at the same moment.
+pub fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState has fresh keys: a random number without a crate.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let permille = 900 + u32::try_from(r % 201).unwrap_or(100);
+    d.checked_mul(permille).map_or(d, |x| x / 1000)
+}
+
+/// Waits between attempts to reach a store: 100 ms, doubling to 5 s.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Backoff {
+        Backoff(Self::FIRST)
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_wait(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (d * 2).min(Self::MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
 }
 
 /// What a store's feed reports, in the order it happened.
@@ -91,5 +148,36 @@ pub trait Store: std::fmt::Debug {
     /// embedded store: inotify, plus expiry of leases as it comes due),
     /// a `Listed` again after trouble, and one every `relist` (with
     /// jitter) as a safety net.
+    ///
+    /// The thread runs until `sink` returns `false` (it learns that at
+    /// its next event, at the latest at the next `relist`). Each call
+    /// starts another feed.
     fn feed(&mut self, sink: Sink, relist: Duration) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let d = Duration::from_secs(100);
+        for _ in 0..1000 {
+            let j = jittered(d);
+            assert!(
+                j >= Duration::from_secs(90) && j <= Duration::from_secs(110),
+                "{j:?}"
+            );
+        }
+        assert_eq!(jittered(Duration::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = Backoff::new();
+        let waits: Vec<u128> = (0..8).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
+    }
 }

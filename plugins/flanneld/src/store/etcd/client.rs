@@ -12,6 +12,12 @@ use tonic::{Code, Request, Status, Streaming};
 
 use super::wire::{self, path};
 
+/// The largest answer we read (a listing of every lease).
+const MAX_ANSWER: usize = 64 << 20;
+/// How long a keep-alive answer may take: the HTTP/2 pings would notice a
+/// dead connection, but a renewal should not wait on them.
+const KEEP_ALIVE_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("bad endpoint {url}: {reason}")]
@@ -125,6 +131,18 @@ impl Client {
         req
     }
 
+    /// A gRPC client on our channel, once the channel can take a call.
+    async fn grpc(&self) -> Result<tonic::client::Grpc<Channel>, Status> {
+        // A listing of thousands of leases is larger than tonic's default
+        // 4 MiB limit for one answer.
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_ANSWER);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd is not reachable: {e}")))?;
+        Ok(grpc)
+    }
+
     /// One unary call, as is.
     async fn unary<Req, Resp>(
         &self,
@@ -135,10 +153,7 @@ impl Client {
         Req: prost::Message + 'static,
         Resp: prost::Message + Default + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd is not reachable: {e}")))?;
+        let mut grpc = self.grpc().await?;
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         grpc.unary(req, PathAndQuery::from_static(method), codec)
             .await
@@ -192,10 +207,12 @@ impl Client {
         self.call(path::PUT, req).await
     }
 
+    /// Deletes `key`; the answer holds the deleted pair (with its lease).
     pub async fn delete(&mut self, key: &str) -> Result<wire::DeleteRangeResponse, Status> {
         let req = wire::DeleteRangeRequest {
             key: key.as_bytes().to_vec(),
             range_end: Vec::new(),
+            prev_kv: true,
         };
         self.call(path::DELETE_RANGE, req).await
     }
@@ -220,14 +237,16 @@ impl Client {
         Ok(resp.succeeded)
     }
 
-    pub async fn lease_grant(&mut self, ttl: Duration) -> Result<i64, Status> {
+    /// A new lease of `ttl`: its ID, and the TTL etcd gave it (it raises
+    /// very short ones to its minimum).
+    pub async fn lease_grant(&mut self, ttl: Duration) -> Result<(i64, i64), Status> {
         let req = wire::LeaseGrantRequest {
             ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             id: 0,
         };
         let resp: wire::LeaseGrantResponse = self.call(path::LEASE_GRANT, req).await?;
         if resp.error.is_empty() {
-            Ok(resp.id)
+            Ok((resp.id, resp.ttl))
         } else {
             Err(Status::unknown(resp.error))
         }
@@ -237,6 +256,50 @@ impl Client {
         let req = wire::LeaseRevokeRequest { id };
         let _: wire::LeaseRevokeResponse = self.call(path::LEASE_REVOKE, req).await?;
         Ok(())
+    }
+
+    /// Renews lease `id` once: its TTL in seconds after the renewal, 0 when
+    /// the lease is gone (expired or revoked).
+    pub async fn lease_keep_alive(&mut self, id: i64) -> Result<i64, Status> {
+        match self.keep_alive_once(id).await {
+            Err(s) if token_expired(&s) && self.credentials.is_some() => {
+                self.authenticate()
+                    .await
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                self.keep_alive_once(id).await
+            }
+            other => other,
+        }
+    }
+
+    /// LeaseKeepAlive is a two-way stream: we send one request and close
+    /// our side, etcd answers once and ends the call.
+    async fn keep_alive_once(&self, id: i64) -> Result<i64, Status> {
+        let outbound = tokio_stream::iter([wire::LeaseKeepAliveRequest { id }]);
+        let mut grpc = self.grpc().await?;
+        let codec = tonic_prost::ProstCodec::<
+            wire::LeaseKeepAliveRequest,
+            wire::LeaseKeepAliveResponse,
+        >::default();
+        let call = async {
+            let mut answers = grpc
+                .streaming(
+                    self.request(outbound),
+                    PathAndQuery::from_static(path::LEASE_KEEP_ALIVE),
+                    codec,
+                )
+                .await?
+                .into_inner();
+            match answers.message().await? {
+                Some(resp) => Ok(resp.ttl),
+                None => Err(Status::unavailable(
+                    "etcd ended the keep-alive call without an answer",
+                )),
+            }
+        };
+        tokio::time::timeout(KEEP_ALIVE_WAIT, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no keep-alive answer in time")))
     }
 
     /// A watch of every key under `prefix`, from `start_revision` on. The
@@ -259,10 +322,7 @@ impl Client {
             })),
         };
         let outbound = tokio_stream::iter([create]).chain(tokio_stream::pending());
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd is not reachable: {e}")))?;
+        let mut grpc = self.grpc().await?;
         let codec = tonic_prost::ProstCodec::<wire::WatchRequest, wire::WatchResponse>::default();
         let resp = grpc
             .streaming(

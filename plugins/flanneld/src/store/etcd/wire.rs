@@ -14,6 +14,7 @@ pub mod path {
     pub const WATCH: &str = "/etcdserverpb.Watch/Watch";
     pub const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
     pub const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
+    pub const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
     pub const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
 }
 
@@ -92,6 +93,9 @@ pub struct DeleteRangeRequest {
     pub key: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
     pub range_end: Vec<u8>,
+    /// Answer with the deleted pairs (and so the leases they had).
+    #[prost(bool, tag = "3")]
+    pub prev_kv: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,6 +104,8 @@ pub struct DeleteRangeResponse {
     pub header: Option<ResponseHeader>,
     #[prost(int64, tag = "2")]
     pub deleted: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub prev_kvs: Vec<KeyValue>,
 }
 
 /// Compare.CompareResult
@@ -307,6 +313,23 @@ pub struct LeaseRevokeResponse {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseKeepAliveRequest {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseKeepAliveResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(int64, tag = "2")]
+    pub id: i64,
+    /// The lease's TTL after the renewal; 0 when there is no such lease.
+    #[prost(int64, tag = "3")]
+    pub ttl: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthenticateRequest {
     #[prost(string, tag = "1")]
     pub name: String,
@@ -360,6 +383,27 @@ mod tests {
             target_union: Some(CompareUnion::Version(0)),
         };
         assert_eq!(cmp.encode_to_vec(), vec![0x1a, 1, b'k', 0x20, 0]);
+    }
+
+    #[test]
+    fn keep_alive_answers_decode_by_etcd_field_numbers() {
+        // LeaseKeepAliveResponse{ID(2)=5, TTL(3)=60}, as etcd encodes it.
+        let resp = LeaseKeepAliveResponse::decode(&[0x10, 5, 0x18, 60][..]).unwrap();
+        assert_eq!((resp.id, resp.ttl), (5, 60));
+        // A lease that is gone: TTL 0, which proto3 leaves out.
+        let gone = LeaseKeepAliveResponse::decode(&[0x10, 5][..]).unwrap();
+        assert_eq!(gone.ttl, 0);
+        assert_eq!(
+            LeaseKeepAliveRequest { id: 5 }.encode_to_vec(),
+            vec![0x08, 5]
+        );
+        // DeleteRange with prev_kv (3) = true.
+        let del = DeleteRangeRequest {
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+            prev_kv: true,
+        };
+        assert_eq!(del.encode_to_vec(), vec![0x0a, 1, b'k', 0x18, 1]);
     }
 
     #[test]

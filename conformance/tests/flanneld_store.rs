@@ -1,0 +1,626 @@
+//! flanneld's etcd store against a real etcd (Debian's etcd-server), each
+//! test with its own etcd on 127.0.0.1 inside a network namespace made for
+//! it; the store code runs on a thread that entered that namespace (so do
+//! the feed threads it starts), and nothing touches the root namespace.
+//!
+//! Covered: one etcd lease per key through renewals, re-creation after a
+//! delete, and an agent restart; the feed's listing and events for writes
+//! made with etcdctl; an etcd wiped and restarted empty; a compacted
+//! watch; 5,000 leases (listing time, write-to-event time, idle CPU); and
+//! all of it for a user with a password (auth tokens on every call).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use conformance::{Daemon, TestNetns, wait_for};
+use flanneld::flags::Options;
+use flanneld::lease::{LeaseAttrs, SubnetKey};
+use flanneld::store::etcd::EtcdStore;
+use flanneld::store::{Sink, Store, StoreEvent};
+use serde_json::Value;
+
+const URL: &str = "http://127.0.0.1:2379";
+const PREFIX: &str = "/coreos.com/network";
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// What each feed event must take at most in these tests.
+const PROMPT: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// etcd in a namespace of its own; its data in memory (/dev/shm), so
+/// that thousands of writes do not wait on the disk.
+struct Etcd {
+    // Dropped first: etcd stops before its namespace and data go.
+    daemon: Option<Daemon>,
+    ns: TestNetns,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    fn start(tag: &str) -> Etcd {
+        assert!(
+            Path::new("/usr/bin/etcd").is_file(),
+            "apt-get install etcd-server etcd-client (scripts/test.sh does)"
+        );
+        let ns = TestNetns::new(tag);
+        let dir = PathBuf::from("/dev/shm").join(ns.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut etcd = Etcd {
+            daemon: None,
+            ns,
+            dir,
+        };
+        etcd.up();
+        etcd
+    }
+
+    fn up(&mut self) {
+        let data = self.dir.join("data");
+        let args: Vec<String> = [
+            "--name",
+            "test",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen-client-urls",
+            URL,
+            "--advertise-client-urls",
+            URL,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "test=http://127.0.0.1:2380",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.join("etcd.log");
+        let daemon = Daemon::start(Path::new("/usr/bin/etcd"), &args, &self.ns, &log);
+        self.daemon = Some(daemon);
+        assert!(
+            wait_for(Duration::from_secs(20), || self
+                .try_ctl(&["endpoint", "health"])
+                .is_some()),
+            "etcd did not come up: {}",
+            self.log()
+        );
+    }
+
+    fn down(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// Its data gone, as after a rebuilt control plane.
+    fn wipe(&self) {
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    fn try_ctl(&self, args: &[&str]) -> Option<String> {
+        let mut all = vec!["--endpoints", URL];
+        all.extend_from_slice(args);
+        let out = self.ns.exec("etcdctl", &all);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--endpoints", URL];
+        all.extend_from_slice(args);
+        let out = self.ns.exec("etcdctl", &all);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `etcdctl lease list`: every lease ID etcd holds.
+    fn leases(&self) -> Vec<i64> {
+        let out = self.ctl(&["lease", "list"]);
+        let mut ids: Vec<i64> = out
+            .lines()
+            .skip(1) // "found N leases"
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| i64::from_str_radix(l.trim(), 16).unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A key's etcd lease (0: none) and mod revision.
+    fn key(&self, name: &str) -> (i64, i64) {
+        let v: Value = serde_json::from_str(&self.ctl(&["get", name, "-w", "json"])).unwrap();
+        let kv = &v["kvs"][0];
+        assert!(kv.is_object(), "{name} is not in etcd: {v}");
+        (
+            kv["lease"].as_i64().unwrap_or(0),
+            kv["mod_revision"].as_i64().unwrap(),
+        )
+    }
+
+    /// The store's current revision.
+    fn revision(&self) -> i64 {
+        let v: Value = serde_json::from_str(&self.ctl(&["get", "/", "-w", "json"])).unwrap();
+        v["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// Seconds left on a lease.
+    fn remaining(&self, id: i64) -> i64 {
+        let hex = format!("{id:x}");
+        let v: Value =
+            serde_json::from_str(&self.ctl(&["lease", "timetolive", &hex, "-w", "json"])).unwrap();
+        v["ttl"].as_i64().unwrap()
+    }
+
+    fn opts(&self) -> Options {
+        Options {
+            etcd_endpoints: vec![URL.to_string()],
+            ..Options::default()
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread inside the namespace at `ns` (gRPC connects lazily
+/// and again after trouble, so the store lives on that thread throughout).
+fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = File::open(ns).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn attrs(ip: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Some(ip.parse().unwrap()),
+        public_ipv6: None,
+        backend_type: "host-gw".into(),
+        backend_data: None,
+        backend_v6_data: None,
+    }
+}
+
+fn json(ip: &str) -> String {
+    serde_json::to_string(&attrs(ip)).unwrap()
+}
+
+fn key(s: &str) -> SubnetKey {
+    SubnetKey::parse(s).unwrap()
+}
+
+fn subnet(k: &str) -> String {
+    format!("{PREFIX}/subnets/{k}")
+}
+
+fn channel() -> (Sink, Receiver<StoreEvent>) {
+    let (tx, rx) = mpsc::channel();
+    (Box::new(move |ev| tx.send(ev).is_ok()), rx)
+}
+
+fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("no event within {limit:?}: {e}"))
+}
+
+/// Events until one passes `want`; the ones before it are returned.
+fn until(
+    rx: &Receiver<StoreEvent>,
+    limit: Duration,
+    want: impl Fn(&StoreEvent) -> bool,
+) -> (StoreEvent, Vec<StoreEvent>) {
+    let end = Instant::now() + limit;
+    let mut before = Vec::new();
+    loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(ev) if want(&ev) => return (ev, before),
+            Ok(ev) => before.push(ev),
+            Err(e) => panic!("no such event within {limit:?} ({e}); saw {before:?}"),
+        }
+    }
+}
+
+fn listed(ev: StoreEvent) -> (Vec<flanneld::lease::Lease>, Option<String>) {
+    match ev {
+        StoreEvent::Listed { leases, config } => (leases, config),
+        other => panic!("expected a listing, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
+    let etcd = Etcd::start("store-leases");
+    in_netns(&etcd.ns.path(), || {
+        let k = key("10.244.7.0-24");
+        let name = subnet("10.244.7.0-24");
+        let ttl = Some(Duration::from_secs(60));
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        assert!(store.create(&k, &attrs("192.0.2.7"), ttl).unwrap());
+        let (first, rev) = etcd.key(&name);
+        assert_ne!(first, 0, "a lease with a TTL has an etcd lease");
+        assert_eq!(etcd.leases(), [first]);
+
+        // (a) Renewals keep that lease alive; an unchanged value is not
+        // written again (no new revision).
+        for _ in 0..3 {
+            store.update(&k, &attrs("192.0.2.7"), ttl).unwrap();
+        }
+        assert_eq!(etcd.leases(), [first]);
+        assert_eq!(etcd.key(&name), (first, rev), "a renewal rewrote the value");
+        // A changed value is written, on the same lease.
+        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        let (lease, rev2) = etcd.key(&name);
+        assert_eq!(lease, first);
+        assert!(rev2 > rev);
+        assert_eq!(etcd.leases(), [first]);
+
+        // (b) Deleted by someone, then created again: the earlier grant is
+        // revoked, not left to expire.
+        etcd.ctl(&["del", &name]);
+        assert!(store.create(&k, &attrs("192.0.2.70"), ttl).unwrap());
+        let (second, _) = etcd.key(&name);
+        assert_ne!(second, first);
+        assert_eq!(etcd.leases(), [second]);
+
+        // (c) A restarted agent: a new store learns the key's lease from
+        // etcd and keeps that one alive.
+        drop(store);
+        // Let the lease run down a little, to see the renewal.
+        std::thread::sleep(Duration::from_secs(2));
+        let before = etcd.remaining(second);
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        assert_eq!(etcd.key(&name).0, second);
+        assert_eq!(etcd.leases(), [second]);
+        let after = etcd.remaining(second);
+        assert!(
+            after > before,
+            "not renewed: {before} s left, then {after} s"
+        );
+
+        // Another TTL asked for: a new lease replaces the old one.
+        store
+            .update(&k, &attrs("192.0.2.70"), Some(Duration::from_secs(120)))
+            .unwrap();
+        let (third, _) = etcd.key(&name);
+        assert_ne!(third, second);
+        assert_eq!(etcd.leases(), [third]);
+        assert!(etcd.remaining(third) > 100);
+
+        // A reservation has no etcd lease; back to a lease, then deleted:
+        // nothing is left behind.
+        store.update(&k, &attrs("192.0.2.70"), None).unwrap();
+        assert_eq!(etcd.key(&name).0, 0);
+        assert!(etcd.leases().is_empty());
+        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        assert_eq!(etcd.leases().len(), 1);
+        store.delete(&k).unwrap();
+        assert!(etcd.leases().is_empty());
+
+        // A lost race leaves no grant behind either.
+        etcd.ctl(&["put", &name, &json("192.0.2.99")]);
+        assert!(!store.create(&k, &attrs("192.0.2.70"), ttl).unwrap());
+        assert!(etcd.leases().is_empty());
+    });
+}
+
+#[test]
+fn feed_reports_etcdctl_writes_within_a_second() {
+    let etcd = Etcd::start("store-feed");
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    etcd.ctl(&["put", &subnet("10.244.1.0-24"), &json("192.0.2.1")]);
+    in_netns(&etcd.ns.path(), || {
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let (sink, rx) = channel();
+        store.feed(sink, HOUR).unwrap();
+        let (leases, config) = listed(next(&rx, Duration::from_secs(15)));
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].key, key("10.244.1.0-24"));
+        assert!(leases[0].expires.is_none(), "no etcd lease: a reservation");
+        assert_eq!(config.as_deref(), Some(CONFIG));
+
+        let mut took = Vec::new();
+        // A lease written with etcdctl, under an etcd lease.
+        let grant = etcd.ctl(&["lease", "grant", "600"]);
+        let id = grant.split_whitespace().nth(1).unwrap().to_string();
+        let start = Instant::now();
+        etcd.ctl(&[
+            "put",
+            "--lease",
+            &id,
+            &subnet("10.244.2.0-24"),
+            &json("192.0.2.2"),
+        ]);
+        match next(&rx, PROMPT) {
+            StoreEvent::Put(l) => {
+                assert_eq!(l.key, key("10.244.2.0-24"));
+                assert_eq!(l.attrs, attrs("192.0.2.2"));
+                assert!(l.expires.is_some());
+            }
+            other => panic!("expected the put, got {other:?}"),
+        }
+        took.push(("etcdctl put", start.elapsed()));
+
+        let start = Instant::now();
+        etcd.ctl(&["del", &subnet("10.244.1.0-24")]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(key("10.244.1.0-24")));
+        took.push(("etcdctl del", start.elapsed()));
+
+        // The lease's etcd lease revoked: its key goes, and that is a Gone.
+        let start = Instant::now();
+        etcd.ctl(&["lease", "revoke", &id]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(key("10.244.2.0-24")));
+        took.push(("etcdctl lease revoke", start.elapsed()));
+
+        let start = Instant::now();
+        let changed = CONFIG.replace("host-gw", "vxlan");
+        etcd.ctl(&["put", &format!("{PREFIX}/config"), &changed]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Config(Some(changed)));
+        took.push(("etcdctl put config", start.elapsed()));
+        let start = Instant::now();
+        etcd.ctl(&["del", &format!("{PREFIX}/config")]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Config(None));
+        took.push(("etcdctl del config", start.elapsed()));
+
+        // A record that cannot be read is skipped (and logged), and keys
+        // outside the layout are nobody's business.
+        etcd.ctl(&["put", &subnet("10.244.4.0-24"), "not json"]);
+        etcd.ctl(&["put", &subnet("bogus"), &json("192.0.2.4")]);
+        etcd.ctl(&["put", &format!("{PREFIX}/other"), "x"]);
+        etcd.ctl(&["put", &subnet("10.244.5.0-24"), &json("192.0.2.5")]);
+        match next(&rx, PROMPT) {
+            StoreEvent::Put(l) => assert_eq!(l.key, key("10.244.5.0-24")),
+            other => panic!("expected only the good record, got {other:?}"),
+        }
+
+        // Our own write, timed without a process start in between.
+        let mut worst = Duration::ZERO;
+        for i in 0..10 {
+            let ip = format!("192.0.2.{}", 100 + i);
+            let start = Instant::now();
+            store
+                .update(&key("10.244.6.0-24"), &attrs(&ip), Some(HOUR))
+                .unwrap();
+            match next(&rx, PROMPT) {
+                StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
+                other => panic!("expected our write, got {other:?}"),
+            }
+            worst = worst.max(start.elapsed());
+        }
+        took.push(("store.update (worst of 10)", worst));
+        for (what, t) in took {
+            eprintln!("etcd feed: {what} -> event in {t:?}");
+        }
+    });
+}
+
+#[test]
+fn feed_lists_an_etcd_that_came_back_empty_and_watches_it_afresh() {
+    let mut etcd = Etcd::start("store-wiped");
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    etcd.ctl(&["put", &subnet("10.244.1.0-24"), &json("192.0.2.1")]);
+    // Many revisions, so that the old watch position lies far beyond what
+    // the empty etcd will count.
+    for i in 0..20 {
+        etcd.ctl(&["put", "/elsewhere", &i.to_string()]);
+    }
+    let old_revision = etcd.revision();
+    let ns = etcd.ns.path();
+    in_netns(&ns, || {
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let (sink, rx) = channel();
+        store.feed(sink, HOUR).unwrap();
+        let (leases, _) = listed(next(&rx, Duration::from_secs(15)));
+        assert_eq!(leases.len(), 1);
+
+        etcd.down();
+        let (_, before) = until(&rx, Duration::from_secs(15), |ev| {
+            matches!(ev, StoreEvent::Trouble(_))
+        });
+        assert!(before.is_empty(), "events before the trouble: {before:?}");
+        etcd.wipe();
+        etcd.up();
+        let (ev, before) = until(&rx, Duration::from_secs(30), |ev| {
+            matches!(ev, StoreEvent::Listed { .. })
+        });
+        assert!(
+            before.iter().all(|ev| matches!(ev, StoreEvent::Trouble(_))),
+            "{before:?}"
+        );
+        let (leases, config) = listed(ev);
+        assert!(leases.is_empty(), "the empty etcd listed {leases:?}");
+        assert_eq!(config, None);
+        assert!(etcd.revision() < old_revision);
+
+        // Watched from the new etcd's revision: its writes are seen.
+        etcd.ctl(&["put", &subnet("10.244.2.0-24"), &json("192.0.2.2")]);
+        match next(&rx, PROMPT) {
+            StoreEvent::Put(l) => assert_eq!(l.key, key("10.244.2.0-24")),
+            other => panic!("expected the put on the new etcd, got {other:?}"),
+        }
+        etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Config(Some(CONFIG.into())));
+    });
+}
+
+#[test]
+fn feed_lists_again_when_its_watch_was_compacted() {
+    let etcd = Etcd::start("store-compact");
+    in_netns(&etcd.ns.path(), || {
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        // The feed reports a listing before it starts watching from the
+        // listing's revision: holding it in the sink lets the test compact
+        // past that revision first, deterministically.
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let sink: Sink = Box::new(move |ev| {
+            let hold = matches!(ev, StoreEvent::Listed { .. });
+            let ok = tx.send(ev).is_ok();
+            if hold {
+                // Err (the test dropped go_tx): no longer held.
+                let _ = go_rx.recv();
+            }
+            ok
+        });
+        store.feed(sink, HOUR).unwrap();
+        let (leases, _) = listed(next(&rx, Duration::from_secs(15)));
+        assert!(leases.is_empty());
+
+        etcd.ctl(&["put", &subnet("10.244.1.0-24"), &json("192.0.2.1")]);
+        etcd.ctl(&["put", &subnet("10.244.2.0-24"), &json("192.0.2.2")]);
+        etcd.ctl(&["compact", &etcd.revision().to_string()]);
+        go_tx.send(()).unwrap();
+        // Not the two puts (etcd no longer has them as events): a listing.
+        let (leases, _) = listed(next(&rx, Duration::from_secs(5)));
+        let keys: Vec<SubnetKey> = leases.iter().map(|l| l.key).collect();
+        assert_eq!(keys, [key("10.244.1.0-24"), key("10.244.2.0-24")]);
+        drop(go_tx);
+
+        // And the new watch works.
+        etcd.ctl(&["del", &subnet("10.244.1.0-24")]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(key("10.244.1.0-24")));
+    });
+}
+
+/// CPU time of the feed threads that run in namespace `ns`.
+fn feed_cpu(ns: &Path) -> Duration {
+    let ino = std::fs::metadata(ns).unwrap().ino();
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let p = task.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let same_ns = std::fs::metadata(p.join("ns/net")).is_ok_and(|m| m.ino() == ino);
+        if comm.trim() == "etcd-feed" && same_ns {
+            let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+#[test]
+fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
+    let etcd = Etcd::start("store-scale");
+    let ns = etcd.ns.path();
+    in_netns(&ns, || {
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let made = Instant::now();
+        for i in 0..5000u32 {
+            let k = key(&format!("10.{}.{}.0-24", 100 + i / 256, i % 256));
+            let ip = format!("192.0.{}.{}", 2 + i / 250, 1 + i % 250);
+            assert!(store.create(&k, &attrs(&ip), None).unwrap());
+        }
+        eprintln!("etcd: wrote 5000 leases in {:?}", made.elapsed());
+
+        let (sink, rx) = channel();
+        let start = Instant::now();
+        store.feed(sink, HOUR).unwrap();
+        let (leases, _) = listed(next(&rx, Duration::from_secs(30)));
+        let list_time = start.elapsed();
+        assert_eq!(leases.len(), 5000);
+
+        // A write among 5,000: its event.
+        let mut worst = Duration::ZERO;
+        for i in 0..10 {
+            let ip = format!("198.51.100.{}", 1 + i);
+            let start = Instant::now();
+            store
+                .update(&key("10.100.0.0-24"), &attrs(&ip), None)
+                .unwrap();
+            match next(&rx, PROMPT) {
+                StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
+                other => panic!("expected the write, got {other:?}"),
+            }
+            worst = worst.max(start.elapsed());
+        }
+
+        // Nothing changes for 10 s: the feed thread must all but sleep.
+        let before = feed_cpu(&ns);
+        let idle = Duration::from_secs(10);
+        let quiet = rx.recv_timeout(idle);
+        let used = feed_cpu(&ns) - before;
+        assert!(quiet.is_err(), "{quiet:?}");
+        let share = used.as_secs_f64() / idle.as_secs_f64() * 100.0;
+        eprintln!(
+            "etcd feed, 5000 leases: Listed {list_time:?} after feed(); write -> Put at most {worst:?} (10 writes); idle CPU {used:?} in {idle:?} ({share:.3} % of a core)"
+        );
+        assert!(list_time < Duration::from_secs(10), "{list_time:?}");
+        assert!(share <= 0.2, "idle feed used {share:.3} % of a core");
+    });
+}
+
+#[test]
+fn a_user_with_a_password_renews_revokes_and_feeds() {
+    let etcd = Etcd::start("store-auth");
+    etcd.ctl(&["user", "add", "root:rootpw", "--interactive=false"]);
+    etcd.ctl(&["user", "add", "flannel:flpw", "--interactive=false"]);
+    etcd.ctl(&["role", "add", "flannel"]);
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "flannel",
+        "--prefix=true",
+        "readwrite",
+        &format!("{PREFIX}/"),
+    ]);
+    etcd.ctl(&["user", "grant-role", "flannel", "flannel"]);
+    etcd.ctl(&["auth", "enable"]);
+    let root = |args: &[&str]| {
+        let mut a = vec!["--user", "root:rootpw"];
+        a.extend_from_slice(args);
+        etcd.ctl(&a)
+    };
+    let lease_count = || root(&["lease", "list"]).lines().skip(1).count();
+    in_netns(&etcd.ns.path(), || {
+        let opts = Options {
+            etcd_username: Some("flannel".into()),
+            etcd_password: Some("flpw".into()),
+            ..etcd.opts()
+        };
+        let mut store = EtcdStore::connect(&opts).unwrap();
+        let (sink, rx) = channel();
+        store.feed(sink, HOUR).unwrap();
+        assert!(listed(next(&rx, Duration::from_secs(15))).0.is_empty());
+        let k = key("10.244.8.0-24");
+        let ttl = Some(Duration::from_secs(60));
+        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.key == k));
+        store.update(&k, &attrs("192.0.2.8"), ttl).unwrap();
+        store.update(&k, &attrs("192.0.2.80"), ttl).unwrap();
+        assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.attrs == attrs("192.0.2.80")));
+        assert_eq!(lease_count(), 1);
+        root(&["del", &subnet("10.244.8.0-24")]);
+        assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(k));
+        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        assert_eq!(lease_count(), 1, "the earlier grant was not revoked");
+        store.delete(&k).unwrap();
+        assert_eq!(lease_count(), 0);
+    });
+}

@@ -1,0 +1,241 @@
+//! The etcd feed: a listing of `<prefix>/`, then a watch from the
+//! listing's revision on, on a thread of its own with its own connection.
+//!
+//! Whatever breaks the watch (an error, its end, a cancel, a compaction)
+//! leads to a new listing first and a watch from *that* listing's
+//! revision: an etcd that was wiped and restarted counts revisions from 1
+//! again, and a watch from our old revision would wait silently forever.
+//! A healthy watch costs nothing: no polling, only the HTTP/2 pings the
+//! channel sends to notice a dead connection (and etcd cancels the watch
+//! when its member loses the leader, since every call says `hasleader`).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::client::{self, Client, ConnectSpec};
+use super::{parse_lease, wire};
+use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
+
+/// How long connecting, listing or starting the watch may take before
+/// the attempt counts as failed (the channel itself never gives up).
+const CALL_WAIT: Duration = Duration::from_secs(15);
+/// A watch that ran this long was healthy: the next trouble starts the
+/// backoff from its shortest wait again.
+const STEADY: Duration = Duration::from_secs(10);
+
+pub(super) fn start(
+    spec: ConnectSpec,
+    prefix: &str,
+    endpoints: &str,
+    sink: Sink,
+    relist: Duration,
+) -> Result<(), StoreError> {
+    let rt = super::runtime()?;
+    let mut feed = Feed {
+        spec,
+        dir: format!("{prefix}/"),
+        subnets: format!("{prefix}/subnets/"),
+        config: format!("{prefix}/config"),
+        endpoints: endpoints.to_string(),
+        sink,
+        relist,
+        client: None,
+        unreadable: Unreadable::default(),
+    };
+    std::thread::Builder::new()
+        .name("etcd-feed".into())
+        .spawn(move || rt.block_on(feed.run()))
+        .map_err(|source| StoreError::Io {
+            what: "cannot start the etcd feed".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+struct Feed {
+    spec: ConnectSpec,
+    /// `<prefix>/`: listed and watched as a whole.
+    dir: String,
+    subnets: String,
+    config: String,
+    endpoints: String,
+    sink: Sink,
+    relist: Duration,
+    /// Dropped after a failed attempt, so the next one connects afresh.
+    client: Option<Client>,
+    unreadable: Unreadable,
+}
+
+/// How one listing-and-watch ended.
+enum End {
+    /// The sink is gone.
+    Stop,
+    /// List again now: the safety tick, or a compacted watch.
+    Relist,
+    /// The watch broke after it ran for this long: list again soon.
+    Broken(String, Duration),
+    /// etcd cannot be reached (connect, list or watch failed).
+    Unreachable(String),
+}
+
+impl Feed {
+    async fn run(&mut self) {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.cycle().await {
+                End::Stop => return,
+                End::Relist => {}
+                End::Broken(why, ran) => {
+                    crate::debug!(
+                        "etcd {}: the watch ended ({why}); listing again",
+                        self.endpoints
+                    );
+                    if ran >= STEADY {
+                        backoff.reset();
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+                End::Unreachable(why) => {
+                    self.client = None;
+                    if !(self.sink)(StoreEvent::Trouble(format!(
+                        "etcd {}: {why}",
+                        self.endpoints
+                    ))) {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        }
+    }
+
+    /// Lists, reports the listing, then follows the watch until it ends.
+    async fn cycle(&mut self) -> End {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => match tokio::time::timeout(CALL_WAIT, Client::connect(&self.spec)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return End::Unreachable(format!("cannot connect: {e}")),
+                Err(_) => return End::Unreachable("cannot connect: no answer in time".into()),
+            },
+        };
+        let mut client = self.client.insert(client).clone();
+        let listing = match tokio::time::timeout(CALL_WAIT, client.range(&self.dir, true)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return End::Unreachable(format!("cannot list: {}", client::describe(&e)));
+            }
+            Err(_) => return End::Unreachable("cannot list: no answer in time".into()),
+        };
+        // Changes after the listing, and none before: from its revision on.
+        let revision = listing.header.as_ref().map_or(0, |h| h.revision);
+        let listed = self.listed(listing);
+        if !(self.sink)(listed) {
+            return End::Stop;
+        }
+        let watch = tokio::time::timeout(CALL_WAIT, client.watch(&self.dir, revision + 1));
+        let mut stream = match watch.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return End::Unreachable(format!("cannot watch: {}", client::describe(&e)));
+            }
+            Err(_) => return End::Unreachable("cannot watch: no answer in time".into()),
+        };
+        let started = Instant::now();
+        let tick = started + jittered(self.relist);
+        loop {
+            let resp = match tokio::time::timeout_at(tick, stream.message()).await {
+                Err(_) => return End::Relist,
+                Ok(Ok(Some(r))) => r,
+                Ok(Ok(None)) => return End::Broken("etcd ended it".into(), started.elapsed()),
+                Ok(Err(e)) => return End::Broken(client::describe(&e), started.elapsed()),
+            };
+            if resp.compact_revision != 0 {
+                crate::debug!(
+                    "etcd {}: the watch's revisions were compacted (to {}); listing again",
+                    self.endpoints,
+                    resp.compact_revision
+                );
+                return End::Relist;
+            }
+            if resp.canceled {
+                let why = format!("etcd canceled it: {}", resp.cancel_reason);
+                return End::Broken(why, started.elapsed());
+            }
+            for ev in resp.events {
+                if let Some(event) = self.event(ev)
+                    && !(self.sink)(event)
+                {
+                    return End::Stop;
+                }
+            }
+        }
+    }
+
+    /// The listing as an event; unreadable records are logged (once) and
+    /// left out.
+    fn listed(&mut self, listing: wire::RangeResponse) -> StoreEvent {
+        let mut leases = Vec::with_capacity(listing.kvs.len());
+        let mut config = None;
+        let mut bad = std::collections::BTreeMap::new();
+        for kv in listing.kvs {
+            if kv.key == self.config.as_bytes() {
+                config = self.config_text(kv.value);
+            } else if kv.key.starts_with(self.subnets.as_bytes()) {
+                match parse_lease(&self.subnets, &kv) {
+                    Ok(lease) => leases.push(lease),
+                    Err(why) => {
+                        bad.insert(String::from_utf8_lossy(&kv.key).into_owned(), why);
+                    }
+                }
+            }
+        }
+        self.unreadable.update(bad);
+        leases.sort_by_key(|l| l.key);
+        StoreEvent::Listed { leases, config }
+    }
+
+    fn config_text(&self, value: Vec<u8>) -> Option<String> {
+        String::from_utf8(value)
+            .map_err(|_| {
+                crate::warn!(
+                    "etcd {}: {} is not text, so it is ignored",
+                    self.endpoints,
+                    self.config
+                );
+            })
+            .ok()
+    }
+
+    /// A watch event as a feed event; `None` for keys that are not ours
+    /// and for unreadable records (logged once).
+    fn event(&mut self, ev: wire::Event) -> Option<StoreEvent> {
+        let deleted = ev.r#type() == wire::EventType::Delete;
+        let kv = ev.kv?;
+        if kv.key == self.config.as_bytes() {
+            let text = if deleted {
+                None
+            } else {
+                self.config_text(kv.value)
+            };
+            return Some(StoreEvent::Config(text));
+        }
+        let name = String::from_utf8_lossy(&kv.key).into_owned();
+        let sub = name.strip_prefix(&self.subnets)?;
+        if deleted {
+            self.unreadable.forget(&name);
+            return crate::lease::SubnetKey::parse(sub).map(StoreEvent::Gone);
+        }
+        match parse_lease(&self.subnets, &kv) {
+            Ok(lease) => {
+                self.unreadable.forget(&name);
+                Some(StoreEvent::Put(lease))
+            }
+            Err(why) => {
+                self.unreadable.note(name, &why);
+                None
+            }
+        }
+    }
+}
