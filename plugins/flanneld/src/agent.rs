@@ -440,7 +440,7 @@ impl State {
         if let Some(t) = self.peers.next_expiry(self.grace) {
             next = next.min(t);
         }
-        if let Some(t) = self.renew_at() {
+        if let Some(t) = self.renew_at(now) {
             next = next.min(t);
         }
         next.max(now)
@@ -448,7 +448,7 @@ impl State {
 
     /// Runs the timers that are due.
     fn due(&mut self, now: Instant) {
-        if self.renew_at().is_some_and(|t| t <= now) {
+        if self.renew_at(now).is_some_and(|t| t <= now) {
             self.renew();
         }
         if self.own.retry_at().is_some_and(|t| t <= now) {
@@ -510,7 +510,7 @@ impl State {
     }
 
     /// When the lease is due for renewal (`None`: never, or not ours now).
-    fn renew_at(&self) -> Option<Instant> {
+    fn renew_at(&self, now: Instant) -> Option<Instant> {
         if !matches!(self.own, Own::Held) {
             return None;
         }
@@ -519,7 +519,7 @@ impl State {
             .checked_sub(self.renew_margin)
             .and_then(|t| t.duration_since(SystemTime::now()).ok())
             .unwrap_or(Duration::ZERO);
-        Some(Instant::now() + left)
+        Some(now + left)
     }
 
     /// Renews the lease (the store keeps the same grant alive).
