@@ -346,13 +346,12 @@ fn lease_taken_over(use_etcd: bool) {
 }
 
 #[test]
-fn etcd_lease_taken_over_by_another_node_is_reported_never_overwritten_and_taken_back_when_free() {
+fn etcd_lease_taken_over_by_another_node_is_reported_and_never_overwritten() {
     lease_taken_over(true);
 }
 
 #[test]
-fn embedded_lease_taken_over_by_another_node_is_reported_never_overwritten_and_taken_back_when_free()
- {
+fn embedded_lease_taken_over_by_another_node_is_reported_and_never_overwritten() {
     lease_taken_over(false);
 }
 
