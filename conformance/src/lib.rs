@@ -9,6 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod bins;
+pub mod cluster;
 pub mod cri;
 pub mod daemon;
 pub mod netns;
