@@ -111,6 +111,7 @@ impl State {
 
     /// One full comparison; the next is scheduled (sooner after a failure).
     pub fn full_pass(&mut self) {
+        let began = Instant::now();
         self.said_before = std::mem::take(&mut self.said);
         self.dataplane_errors = 0;
         self.health.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +129,11 @@ impl State {
             self.dataplane_errors
         );
         let now = Instant::now();
+        let took = u64::try_from(now.duration_since(began).as_micros()).unwrap_or(u64::MAX);
+        self.health
+            .metrics
+            .full_resync_micros
+            .store(took, Ordering::Relaxed);
         if self.dataplane_errors > 0 {
             let backoff = self.full_backoff.unwrap_or(FIRST_RETRY);
             self.next_full = now + backoff;

@@ -42,11 +42,12 @@ pub struct Metrics {
     pub leases_invalid: AtomicU64,
     pub config_changed: AtomicU64,
     pub peers_absent: AtomicU64,
+    pub full_resync_micros: AtomicU64,
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "flannel_leases",
                 "gauge",
@@ -112,6 +113,12 @@ impl Metrics {
                 "gauge",
                 "Peers missing from the last listing of the store, kept for the grace period.",
                 &self.peers_absent,
+            ),
+            (
+                "flannel_full_resync_last_microseconds",
+                "gauge",
+                "How long the last full comparison of the kernel with the peers took.",
+                &self.full_resync_micros,
             ),
         ];
         rows.iter()
