@@ -44,6 +44,21 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// at the ruleset generation when nothing changed).
 pub const TRAFFIC_CHECK: Duration = Duration::from_secs(2);
 
+/// A batch this large (a listing, a restored device) leaves the heap
+/// grown by megabytes of transient records: handed back afterwards.
+const BIG_BATCH: usize = 1000;
+
+/// Returns freed heap memory to the system (glibc keeps it otherwise, per
+/// thread arena), so the resident size stays that of the peer table.
+pub fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no
+    // preconditions.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// What wakes the agent.
 #[derive(Debug)]
 pub enum Event {
@@ -419,7 +434,11 @@ impl State {
                     while let Ok(ev) = rx.try_recv() {
                         self.handle(ev);
                     }
+                    let big = self.pending.len() >= BIG_BATCH;
                     self.flush();
+                    if big {
+                        give_back_memory();
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {

@@ -86,14 +86,6 @@ pub fn validate(lease: &Lease, config: &NetConfig) -> Result<Peer, String> {
     })
 }
 
-/// One peer and whether a re-list missed it.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    peer: Peer,
-    /// Since when the store's listings no longer show it.
-    absent_since: Option<Instant>,
-}
-
 /// What an update did to the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
@@ -114,7 +106,10 @@ pub enum Update {
 /// leases (kept to be looked at again when what they clashed with goes).
 #[derive(Debug, Default)]
 pub struct Table {
-    peers: BTreeMap<SubnetKey, Slot>,
+    peers: BTreeMap<SubnetKey, Peer>,
+    /// Peers the store's listings no longer show, and since when (kept
+    /// apart: the loop looks at it every round, and it is mostly empty).
+    absent: HashMap<SubnetKey, Instant>,
     by_subnet: HashMap<IpNetwork, SubnetKey>,
     by_mac: HashMap<[u8; 6], SubnetKey>,
     invalid: BTreeMap<SubnetKey, (Lease, String)>,
@@ -134,18 +129,15 @@ impl Table {
     }
 
     pub fn absent(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|s| s.absent_since.is_some())
-            .count()
+        self.absent.len()
     }
 
     pub fn get(&self, key: &SubnetKey) -> Option<&Peer> {
-        self.peers.get(key).map(|s| &s.peer)
+        self.peers.get(key)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values().map(|s| &s.peer)
+        self.peers.values()
     }
 
     /// The peer whose subnet is `subnet`.
@@ -183,34 +175,27 @@ impl Table {
         for sn in Self::subnets(&peer.key) {
             self.by_subnet.insert(sn, peer.key);
         }
-        let old = self.peers.insert(
-            peer.key,
-            Slot {
-                peer,
-                absent_since: None,
-            },
-        );
-        if let Some(mac) = old
-            .and_then(|o| o.peer.mac)
-            .filter(|m| Some(*m) != peer.mac)
-        {
+        self.absent.remove(&peer.key);
+        let old = self.peers.insert(peer.key, peer);
+        if let Some(mac) = old.and_then(|o| o.mac).filter(|m| Some(*m) != peer.mac) {
             self.by_mac.remove(&mac);
         }
         if let Some(mac) = peer.mac {
             self.by_mac.insert(mac, peer.key);
         }
-        old.map(|s| s.peer)
+        old
     }
 
     fn take(&mut self, key: &SubnetKey) -> Option<Peer> {
-        let slot = self.peers.remove(key)?;
+        self.absent.remove(key);
+        let peer = self.peers.remove(key)?;
         for sn in Self::subnets(key) {
             self.by_subnet.remove(&sn);
         }
-        if let Some(mac) = slot.peer.mac {
+        if let Some(mac) = peer.mac {
             self.by_mac.remove(&mac);
         }
-        Some(slot.peer)
+        Some(peer)
     }
 
     /// A lease as the store has it now (never our own).
@@ -222,9 +207,9 @@ impl Table {
         match checked {
             Ok(peer) => {
                 self.invalid.remove(&lease.key);
-                match self.peers.get_mut(&peer.key) {
-                    Some(slot) if slot.peer == peer => {
-                        slot.absent_since = None;
+                match self.peers.get(&peer.key) {
+                    Some(p) if *p == peer => {
+                        self.absent.remove(&peer.key);
                         Update::Same
                     }
                     _ => Update::Changed {
@@ -274,9 +259,9 @@ impl Table {
     /// After a full listing: peers it lacks are marked absent (from `now`,
     /// unless already), refused leases it lacks are forgotten.
     pub fn listed(&mut self, present: &std::collections::HashSet<SubnetKey>, now: Instant) {
-        for (key, slot) in &mut self.peers {
-            if !present.contains(key) && slot.absent_since.is_none() {
-                slot.absent_since = Some(now);
+        for key in self.peers.keys() {
+            if !present.contains(key) {
+                self.absent.entry(*key).or_insert(now);
             }
         }
         self.invalid.retain(|k, _| present.contains(k));
@@ -284,18 +269,17 @@ impl Table {
 
     /// When the next absent peer's grace period ends.
     pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
-        self.peers
-            .values()
-            .filter_map(|s| s.absent_since)
-            .min()
-            .map(|t| t + grace)
+        self.absent.values().min().map(|t| *t + grace)
     }
 
     /// Absent peers whose grace period is over.
     pub fn expired(&self, grace: Duration, now: Instant) -> Vec<SubnetKey> {
-        self.peers
+        if self.absent.is_empty() {
+            return Vec::new();
+        }
+        self.absent
             .iter()
-            .filter(|(_, s)| s.absent_since.is_some_and(|t| t + grace <= now))
+            .filter(|(_, t)| **t + grace <= now)
             .map(|(k, _)| *k)
             .collect()
     }

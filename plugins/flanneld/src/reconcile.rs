@@ -128,6 +128,8 @@ impl State {
             peers.len(),
             self.dataplane_errors
         );
+        // The dumps and plans of thousands of peers are freed now.
+        crate::agent::give_back_memory();
         let now = Instant::now();
         let took = u64::try_from(now.duration_since(began).as_micros()).unwrap_or(u64::MAX);
         self.health
