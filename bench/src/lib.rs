@@ -7,6 +7,7 @@
 
 pub mod cleanup;
 pub mod concurrent;
+pub mod etcd;
 pub mod plugin;
 pub mod pool;
 pub mod process;
