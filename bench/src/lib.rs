@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod concurrent;
 pub mod etcd;
+pub mod kernel;
 pub mod plugin;
 pub mod pool;
 pub mod process;
