@@ -5,9 +5,13 @@
 //! environment and stdin per the CNI spec), because process start-up and the
 //! store's file lock are part of what a runtime pays for.
 
+pub mod cleanup;
 pub mod concurrent;
+pub mod etcd;
+pub mod kernel;
 pub mod plugin;
 pub mod pool;
+pub mod process;
 pub mod stats;
 pub mod store;
 pub mod subnet;

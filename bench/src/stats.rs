@@ -48,6 +48,18 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The nearest-rank `p` percentile (0 < p <= 1) of `samples`: the
+/// smallest one with at least that share at or below it. None when empty.
+pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+    let mut v = samples.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() as f64) * p).ceil().max(1.0) as usize;
+    v.get(rank.min(v.len()) - 1).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +78,18 @@ mod tests {
         assert_eq!(s.median_ms, 2.0);
         assert_eq!(s.p90_ms, 3.0);
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+        assert_eq!(
+            percentile(&[3.0, f64::INFINITY, 1.0], 0.99),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(percentile(&[], 0.5), None);
     }
 }

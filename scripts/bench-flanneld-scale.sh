@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# flanneld at scale, black box on a real etcd in throwaway namespaces:
+# one node with N fake peer leases (N = 100, 1,000 and 5,000 by default)
+# and a cluster of 50 agents, each figure printed against its target.
+# Arguments go to the program, e.g.
+#   scripts/bench-flanneld-scale.sh --sizes 100,1000 --agents 10
+#   scripts/bench-flanneld-scale.sh --upstream /path/to/upstream/flanneld --only single
+# Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+
+need_root
+ensure_packages iproute2 etcd-server
+# Upstream's flanneld sets up its forward rules with iptables.
+case " $* " in
+  *" --upstream"*) ensure_packages iptables ;;
+esac
+ensure_rust
+
+step "building (release)"
+cargo build --locked --release -p bench -p flanneld --bins -q
+target/release/bench-flanneld-scale "$PWD/target/release" "$@"
