@@ -79,12 +79,33 @@ struct Feed {
     dir_wd: Option<WatchDescriptor>,
     sink: Sink,
     relist: Duration,
-    /// Every live lease as last reported.
-    known: HashMap<SubnetKey, Lease>,
+    /// Every live lease as last reported, in brief (thousands of full
+    /// records would double the agent's memory).
+    known: HashMap<SubnetKey, Seen>,
     /// The known leases' expiry times, soonest first.
     expiry: BTreeSet<(SystemTime, SubnetKey)>,
     /// The config as last reported.
     config: Option<String>,
+}
+
+/// A lease as last reported: when it expires, and a digest of its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    expires: Option<SystemTime>,
+    digest: u64,
+}
+
+impl Seen {
+    fn of(lease: &Lease) -> Seen {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut h = DefaultHasher::new();
+        // The JSON of the value: what the lease says, field for field.
+        h.write(&serde_json::to_vec(&lease.attrs).unwrap_or_default());
+        Seen {
+            expires: lease.expires,
+            digest: h.finish(),
+        }
+    }
 }
 
 /// What one batch of inotify events asks for.
@@ -166,7 +187,7 @@ impl Feed {
         self.known.clear();
         self.expiry.clear();
         for lease in &leases {
-            self.remember(lease.clone());
+            self.remember(lease);
         }
         self.config = self.read_config();
         Ok(StoreEvent::Listed {
@@ -187,12 +208,12 @@ impl Feed {
         }
     }
 
-    fn remember(&mut self, lease: Lease) {
+    fn remember(&mut self, lease: &Lease) {
         self.forget(&lease.key);
         if let Some(t) = lease.expires {
             self.expiry.insert((t, lease.key));
         }
-        self.known.insert(lease.key, lease);
+        self.known.insert(lease.key, Seen::of(lease));
     }
 
     /// Drops a known lease; `true` if it was known.
@@ -201,7 +222,7 @@ impl Feed {
             return false;
         };
         if let Some(t) = old.expires {
-            self.expiry.remove(&(t, old.key));
+            self.expiry.remove(&(t, *key));
         }
         true
     }
@@ -314,10 +335,10 @@ impl Feed {
         match self.store.load(&key) {
             Ok(Some(lease)) => {
                 self.store.unreadable.forget(&text);
-                if self.known.get(&key) == Some(&lease) {
+                if self.known.get(&key) == Some(&Seen::of(&lease)) {
                     return None;
                 }
-                self.remember(lease.clone());
+                self.remember(&lease);
                 Some(StoreEvent::Put(lease))
             }
             Ok(None) => {
@@ -345,7 +366,7 @@ impl Feed {
             // queued) or rewritten badly.
             let event = match self.store.load(&key) {
                 Ok(Some(lease)) if lease.expires.is_none_or(|e| e > now) => {
-                    self.remember(lease.clone());
+                    self.remember(&lease);
                     Some(StoreEvent::Put(lease))
                 }
                 _ => self.forget(&key).then_some(StoreEvent::Gone(key)),
