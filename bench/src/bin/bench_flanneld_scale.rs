@@ -103,7 +103,7 @@ struct Agent {
 impl Agent {
     /// The flags both take (upstream v0.20's names).
     fn args(&self, etcd: &Etcd, subnet_file: &Path) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--etcd-endpoints".into(),
             etcd.url(),
             "--iface".into(),
@@ -111,8 +111,31 @@ impl Agent {
             "--subnet-file".into(),
             subnet_file.display().to_string(),
             "--ip-masq=false".into(),
-        ]
+        ];
+        // Ours reports what its safety net costs on /metrics.
+        if self.label == "ours" {
+            args.extend(
+                ["--healthz-ip", "127.0.0.1", "--healthz-port", METRICS_PORT].map(String::from),
+            );
+        }
+        args
     }
+}
+
+const METRICS_PORT: &str = "18471";
+
+/// The cost of our agent's last full comparison, from its /metrics (read
+/// inside the node's namespace, over bash's /dev/tcp).
+fn full_pass_ms(host: &TestNetns) -> Option<f64> {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let out = host.exec("bash", &["-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("flannel_full_resync_last_microseconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|us| us / 1000.0)
 }
 
 /// A small deterministic generator (splitmix64): the same seed gives the
@@ -436,6 +459,8 @@ struct Single {
     peak_rss_mib: Option<f64>,
     threads: Option<u64>,
     steady_cpu: Option<f64>,
+    /// Ours only: one full comparison of the kernel with the peers.
+    full_pass_ms: Option<f64>,
     change_ms: Vec<f64>,
     repair_ms: Vec<(Damage, f64)>,
     repair_skipped: usize,
@@ -544,6 +569,9 @@ fn single_phases(agent: &Agent, n: usize, node: &mut Node, fig: &mut Single) -> 
     fig.peak_rss_mib = Some(mib(process::peak_rss_kib(pid)?));
     fig.threads = Some(process::threads(pid)?);
     fig.steady_cpu = Some(cpu_over(pid, STEADY)?);
+    if agent.label == "ours" {
+        fig.full_pass_ms = full_pass_ms(&node.host);
+    }
     progress!(
         "{label} N={n}: RSS {:.1} MiB, steady CPU {:.3} %",
         fig.rss_mib.unwrap_or(0.0),
@@ -1117,6 +1145,14 @@ fn report_single(n: usize, ours: &Single, upstream: Option<&Single>) {
         cpu.why = " (> upstream)";
     }
     rows.push(cpu);
+    rows.push(row(
+        "full comparison (safety net), one pass",
+        None,
+        "rare (5 min)",
+        ours.full_pass_ms,
+        None,
+        show_ms,
+    ));
     let ch = |s: &Single, p: f64| changes_summary(&s.change_ms, p);
     rows.push(row(
         &format!(
