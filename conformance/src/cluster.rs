@@ -442,7 +442,6 @@ pub fn log_lines<'a>(log: &'a str, level: char, needle: &str) -> Vec<&'a str> {
 /// GET `path` from `addr:port` with a socket made inside `ns`: the status
 /// code and the body (0 and why when there is no answer within 2 s).
 pub fn http_get(ns: &TestNetns, addr: &str, port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
     let netns = ns.path();
     let target: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
     let path = path.to_string();
@@ -450,31 +449,37 @@ pub fn http_get(ns: &TestNetns, addr: &str, port: u16, path: &str) -> (u16, Stri
     std::thread::spawn(move || {
         let file = std::fs::File::open(&netns).unwrap();
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut s = match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(s) => s,
-            Err(e) => return (0, format!("cannot connect to {target}: {e}")),
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        if let Err(e) = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()) {
-            return (0, e.to_string());
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(s) => http_request(s, &path),
+            Err(e) => (0, format!("cannot connect to {target}: {e}")),
         }
-        let mut out = String::new();
-        if let Err(e) = s.read_to_string(&mut out) {
-            return (0, e.to_string());
-        }
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string();
-        (code, body)
     })
     .join()
     .unwrap()
+}
+
+/// GET `path` over a connection made already: the status code and the
+/// body (0 and why when there is no answer within 2 s).
+pub fn http_request(mut s: std::net::TcpStream, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if let Err(e) = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()) {
+        return (0, e.to_string());
+    }
+    let mut out = String::new();
+    if let Err(e) = s.read_to_string(&mut out) {
+        return (0, e.to_string());
+    }
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
 }
 
 /// The value of the sample `name` (no labels) in a Prometheus text page.

@@ -8,11 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use conformance::cluster::http_request;
 use conformance::util::addresses;
 use conformance::{
     Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, start_flanneld, wait_for,
@@ -183,28 +184,9 @@ fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
 /// error when there is no answer within 2 s).
 fn get(ns: &TestNetns, path: &str) -> (u16, String) {
     match in_netns(ns, || TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()) {
-        Some(s) => request(s, path),
+        Some(s) => http_request(s, path),
         None => (0, "cannot connect".into()),
     }
-}
-
-/// GET `path` over a connection made already.
-fn request(mut s: TcpStream, path: &str) -> (u16, String) {
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    if let Err(e) = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()) {
-        return (0, e.to_string());
-    }
-    let mut out = String::new();
-    if let Err(e) = s.read_to_string(&mut out) {
-        return (0, e.to_string());
-    }
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
 }
 
 fn metric(ns: &TestNetns, name: &str) -> Option<u64> {
@@ -391,7 +373,7 @@ fn health_answers_while_idle_clients_hold_connections() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
     for probe in connect(h0, 3) {
         let t = Instant::now();
-        let (code, body) = request(probe, "/healthz");
+        let (code, body) = http_request(probe, "/healthz");
         let took = t.elapsed();
         assert_eq!(code, 200, "{body}");
         assert!(took < Duration::from_millis(100), "/healthz took {took:?}");

@@ -21,6 +21,7 @@ use conformance::{Daemon, TestNetns, wait_for};
 use flanneld::flags::Options;
 use flanneld::lease::{LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
+use flanneld::store::probe::{self, channel};
 use flanneld::store::{Sink, Store, StoreEvent};
 use serde_json::Value;
 
@@ -216,14 +217,8 @@ fn subnet(k: &str) -> String {
     format!("{PREFIX}/subnets/{k}")
 }
 
-fn channel() -> (Sink, Receiver<StoreEvent>) {
-    let (tx, rx) = mpsc::channel();
-    (Box::new(move |ev| tx.send(ev).is_ok()), rx)
-}
-
 fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|e| panic!("no event within {limit:?}: {e}"))
+    probe::next(rx, limit).unwrap()
 }
 
 /// Events until one passes `want`; the ones before it are returned.
@@ -232,15 +227,7 @@ fn until(
     limit: Duration,
     want: impl Fn(&StoreEvent) -> bool,
 ) -> (StoreEvent, Vec<StoreEvent>) {
-    let end = Instant::now() + limit;
-    let mut before = Vec::new();
-    loop {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(ev) if want(&ev) => return (ev, before),
-            Ok(ev) => before.push(ev),
-            Err(e) => panic!("no such event within {limit:?} ({e}); saw {before:?}"),
-        }
-    }
+    probe::until(rx, limit, want).unwrap()
 }
 
 fn listed(ev: StoreEvent) -> (Vec<flanneld::lease::Lease>, Option<String>) {

@@ -5,10 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashSet;
+mod common;
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netkit::link::{VethSpec, VxlanSpec};
+use common::veth_pair;
+use netkit::link::VxlanSpec;
 use netkit::neigh::Entry;
 use netkit::route::{Route, RouteFilter};
 use netkit::{Change, Monitor, NetNs, Netlink, Op};
@@ -47,23 +50,6 @@ fn drain(mon: &mut Monitor, quiet: Duration) -> Vec<Change> {
         }
         heard.extend(batch);
     }
-}
-
-/// A veth pair with both ends in `ns`, up: (first end, second end).
-fn veth_pair(ns: &NetNs, nl: &mut Netlink, a: &str, b: &str) -> (u32, u32) {
-    nl.add_veth(&VethSpec {
-        host_name: a,
-        peer_name: b,
-        peer_netns: ns.fd(),
-        mtu: None,
-        peer_mac: None,
-    })
-    .unwrap();
-    let ia = nl.link_by_name(a).unwrap().unwrap().index;
-    let ib = nl.link_by_name(b).unwrap().unwrap().index;
-    nl.set_up(ia).unwrap();
-    nl.set_up(ib).unwrap();
-    (ia, ib)
 }
 
 /// A VXLAN device on `underlay` (which gets `local`), up.

@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
+mod common;
+
 use std::net::IpAddr;
 
+use common::veth_pair;
 use netkit::link::{VethSpec, VxlanSpec};
 use netkit::neigh::Entry;
 use netkit::route::{Route, RouteFilter};
@@ -111,23 +114,6 @@ fn bridge_veth_addresses_and_routes() {
         "deleting one end deletes the pair"
     );
     assert!(h.del_link(host_end.index).unwrap_err().is_not_found());
-}
-
-/// A veth pair with both ends in `ns`, up: (first end, second end).
-fn veth_pair(ns: &NetNs, nl: &mut Netlink, a: &str, b: &str) -> (u32, u32) {
-    nl.add_veth(&VethSpec {
-        host_name: a,
-        peer_name: b,
-        peer_netns: ns.fd(),
-        mtu: None,
-        peer_mac: None,
-    })
-    .unwrap();
-    let ia = nl.link_by_name(a).unwrap().unwrap().index;
-    let ib = nl.link_by_name(b).unwrap().unwrap().index;
-    nl.set_up(ia).unwrap();
-    nl.set_up(ib).unwrap();
-    (ia, ib)
 }
 
 #[test]

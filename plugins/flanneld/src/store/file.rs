@@ -195,7 +195,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Sink, StoreEvent};
+    use crate::store::StoreEvent;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
     use std::time::Instant;
@@ -234,34 +234,18 @@ mod tests {
         }
     }
 
-    fn channel() -> (Sink, Receiver<StoreEvent>) {
-        let (tx, rx) = mpsc::channel();
-        (Box::new(move |ev| tx.send(ev).is_ok()), rx)
-    }
+    use crate::store::probe::{self, channel};
 
-    /// The next event, failing the test if none comes within `limit`.
     fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
-        rx.recv_timeout(limit)
-            .unwrap_or_else(|e| panic!("no event within {limit:?}: {e}"))
+        probe::next(rx, limit).unwrap()
     }
 
-    /// Events until one passes `want` (within `limit`); the others are
-    /// returned to look at.
     fn until(
         rx: &Receiver<StoreEvent>,
         limit: Duration,
         want: impl Fn(&StoreEvent) -> bool,
     ) -> (StoreEvent, Vec<StoreEvent>) {
-        let end = Instant::now() + limit;
-        let mut skipped = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(ev) if want(&ev) => return (ev, skipped),
-                Ok(ev) => skipped.push(ev),
-                Err(e) => panic!("no matching event within {limit:?} ({e}); saw {skipped:?}"),
-            }
-        }
+        probe::until(rx, limit, want).unwrap()
     }
 
     const SOON: Duration = Duration::from_secs(2);

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod probe;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,0 +1,41 @@
+//! Reading a feed from a channel, with deadlines: what the store's tests
+//! (and anyone driving a feed by hand) need.
+
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use super::{Sink, StoreEvent};
+
+/// A sink that sends into a channel, and the channel's end.
+pub fn channel() -> (Sink, Receiver<StoreEvent>) {
+    let (tx, rx) = mpsc::channel();
+    (Box::new(move |ev| tx.send(ev).is_ok()), rx)
+}
+
+/// The next event within `limit`.
+pub fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> Result<StoreEvent, String> {
+    rx.recv_timeout(limit)
+        .map_err(|e| format!("no event within {limit:?}: {e}"))
+}
+
+/// Events until one passes `want` (within `limit`); the ones before it
+/// are returned too.
+pub fn until(
+    rx: &Receiver<StoreEvent>,
+    limit: Duration,
+    want: impl Fn(&StoreEvent) -> bool,
+) -> Result<(StoreEvent, Vec<StoreEvent>), String> {
+    let end = Instant::now() + limit;
+    let mut before = Vec::new();
+    loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(ev) if want(&ev) => return Ok((ev, before)),
+            Ok(ev) => before.push(ev),
+            Err(e) => {
+                return Err(format!(
+                    "no matching event within {limit:?} ({e}); saw {before:?}"
+                ));
+            }
+        }
+    }
+}
