@@ -296,12 +296,29 @@ pub fn in_own_mount_ns(pidfile: &Path, binary: &Path, args: &[String]) -> (PathB
     (PathBuf::from("/usr/bin/unshare"), all)
 }
 
+/// `program` to be run in the mount namespace of process `pid`, with that
+/// process's root and working directory: entering a mount namespace
+/// otherwise resets the root to the namespace's own, which is not ours when
+/// the tests run under chroot.
+pub fn nsenter_mount(pid: i32, program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args([
+        "--target",
+        &pid.to_string(),
+        "--mount",
+        "--root",
+        "--wd",
+        "--",
+        program,
+    ]);
+    cmd
+}
+
 /// Runs `program args` inside the mount namespace of process `pid` (and
 /// nowhere else: the network namespace stays the caller's); fails the test
 /// if it fails.
 pub fn in_mount_ns_of(pid: i32, program: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("nsenter")
-        .args(["--target", &pid.to_string(), "--mount", "--", program])
+    let out = nsenter_mount(pid, program)
         .args(args)
         .output()
         .expect("failed to run nsenter (util-linux)");

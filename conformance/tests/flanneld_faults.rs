@@ -13,7 +13,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conformance::cluster::{Cluster, Pinger, http_get, in_mount_ns_of, log_lines, metric};
+use conformance::cluster::{
+    Cluster, Pinger, http_get, in_mount_ns_of, log_lines, metric, nsenter_mount,
+};
 use conformance::wait_for;
 use serde_json::{Value, json};
 
@@ -369,17 +371,7 @@ fn embedded_store_read_only_is_an_error_retried_with_backoff_and_the_lease_comes
     in_mount_ns_of(pid, "mount", &["--bind", &store, &store]);
     in_mount_ns_of(pid, "mount", &["-o", "remount,bind,ro", &store]);
     let probe = format!("{store}/.probe");
-    let touch = std::process::Command::new("nsenter")
-        .args([
-            "--target",
-            &pid.to_string(),
-            "--mount",
-            "--",
-            "touch",
-            &probe,
-        ])
-        .output()
-        .unwrap();
+    let touch = nsenter_mount(pid, "touch").arg(&probe).output().unwrap();
     assert!(
         !touch.status.success()
             && String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"),
