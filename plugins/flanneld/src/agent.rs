@@ -419,20 +419,6 @@ fn start_kernel_events(tx: Sender<Event>) -> Result<(), String> {
         .map_err(|e| format!("cannot start the kernel notification thread: {e}"))
 }
 
-/// Up to ±10 % of `d`, so that agents started together do not compare
-/// (and list) in step.
-pub fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .map_or(
-            u16::try_from(std::process::id() & 0xffff).unwrap_or(0),
-            |()| u16::from_le_bytes(b),
-        );
-    // 0.9 .. 1.1 of d.
-    d.mul_f64(0.9 + 0.2 * f64::from(r) / f64::from(u16::MAX))
-}
-
 impl State {
     /// The loop: handle what arrives, in batches; run what is due.
     fn run(&mut self, rx: &Receiver<Event>, stop: &AtomicBool) {

@@ -22,7 +22,7 @@ use netkit::batch::Op;
 use netkit::neigh::Entry;
 use netkit::route::Route;
 
-use crate::agent::{State, jitter};
+use crate::agent::State;
 use crate::backend::udp;
 use crate::follow::reach;
 use crate::own::{FIRST_RETRY, MAX_RETRY};
@@ -142,7 +142,7 @@ impl State {
             self.full_backoff = Some((backoff * 2).min(MAX_RETRY));
         } else {
             self.full_backoff = None;
-            self.next_full = now + jitter(self.full_every);
+            self.next_full = now + crate::store::jittered(self.full_every);
         }
     }
 

@@ -55,7 +55,7 @@ impl Unreadable {
 }
 
 /// `d` give or take 10 %, so that agents started together do not all
-/// list the store at the same moment.
+/// list the store (or compare the kernel) at the same moment.
 pub fn jittered(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     // Each RandomState has fresh keys: a random number without a crate.
