@@ -327,6 +327,131 @@ fn udp_pods_on_every_host_reach_each_other() {
     assert!(tun.contains("tun") && tun.contains("mtu 1472"), "{tun}");
 }
 
+/// Runs `f` on a thread inside `ns` (sockets made there stay there).
+fn in_ns<T: Send + 'static>(ns: &TestNetns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// An IPv4/UDP packet `src` -> `dst`:9999 saying `text` (UDP checksum 0:
+/// none, which IPv4 allows).
+fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(28 + text.len()).unwrap();
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let sum = p
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&9999u16.to_be_bytes());
+    p.extend_from_slice(&u16::try_from(8 + text.len()).unwrap().to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(text);
+    p
+}
+
+#[test]
+fn udp_writes_only_what_a_peer_sends_from_its_own_subnet() {
+    let mut c = Cluster::with_args(
+        2,
+        1,
+        &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}),
+        &["--healthz-port", "18096"],
+    );
+    // A host on the underlay that is no peer.
+    let stranger = c.net.add_host("h9", &["192.168.77.50/24"]);
+    let a = c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || c.reaches(1, 0, &a)),
+        "udp pods cannot talk: {}",
+        c.log(0)
+    );
+    // A listener in host 0's pod.
+    let pod = c.hosts[0].pods[0].path();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let listener = std::thread::spawn(move || {
+        let file = std::fs::File::open(&pod).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind("0.0.0.0:9999").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                tx.send(buf[..n].to_vec()).unwrap();
+            }
+        }
+    });
+    let to: std::net::SocketAddr = format!("{}:8285", c.hosts[0].underlay_ip).parse().unwrap();
+    let send = |ns: &TestNetns, from: &str, packet: Vec<u8>| {
+        let from: std::net::IpAddr = from.parse().unwrap();
+        in_ns(ns, move || {
+            let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+            s.send_to(&packet, to).unwrap();
+        });
+    };
+    let dst: std::net::Ipv4Addr = a.parse().unwrap();
+    let peer_src: std::net::Ipv4Addr = b.parse().unwrap();
+    send(
+        &stranger,
+        "192.168.77.50",
+        inner_udp(peer_src, dst, b"stranger"),
+    );
+    // The peer's own address, with a source outside its subnet.
+    let h1 = &c.hosts[1];
+    send(
+        &h1.ns,
+        &h1.underlay_ip,
+        inner_udp("10.244.250.9".parse().unwrap(), dst, b"spoofed"),
+    );
+    // The control: the same from the peer, from its subnet, arrives.
+    send(
+        &h1.ns,
+        &h1.underlay_ip,
+        inner_udp(peer_src, dst, b"genuine"),
+    );
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the genuine datagram did not arrive");
+    assert_eq!(got, b"genuine");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a refused datagram reached the pod"
+    );
+    let metrics =
+        conformance::cluster::http_get(&c.hosts[0].ns, &c.hosts[0].underlay_ip, 18096, "/metrics")
+            .1;
+    for line in [
+        "flannel_udp_dropped_total{reason=\"not_a_peer\"} 1\n",
+        "flannel_udp_dropped_total{reason=\"spoofed_source\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("flannel_udp_packets_total{direction=\"rx\"} ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
+}
+
 /// `nft <args>` in `ns`: stdout, or `None` when nft fails (e.g. no such table).
 fn nft(ns: &TestNetns, args: &[&str]) -> Option<String> {
     let out = ns.exec("nft", args);

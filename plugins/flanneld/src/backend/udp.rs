@@ -65,6 +65,47 @@ fn open_tun(name: &str) -> Result<File, String> {
     Ok(file)
 }
 
+/// Why a datagram from the network was not written to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not an IPv4 packet we could read.
+    Malformed,
+    /// Its outer source is no current peer's public address.
+    NotAPeer,
+    /// A peer sent it, but its inner source lies outside that peer's subnet.
+    Spoofed,
+}
+
+/// Whether a datagram from `from` carrying `packet` may enter the pod
+/// network: only from a current peer's public address, and only with an
+/// inner source inside that peer's subnet. Upstream's backend writes
+/// whatever arrives, so anyone reaching the port could inject packets with
+/// any source address.
+pub fn admit(
+    peers: &[(IpNetwork, SocketAddr)],
+    from: IpAddr,
+    packet: &[u8],
+) -> Result<(), Refused> {
+    if destination(packet).is_none() {
+        return Err(Refused::Malformed);
+    }
+    let src = IpAddr::V4(Ipv4Addr::new(
+        packet[12], packet[13], packet[14], packet[15],
+    ));
+    let mut known = false;
+    for (net, _) in peers.iter().filter(|(_, a)| a.ip() == from) {
+        known = true;
+        if net.contains(src) {
+            return Ok(());
+        }
+    }
+    Err(if known {
+        Refused::Spoofed
+    } else {
+        Refused::NotAPeer
+    })
+}
+
 /// The IPv4 destination of a packet read from the TUN device.
 fn destination(packet: &[u8]) -> Option<IpAddr> {
     (packet.len() >= 20 && packet[0] >> 4 == 4).then(|| {
@@ -171,6 +212,7 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers, health: Arc<Health>) -> R
     let mut tun_back = tun.try_clone().map_err(|e| e.to_string())?;
     let mut tun_out = tun;
     let sock_in = sock.try_clone().map_err(|e| e.to_string())?;
+    let peers_in = peers.clone();
     let running_in = Running(health.clone());
     std::thread::spawn(move || {
         let health = &running_in.0;
@@ -190,10 +232,16 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers, health: Arc<Health>) -> R
                 .and_then(|p| p.iter().find(|(net, _)| net.contains(dst)).map(|(_, a)| *a));
             match to {
                 Some(to) => {
-                    if decrement_ttl(&mut buf[..n])
-                        && let Err(e) = sock.send_to(&buf[..n], to)
-                    {
-                        forward_failed(health, &format!("cannot send to {to}"), &e);
+                    if !decrement_ttl(&mut buf[..n]) {
+                        continue;
+                    }
+                    match sock.send_to(&buf[..n], to) {
+                        Ok(_) => {
+                            let m = &health.metrics;
+                            m.udp_tx_packets.fetch_add(1, Ordering::Relaxed);
+                            m.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => forward_failed(health, &format!("cannot send to {to}"), &e),
                     }
                 }
                 None => {
@@ -211,14 +259,27 @@ pub fn start(local: Ipv4Addr, port: u16, peers: Peers, health: Arc<Health>) -> R
         let health = &running_out.0;
         let mut buf = vec![0u8; 65536];
         loop {
-            let n = match sock_in.recv_from(&mut buf) {
-                Ok((n, _)) => n,
+            let (n, from) = match sock_in.recv_from(&mut buf) {
+                Ok(got) => got,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return stopped("cannot receive", &e),
             };
-            if destination(&buf[..n]).is_some()
-                && let Err(e) = tun_out.write(&buf[..n])
-            {
+            let verdict = peers_in
+                .read()
+                .map_or(Err(Refused::NotAPeer), |p| admit(&p, from.ip(), &buf[..n]));
+            let m = &health.metrics;
+            if let Err(why) = verdict {
+                let counter = match why {
+                    Refused::Malformed => &m.udp_drop_malformed,
+                    Refused::NotAPeer => &m.udp_drop_not_peer,
+                    Refused::Spoofed => &m.udp_drop_spoofed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            m.udp_rx_packets.fetch_add(1, Ordering::Relaxed);
+            m.udp_rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            if let Err(e) = tun_out.write(&buf[..n]) {
                 // The device is gone: nothing will ever be written again.
                 if e.raw_os_error() == Some(nix::libc::EBADFD) {
                     return stopped(&format!("cannot write {TUN_NAME}"), &e);
@@ -264,6 +325,23 @@ mod tests {
         let mut error = packet(64);
         error[20] = 3; // an ICMP error itself
         assert!(net_unreachable(&error).is_none());
+    }
+
+    #[test]
+    fn only_a_peer_may_send_and_only_from_its_subnet() {
+        let peers = [(
+            "10.244.1.0/24".parse().unwrap(),
+            "192.168.77.11:8285".parse().unwrap(),
+        )];
+        let peer: IpAddr = "192.168.77.11".parse().unwrap();
+        // packet(): from 10.244.1.2 to 10.244.9.9.
+        assert_eq!(admit(&peers, peer, &packet(64)), Ok(()));
+        let stranger: IpAddr = "192.168.77.50".parse().unwrap();
+        assert_eq!(admit(&peers, stranger, &packet(64)), Err(Refused::NotAPeer));
+        let mut spoofed = packet(64);
+        spoofed[12..16].copy_from_slice(&[10, 244, 2, 7]);
+        assert_eq!(admit(&peers, peer, &spoofed), Err(Refused::Spoofed));
+        assert_eq!(admit(&peers, peer, &[0x45, 0]), Err(Refused::Malformed));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub fn stale_after(resync: Duration) -> Duration {
     STALE_MIN.max(resync * 5)
 }
 
+/// One labelled series of a metric: its labels and its value.
+type Series<'a> = (&'a str, &'a AtomicU64);
+
 /// Counters and gauges for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -43,6 +46,13 @@ pub struct Metrics {
     pub config_changed: AtomicU64,
     pub peers_absent: AtomicU64,
     pub full_resync_micros: AtomicU64,
+    pub udp_tx_packets: AtomicU64,
+    pub udp_tx_bytes: AtomicU64,
+    pub udp_rx_packets: AtomicU64,
+    pub udp_rx_bytes: AtomicU64,
+    pub udp_drop_malformed: AtomicU64,
+    pub udp_drop_not_peer: AtomicU64,
+    pub udp_drop_spoofed: AtomicU64,
 }
 
 impl Metrics {
@@ -121,14 +131,53 @@ impl Metrics {
                 &self.full_resync_micros,
             ),
         ];
-        rows.iter()
+        let mut out: String = rows
+            .iter()
             .map(|(name, kind, help, v)| {
                 format!(
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
                     v.load(Ordering::Relaxed)
                 )
             })
-            .collect()
+            .collect();
+        // The udp backend's traffic, by direction, and what it refused.
+        let labelled: [(&str, &str, &[Series<'_>]); 3] = [
+            (
+                "flannel_udp_packets_total",
+                "Packets the udp backend carried, by direction.",
+                &[
+                    ("direction=\"tx\"", &self.udp_tx_packets),
+                    ("direction=\"rx\"", &self.udp_rx_packets),
+                ],
+            ),
+            (
+                "flannel_udp_bytes_total",
+                "Bytes of inner packets the udp backend carried, by direction.",
+                &[
+                    ("direction=\"tx\"", &self.udp_tx_bytes),
+                    ("direction=\"rx\"", &self.udp_rx_bytes),
+                ],
+            ),
+            (
+                "flannel_udp_dropped_total",
+                "Datagrams the udp backend refused to write to the pod network, by reason.",
+                &[
+                    ("reason=\"malformed\"", &self.udp_drop_malformed),
+                    ("reason=\"not_a_peer\"", &self.udp_drop_not_peer),
+                    ("reason=\"spoofed_source\"", &self.udp_drop_spoofed),
+                ],
+            ),
+        ];
+        for (name, help, series) in labelled {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (label, v) in series {
+                out.push_str(&format!(
+                    "{name}{{{label}}} {}\n",
+                    v.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        out
     }
 }
 
