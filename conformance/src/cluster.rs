@@ -459,20 +459,11 @@ pub fn log_lines<'a>(log: &'a str, level: char, needle: &str) -> Vec<&'a str> {
 /// GET `path` from `addr:port` with a socket made inside `ns`: the status
 /// code and the body (0 and why when there is no answer within 2 s).
 pub fn http_get(ns: &TestNetns, addr: &str, port: u16, path: &str) -> (u16, String) {
-    let netns = ns.path();
     let target: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
-    let path = path.to_string();
-    // A thread of its own enters the namespace (and ends with the request).
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(s) => http_request(s, &path),
-            Err(e) => (0, format!("cannot connect to {target}: {e}")),
-        }
-    })
-    .join()
-    .unwrap()
+    match ns.run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))) {
+        Ok(s) => http_request(s, path),
+        Err(e) => (0, format!("cannot connect to {target}: {e}")),
+    }
 }
 
 /// GET `path` over a connection made already: the status code and the

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -27,6 +27,22 @@ pub fn require_root() {
 }
 
 /// A named network namespace, deleted when dropped.
+/// Runs `f` on a thread of its own inside the namespace at `ns` and returns
+/// what it returns (a panic in it fails the caller). Sockets it makes stay
+/// bound to `ns` and can be used from any thread afterwards.
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = File::open(ns).unwrap_or_else(|e| panic!("cannot open {}: {e}", ns.display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("cannot enter {}: {e}", ns.display()));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 #[derive(Debug)]
 pub struct TestNetns {
     name: String,
@@ -59,6 +75,11 @@ impl TestNetns {
     /// The bind-mounted namespace file, as a runtime passes it in `CNI_NETNS`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// [`in_netns`] for this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.path(), f)
     }
 
     /// Runs a program inside this namespace.

@@ -327,18 +327,6 @@ fn udp_pods_on_every_host_reach_each_other() {
     assert!(tun.contains("tun") && tun.contains("mtu 1472"), "{tun}");
 }
 
-/// Runs `f` on a thread inside `ns` (sockets made there stay there).
-fn in_ns<T: Send + 'static>(ns: &TestNetns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// An IPv4/UDP packet `src` -> `dst`:9999 saying `text` (UDP checksum 0:
 /// none, which IPv4 allows).
 fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) -> Vec<u8> {
@@ -380,14 +368,11 @@ fn udp_writes_only_what_a_peer_sends_from_its_own_subnet() {
         c.log(0)
     );
     // A listener in host 0's pod.
-    let pod = c.hosts[0].pods[0].path();
+    let sock = c.hosts[0].pods[0].run(|| std::net::UdpSocket::bind("0.0.0.0:9999").unwrap());
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = done.clone();
     let listener = std::thread::spawn(move || {
-        let file = std::fs::File::open(&pod).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let sock = std::net::UdpSocket::bind("0.0.0.0:9999").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut buf = [0u8; 256];
@@ -400,10 +385,8 @@ fn udp_writes_only_what_a_peer_sends_from_its_own_subnet() {
     let to: std::net::SocketAddr = format!("{}:8285", c.hosts[0].underlay_ip).parse().unwrap();
     let send = |ns: &TestNetns, from: &str, packet: Vec<u8>| {
         let from: std::net::IpAddr = from.parse().unwrap();
-        in_ns(ns, move || {
-            let s = std::net::UdpSocket::bind((from, 0)).unwrap();
-            s.send_to(&packet, to).unwrap();
-        });
+        let s = ns.run(|| std::net::UdpSocket::bind((from, 0)).unwrap());
+        s.send_to(&packet, to).unwrap();
     };
     let dst: std::net::Ipv4Addr = a.parse().unwrap();
     let peer_src: std::net::Ipv4Addr = b.parse().unwrap();

@@ -159,21 +159,8 @@ impl Lab {
     }
 }
 
-/// Runs `f` on a thread of its own inside `ns` (the thread ends with it):
-/// sockets it makes stay in `ns`.
-fn in_netns<T: Send + 'static>(ns: &TestNetns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
-    in_netns(ns, move || {
+    ns.run(move || {
         (0..n)
             .map(|_| TcpStream::connect(("127.0.0.1", HEALTH_PORT)).unwrap())
             .collect()
@@ -183,7 +170,7 @@ fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
 /// GET `path` from the agent in `ns`: status code and body (0 and the
 /// error when there is no answer within 2 s).
 fn get(ns: &TestNetns, path: &str) -> (u16, String) {
-    match in_netns(ns, || TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()) {
+    match ns.run(|| TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()) {
         Some(s) => http_request(s, path),
         None => (0, "cannot connect".into()),
     }

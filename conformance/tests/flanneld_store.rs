@@ -11,12 +11,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use conformance::netns::in_netns;
 use conformance::{Daemon, TestNetns, wait_for};
 use flanneld::flags::Options;
 use flanneld::lease::{LeaseAttrs, SubnetKey};
@@ -179,20 +179,6 @@ impl Drop for Etcd {
         self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Runs `f` on a thread inside the namespace at `ns` (gRPC connects lazily
-/// and again after trouble, so the store lives on that thread throughout).
-fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let file = File::open(ns).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 fn attrs(ip: &str) -> LeaseAttrs {
