@@ -34,6 +34,9 @@ pub struct Options {
     pub full_resync_seconds: u64,
     pub ip_masq: bool,
     pub iptables_forward_rules: bool,
+    /// The udp backend uses the kernel's offloads (TUN super-packets,
+    /// UDP segmentation and coalescing) where it has them.
+    pub udp_offload: bool,
     pub healthz_ip: String,
     pub healthz_port: u16,
     /// Upstream's klog verbosity (`-v=N`): debug lines show from 4
@@ -68,6 +71,7 @@ impl Default for Options {
             full_resync_seconds: 300,
             ip_masq: false,
             iptables_forward_rules: true,
+            udp_offload: true,
             healthz_ip: "0.0.0.0".into(),
             healthz_port: 0,
             log_level: 0,
@@ -77,7 +81,7 @@ impl Default for Options {
     }
 }
 
-const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "version"];
+const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "udp-offload", "version"];
 /// Flags taken from the command line only.
 const CLI_ONLY: &[&str] = &["v"];
 /// Every flag that can also come from the environment.
@@ -101,6 +105,7 @@ const FLAGS: &[&str] = &[
     "full-resync-period",
     "ip-masq",
     "iptables-forward-rules",
+    "udp-offload",
     "healthz-ip",
     "healthz-port",
 ];
@@ -185,6 +190,7 @@ impl Options {
             }
             "ip-masq" => self.ip_masq = bool_value(flag, value)?,
             "iptables-forward-rules" => self.iptables_forward_rules = bool_value(flag, value)?,
+            "udp-offload" => self.udp_offload = bool_value(flag, value)?,
             "healthz-ip" => self.healthz_ip = value.to_string(),
             "healthz-port" => {
                 self.healthz_port = value.parse().map_err(|_| parse_err("not a port number"))?
@@ -267,6 +273,8 @@ pub fn usage() -> String {
      \x20                                (default 300, jittered; changes are applied as they happen)\n\
      \x20 --ip-masq                       masquerade traffic leaving the cluster network\n\
      \x20 --iptables-forward-rules=BOOL   accept forwarding of cluster traffic (default true)\n\
+     \x20 --udp-offload=BOOL             udp backend: TUN super-packets, UDP GSO/GRO (default true;\n\
+     \x20                                false: one packet per datagram, for comparison)\n\
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\
      \x20 -v N                            log verbosity: debug lines from 4 (errors, warnings, info always)\n\
      \x20 --version, --help\n\
