@@ -12,6 +12,8 @@
 //! (`reconcile`) as a safety net.
 
 use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -176,42 +178,55 @@ fn wait_for_config(store: &mut dyn Store, stop: &AtomicBool) -> Result<Option<Ne
     }
 }
 
-/// The udp backend: TUN device with this node's address, the route for the
-/// whole cluster network through it, and the forwarding threads.
+/// The udp backend: TUN device with this node's addresses, the routes for
+/// the cluster networks through it, and the forwarding threads.
 fn start_udp(
     nl: &mut Netlink,
     config: &NetConfig,
     lease: &Lease,
-    public_ip: Option<std::net::Ipv4Addr>,
-    underlay_mtu: u32,
+    local: udp::Local,
+    mtu: u32,
     health: Arc<Health>,
 ) -> Result<udp::Plane, String> {
-    let (Some(local), Some(net), Some(own)) = (public_ip, config.ipv4.as_ref(), lease.key.ipv4)
-    else {
-        return Err("the udp backend carries IPv4 only: set Network".into());
-    };
-    let peers = udp::Peers::default();
-    udp::start(local, config.backend.port, peers.clone(), health)?;
+    let peers = Arc::new(udp::Table::new(
+        local.port,
+        local.v4.is_some(),
+        local.v6.is_some(),
+    ));
+    udp::start(local, peers.clone(), health)?;
     let err = |what: &str, e: netkit::NetlinkError| format!("{what} {}: {e}", udp::TUN_NAME);
     let tun = nl
         .link_by_name(udp::TUN_NAME)
         .map_err(|e| err("cannot look up", e))?
         .ok_or_else(|| format!("{} vanished right after it was made", udp::TUN_NAME))?;
-    nl.set_mtu(tun.index, underlay_mtu.saturating_sub(udp::OVERHEAD))
+    nl.set_mtu(tun.index, mtu)
         .map_err(|e| err("cannot set the MTU of", e))?;
-    match nl.add_address(tun.index, own.network(), 32) {
-        Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
-        _ => {}
+    for own in [lease.key.ipv4, lease.key.ipv6].into_iter().flatten() {
+        let host = if own.is_ipv4() { 32 } else { 128 };
+        match nl.add_address(tun.index, own.network(), host) {
+            Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
+            _ => {}
+        }
     }
     nl.set_up(tun.index)
         .map_err(|e| err("cannot bring up", e))?;
-    // Before subnet.env, as for the other backends; the resync keeps it.
-    nl.replace_route(&udp::cluster_route(net.network, tun.index))
-        .map_err(|e| err("cannot route the cluster network through", e))?;
+    // Before subnet.env, as for the other backends; the resync keeps them.
+    for net in udp_networks(config) {
+        nl.replace_route(&udp::cluster_route(net, tun.index))
+            .map_err(|e| err("cannot route the cluster network through", e))?;
+    }
     Ok(udp::Plane {
         peers,
         tun_index: tun.index,
     })
+}
+
+/// The cluster networks the udp backend routes through its device.
+pub fn udp_networks(config: &NetConfig) -> impl Iterator<Item = IpNetwork> + '_ {
+    [config.ipv4.as_ref(), config.ipv6.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|f| f.network)
 }
 
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
@@ -322,15 +337,20 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             &mut nl,
             &config,
             &lease,
-            public_ip,
-            underlay_mtu,
+            udp::Local {
+                v4: public_ip,
+                v6: public_ipv6,
+                port: config.backend.port,
+                offload: opts.udp_offload,
+            },
+            underlay_mtu.saturating_sub(udp::overhead(public_ipv6.is_some())),
             health.clone(),
         )?),
         _ => None,
     };
     let mtu = match (&vtep, &udp) {
         (Some(v), _) => v.mtu,
-        (None, Some(_)) => underlay_mtu.saturating_sub(udp::OVERHEAD),
+        (None, Some(_)) => underlay_mtu.saturating_sub(udp::overhead(public_ipv6.is_some())),
         (None, None) => underlay_mtu,
     };
     subnet_env::write(

@@ -81,7 +81,12 @@ impl Default for Options {
     }
 }
 
-const BOOLS: &[&str] = &["ip-masq", "iptables-forward-rules", "udp-offload", "version"];
+const BOOLS: &[&str] = &[
+    "ip-masq",
+    "iptables-forward-rules",
+    "udp-offload",
+    "version",
+];
 /// Flags taken from the command line only.
 const CLI_ONLY: &[&str] = &["v"];
 /// Every flag that can also come from the environment.

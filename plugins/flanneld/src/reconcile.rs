@@ -13,7 +13,7 @@
 //! `/readyz` fail until a full comparison succeeds (see `health`).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -151,25 +151,18 @@ impl State {
         let Some(u) = &self.udp else {
             return;
         };
-        let port = self.config.backend.port;
-        let entries: Vec<(IpNetwork, SocketAddr)> = self
+        let entries: Vec<udp::Entry> = self
             .peers
             .iter()
-            .filter_map(|p| Some((p.key.ipv4?, SocketAddr::new(p.public_ip?.into(), port))))
+            .map(|p| udp::Entry {
+                subnet4: p.key.ipv4,
+                subnet6: p.key.ipv6,
+                public4: p.public_ip,
+                public6: p.public_ipv6,
+            })
             .collect();
-        // Written only when it changed: the forwarding threads read it
-        // for every packet, and a write makes them wait.
-        let unchanged = u.peers.read().is_ok_and(|t| *t == entries);
-        let poisoned = !unchanged
-            && match u.peers.write() {
-                Ok(mut t) => {
-                    *t = entries;
-                    false
-                }
-                Err(_) => true,
-            };
         // Only a forwarding thread that panicked poisons it.
-        if poisoned {
+        if !u.peers.set(entries) {
             self.failed("udp: the peer table is poisoned".into());
         }
     }
@@ -179,12 +172,8 @@ impl State {
     /// missing and cannot be made (nothing else can be done this pass).
     fn sync_devices(&mut self, peers: &[Peer]) -> Option<(Vec<Route>, Option<u32>)> {
         if let Some(u) = &self.udp {
-            let routes = self
-                .config
-                .ipv4
-                .as_ref()
-                .map(|f| udp::cluster_route(f.network, u.tun_index))
-                .into_iter()
+            let routes = crate::agent::udp_networks(&self.config)
+                .map(|net| udp::cluster_route(net, u.tun_index))
                 .collect();
             self.sync_udp_peers();
             return Some((routes, None));

@@ -151,9 +151,9 @@ impl State {
     /// The route a deleted one was, if we want it.
     fn wanted_route(&self, r: &Route) -> Option<Route> {
         if let Some(u) = &self.udp {
-            let net = self.config.ipv4.as_ref()?.network;
-            let want = crate::backend::udp::cluster_route(net, u.tun_index);
-            return (want.dst == r.dst && want.prefix == r.prefix).then_some(want);
+            return crate::agent::udp_networks(&self.config)
+                .map(|net| crate::backend::udp::cluster_route(net, u.tun_index))
+                .find(|want| want.dst == r.dst && want.prefix == r.prefix);
         }
         let sn = IpNetwork::new(r.dst, r.prefix).ok()?;
         self.wanted_for(Some(sn))

@@ -1,0 +1,389 @@
+//! The forwarding threads: per TUN queue, one thread from the device to
+//! the network and one per underlay family from the network to the
+//! device. Buffers are allocated once; counters are added once per batch.
+
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::offload::{
+    self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr,
+};
+use super::sys::{self, BATCH, RecvBatch, SendBatch};
+use super::table::{self, Reader, Refused};
+use super::{TUN_NAME, packet};
+use crate::health::Health;
+
+/// What the kernel offers, decided at start; segmentation can still be
+/// turned off later, by the first send the kernel refuses.
+#[derive(Debug)]
+pub struct Offloads {
+    /// Packets to and from the device carry a virtio-net header.
+    pub vnet: bool,
+    /// The kernel cuts runs of datagrams (`UDP_SEGMENT`).
+    pub gso: AtomicBool,
+}
+
+/// Most bytes in one segmented send: the IP length field's limit, less
+/// headers, with room to spare.
+const GSO_MAX_BYTES: usize = 65000;
+/// Most datagrams the kernel cuts from one send (`UDP_MAX_SEGMENTS` on
+/// older kernels).
+const GSO_MAX_SEGS: usize = 64;
+/// Datagrams queued for sending, and the room one super-packet needs.
+const OUT_BUF: usize = 1 << 20;
+const CUT_ROOM: usize = 256 << 10;
+
+/// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
+/// 8th... so a persistent failure shows without flooding the log.
+fn forward_failed(health: &Health, what: &str, e: &io::Error, n: u64) {
+    let before = health
+        .metrics
+        .udp_forward_errors
+        .fetch_add(n, Ordering::Relaxed);
+    let after = before + n;
+    if (before + 1..=after).any(u64::is_power_of_two) {
+        crate::warn!("udp: {what}: {e} ({after} packets lost so far)");
+    }
+}
+
+/// A forwarding thread ended on an error: nothing passes any more until a
+/// restart.
+fn stopped(what: &str, e: &io::Error) {
+    crate::error!("udp: {what}: {e}; the forwarder stopped (restart flanneld)");
+}
+
+/// Held by a forwarding thread: however it ends (an error, a panic), the
+/// health endpoints learn of it.
+struct Running(Arc<Health>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.forwarder_died();
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    malformed: u64,
+    not_peer: u64,
+    spoofed: u64,
+}
+
+impl Tally {
+    fn refused(&mut self, why: Refused, n: u64) {
+        match why {
+            Refused::Malformed => self.malformed += n,
+            Refused::NotAPeer => self.not_peer += n,
+            Refused::Spoofed => self.spoofed += n,
+        }
+    }
+
+    fn add_to(&mut self, packets: &AtomicU64, bytes: &AtomicU64, h: &Health) {
+        let m = &h.metrics;
+        for (c, v) in [
+            (packets, self.packets),
+            (bytes, self.bytes),
+            (&m.udp_drop_malformed, self.malformed),
+            (&m.udp_drop_not_peer, self.not_peer),
+            (&m.udp_drop_spoofed, self.spoofed),
+        ] {
+            if v > 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *self = Tally::default();
+    }
+}
+
+/// The sockets of one queue: one per underlay family in use.
+#[derive(Debug)]
+pub struct Sockets {
+    pub v4: Option<UdpSocket>,
+    pub v6: Option<UdpSocket>,
+}
+
+/// Device to network.
+struct Sender {
+    socks: Sockets,
+    out: Vec<u8>,
+    used: usize,
+    b4: SendBatch,
+    b6: SendBatch,
+    tally: Tally,
+}
+
+impl Sender {
+    fn batch(&mut self, v4: bool) -> &mut SendBatch {
+        if v4 { &mut self.b4 } else { &mut self.b6 }
+    }
+
+    /// Queues `len` bytes at `start` of `out` as datagrams of `seg` bytes
+    /// (0: one datagram), sending first when the batch is full.
+    fn queue(&mut self, to: std::net::SocketAddr, start: usize, len: usize, seg: usize, ctx: &Ctx) {
+        if self.batch(to.is_ipv4()).len() >= BATCH {
+            self.send(to.is_ipv4(), ctx);
+        }
+        self.batch(to.is_ipv4()).push(to, start, len, seg as u16);
+        self.tally.packets += if seg > 0 { len.div_ceil(seg) as u64 } else { 1 };
+        self.tally.bytes += len as u64;
+    }
+
+    fn send(&mut self, v4: bool, ctx: &Ctx) {
+        let (batch, sock) = if v4 {
+            (&mut self.b4, self.socks.v4.as_ref())
+        } else {
+            (&mut self.b6, self.socks.v6.as_ref())
+        };
+        if batch.is_empty() {
+            return;
+        }
+        // Never: routes only name families we have a socket for.
+        let Some(sock) = sock else {
+            batch.clear();
+            return;
+        };
+        let queued = batch.len() as u64;
+        if let Err((e, segmented)) = batch.flush(sock, &self.out) {
+            // Some devices refuse segmentation (EIO): without it from now.
+            if segmented
+                && e.raw_os_error() == Some(nix::libc::EIO)
+                && ctx.off.gso.swap(false, Ordering::Relaxed)
+            {
+                crate::warn!(
+                    "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
+                );
+            } else {
+                forward_failed(&ctx.health, "cannot send", &e, queued);
+            }
+        }
+    }
+
+    fn send_all(&mut self, ctx: &Ctx) {
+        self.send(true, ctx);
+        self.send(false, ctx);
+        self.used = 0;
+        let m = &ctx.health.metrics;
+        self.tally
+            .add_to(&m.udp_tx_packets, &m.udp_tx_bytes, &ctx.health);
+    }
+
+    /// One packet read from the device (header stripped).
+    fn packet(
+        &mut self,
+        hdr: VnetHdr,
+        p: &mut [u8],
+        reader: &mut Reader,
+        tun: &mut File,
+        ctx: &Ctx,
+    ) {
+        let Some(dst) = packet::destination(p) else {
+            return;
+        };
+        let Some(to) = reader.get().route(dst) else {
+            self.unreachable(p, tun, ctx);
+            return;
+        };
+        if !packet::decrement_hop(p) {
+            return;
+        }
+        let gso = hdr.gso_type & !GSO_ECN;
+        if gso == GSO_NONE {
+            if hdr.flags & F_NEEDS_CSUM != 0
+                && !offload::complete_checksum(
+                    p,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+            {
+                self.tally.malformed += 1;
+                return;
+            }
+            let Some(n) = packet::ip_len(p) else {
+                self.tally.malformed += 1;
+                return;
+            };
+            if self.out.len() - self.used < n {
+                self.send_all(ctx);
+            }
+            let start = self.used;
+            self.out[start..start + n].copy_from_slice(&p[..n]);
+            self.used += n;
+            self.queue(to, start, n, 0, ctx);
+            return;
+        }
+        if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
+            self.tally.malformed += 1;
+            return;
+        }
+        if self.out.len() - self.used < CUT_ROOM {
+            self.send_all(ctx);
+        }
+        let start = self.used;
+        let room = (self.out.len() - start).min(CUT_ROOM);
+        let Some(cut) = offload::segment(
+            p,
+            usize::from(hdr.gso_size),
+            &mut self.out[start..start + room],
+        ) else {
+            self.tally.malformed += 1;
+            return;
+        };
+        self.used += cut.len;
+        if ctx.off.gso.load(Ordering::Relaxed) && cut.count > 1 {
+            // Runs of whole datagrams the kernel cuts apart again.
+            let per = (GSO_MAX_BYTES / cut.size).clamp(1, GSO_MAX_SEGS);
+            let mut at = start;
+            let end = start + cut.len;
+            while at < end {
+                let len = (per * cut.size).min(end - at);
+                self.queue(to, at, len, cut.size, ctx);
+                at += len;
+            }
+        } else {
+            let mut at = start;
+            for i in 0..cut.count {
+                let len = if i + 1 < cut.count {
+                    cut.size
+                } else {
+                    start + cut.len - at
+                };
+                self.queue(to, at, len, 0, ctx);
+                at += len;
+            }
+        }
+    }
+
+    /// Answers a packet for a subnet nobody leases, as a router would.
+    fn unreachable(&mut self, p: &[u8], tun: &mut File, ctx: &Ctx) {
+        let Some(reply) = packet::unreachable(p) else {
+            return;
+        };
+        let r = if ctx.off.vnet {
+            let mut framed = vec![0u8; VNET_HDR_LEN];
+            framed.extend_from_slice(&reply);
+            tun.write(&framed)
+        } else {
+            tun.write(&reply)
+        };
+        if let Err(e) = r {
+            forward_failed(&ctx.health, "cannot answer net unreachable", &e, 1);
+        }
+    }
+}
+
+/// What every thread shares.
+#[derive(Debug)]
+pub struct Ctx {
+    pub health: Arc<Health>,
+    pub off: Arc<Offloads>,
+}
+
+/// Reads the device's queue until it is empty, sending in batches; then
+/// waits for more.
+pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx: Ctx) {
+    let _running = Running(ctx.health.clone());
+    if let Err(e) = sys::set_nonblocking(tun.as_raw_fd()) {
+        return stopped(&format!("cannot set up {TUN_NAME}"), &e);
+    }
+    let mut s = Sender {
+        socks,
+        out: vec![0; OUT_BUF],
+        used: 0,
+        b4: SendBatch::new(),
+        b6: SendBatch::new(),
+        tally: Tally::default(),
+    };
+    let mut buf = vec![0u8; VNET_HDR_LEN + sys::RECV_BUF];
+    let skip = if ctx.off.vnet { VNET_HDR_LEN } else { 0 };
+    loop {
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                s.send_all(&ctx);
+                if let Err(e) = sys::wait_readable(tun.as_raw_fd())
+                    && e.kind() != ErrorKind::Interrupted
+                {
+                    return stopped(&format!("cannot wait for {TUN_NAME}"), &e);
+                }
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return stopped(&format!("cannot read {TUN_NAME}"), &e),
+        };
+        if n <= skip {
+            continue;
+        }
+        let hdr = if ctx.off.vnet {
+            VnetHdr::read(&buf).unwrap_or_default()
+        } else {
+            VnetHdr::default()
+        };
+        s.packet(hdr, &mut buf[skip..n], &mut reader, &mut tun, &ctx);
+    }
+}
+
+/// Receives datagrams in batches, admits them, and writes them to the
+/// device, consecutive TCP segments joined into one write.
+pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx: Ctx) {
+    let _running = Running(ctx.health.clone());
+    let mut batch = RecvBatch::new(16);
+    let mut joiner = offload::Joiner::default();
+    let mut tally = Tally::default();
+    let mut failed: Option<io::Error> = None;
+    let mut lost = 0u64;
+    loop {
+        let n = match batch.recv(&sock) {
+            Ok(n) => n,
+            Err(e) => return stopped("cannot receive", &e),
+        };
+        let snap = reader.get();
+        let mut write = |b: &[u8]| {
+            if let Err(e) = tun.write(b) {
+                lost += 1;
+                failed = Some(e);
+            }
+        };
+        for i in 0..n {
+            let (from, data, seg) = batch.message(i);
+            if data.is_empty() {
+                tally.malformed += 1;
+                continue;
+            }
+            let Some(peer) = from.and_then(|f| snap.sender(f)) else {
+                tally.not_peer += data.len().div_ceil(seg) as u64;
+                continue;
+            };
+            for d in data.chunks(seg) {
+                match table::admit_from(peer, d) {
+                    Ok(()) => {
+                        tally.packets += 1;
+                        tally.bytes += d.len() as u64;
+                        if ctx.off.vnet {
+                            joiner.push(d, &mut write);
+                        } else {
+                            write(d);
+                        }
+                    }
+                    Err(why) => tally.refused(why, 1),
+                }
+            }
+        }
+        joiner.flush(&mut write);
+        let m = &ctx.health.metrics;
+        tally.add_to(&m.udp_rx_packets, &m.udp_rx_bytes, &ctx.health);
+        if let Some(e) = failed.take() {
+            // The device is gone: nothing will ever be written again.
+            if e.raw_os_error() == Some(nix::libc::EBADFD) {
+                return stopped(&format!("cannot write {TUN_NAME}"), &e);
+            }
+            forward_failed(&ctx.health, &format!("cannot write {TUN_NAME}"), &e, lost);
+            lost = 0;
+        }
+    }
+}

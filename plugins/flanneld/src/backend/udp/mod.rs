@@ -1,0 +1,210 @@
+//! udp: a TUN device `flannel0` and UDP sockets. A packet for another
+//! node's subnet is sent whole, as the UDP payload, to that node's public
+//! address; what arrives is written back to the device. On the wire this
+//! is upstream's format: one inner packet per datagram, port 8285.
+//!
+//! The fast path: the device hands over TCP super-packets of up to 64 KB
+//! (`IFF_VNET_HDR`, `TUNSETOFFLOAD`), which are cut to the tunnel's MTU
+//! here and sent as one run of datagrams the kernel cuts apart
+//! (`UDP_SEGMENT`); received runs come coalesced (`UDP_GRO`) and are
+//! joined back into super-packets for the device. One queue of the device
+//! and one socket per family for each core (`IFF_MULTI_QUEUE`,
+//! `SO_REUSEPORT`), sends and receives batched (`sendmmsg`/`recvmmsg`).
+//! Whatever the kernel lacks is done without, and said once.
+
+mod forward;
+pub mod offload;
+pub mod packet;
+mod sys;
+pub mod table;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use ipnetwork::IpNetwork;
+use netkit::route::Route;
+
+use crate::health::Health;
+use forward::{Ctx, Offloads, Sockets};
+pub use table::{Entry, Refused, Table};
+
+pub const TUN_NAME: &str = "flannel0";
+/// The port when the config names none (or 0), as upstream.
+pub const DEFAULT_PORT: u16 = 8285;
+
+/// Outer IP and UDP headers: the tunnel's MTU is the underlay's less this.
+pub fn overhead(ipv6_underlay: bool) -> u32 {
+    if ipv6_underlay { 48 } else { 28 }
+}
+
+/// The running backend as the agent sees it.
+#[derive(Debug)]
+pub struct Plane {
+    /// Shared with the forwarding threads.
+    pub peers: Arc<Table>,
+    pub tun_index: u32,
+}
+
+/// A whole cluster network (either family) through the TUN device.
+pub fn cluster_route(network: IpNetwork, tun_index: u32) -> Route {
+    let mut r = crate::routes::new(network.network(), network.prefix());
+    r.oif = Some(tun_index);
+    r
+}
+
+/// Where this node sends from and listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Local {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+    pub port: u16,
+    /// `--udp-offload`: use the kernel's offloads where it has them.
+    pub offload: bool,
+}
+
+/// How many queues: one per core, a few at most.
+fn queues() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// The device's queues, with the offloads the kernel grants; falls back
+/// step by step (no offloads, no header, one queue) and says so.
+fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool), String> {
+    let err = |e: std::io::Error| format!("cannot create TUN device {TUN_NAME}: {e}");
+    let multi = want > 1;
+    let first = if offload {
+        match sys::tun_queue(TUN_NAME, true, multi) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                crate::warn!(
+                    "udp: no virtio-net header on {TUN_NAME} ({e}): packets one at a time"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (first, vnet, multi) = match first {
+        Some(f) => (f, true, multi),
+        None => match sys::tun_queue(TUN_NAME, false, multi) {
+            Ok(f) => (f, false, multi),
+            Err(e) if multi => {
+                crate::warn!("udp: no multi-queue TUN ({e}): one queue");
+                (
+                    sys::tun_queue(TUN_NAME, false, false).map_err(err)?,
+                    false,
+                    false,
+                )
+            }
+            Err(e) => return Err(err(e)),
+        },
+    };
+    if vnet && let Err(e) = sys::tun_offload(&first) {
+        crate::warn!("udp: the kernel refused TUN offloads ({e}): packets one at a time");
+    }
+    let mut files = vec![first];
+    while multi && files.len() < want {
+        match sys::tun_queue(TUN_NAME, vnet, true) {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                crate::warn!(
+                    "udp: cannot add a queue to {TUN_NAME} ({e}): {} queues",
+                    files.len()
+                );
+                break;
+            }
+        }
+    }
+    Ok((files, vnet))
+}
+
+/// Opens the device and the sockets, and starts the forwarding threads.
+/// The device lives as long as the process (it is not persistent), like
+/// upstream's.
+pub fn start(local: Local, peers: Arc<Table>, health: Arc<Health>) -> Result<(), String> {
+    let (tuns, vnet) = open_device(queues(), local.offload)?;
+    let shared = tuns.len() > 1;
+    let mut gro = local.offload;
+    let mut gso = local.offload;
+    let mut per_queue = Vec::new();
+    for _ in &tuns {
+        let mut socks = Sockets { v4: None, v6: None };
+        for ip in [local.v4.map(IpAddr::V4), local.v6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
+            let at = SocketAddr::new(ip, local.port);
+            let s =
+                sys::udp_socket(at, shared).map_err(|e| format!("cannot bind UDP {at}: {e}"))?;
+            if gro && let Err(e) = sys::enable_gro(&s) {
+                crate::warn!(
+                    "udp: no UDP receive coalescing (UDP_GRO: {e}): one datagram per packet"
+                );
+                gro = false;
+            }
+            if gso && let Err(e) = sys::probe_gso(&s) {
+                crate::warn!("udp: no UDP segmentation (UDP_SEGMENT: {e}): one datagram per send");
+                gso = false;
+            }
+            match ip {
+                IpAddr::V4(_) => socks.v4 = Some(s),
+                IpAddr::V6(_) => socks.v6 = Some(s),
+            }
+        }
+        per_queue.push(socks);
+    }
+    crate::info!(
+        "udp: {} queue(s) on {TUN_NAME}; TUN offloads {}, UDP segmentation {}, coalescing {}{}",
+        tuns.len(),
+        on(vnet),
+        on(gso),
+        on(gro),
+        if local.offload {
+            ""
+        } else {
+            " (--udp-offload=false)"
+        }
+    );
+    let off = Arc::new(Offloads {
+        vnet,
+        gso: AtomicBool::new(gso),
+    });
+    let ctx = || Ctx {
+        health: health.clone(),
+        off: off.clone(),
+    };
+    for (tun, socks) in tuns.into_iter().zip(per_queue) {
+        let clone = |s: &Option<std::net::UdpSocket>| -> Result<_, String> {
+            s.as_ref()
+                .map(|s| s.try_clone().map_err(|e| e.to_string()))
+                .transpose()
+        };
+        for sock in [clone(&socks.v4)?, clone(&socks.v6)?].into_iter().flatten() {
+            let (t, r, c) = (
+                tun.try_clone().map_err(|e| e.to_string())?,
+                peers.reader(),
+                ctx(),
+            );
+            spawn("udp-rx", move || forward::network_to_device(sock, t, r, c))?;
+        }
+        let (r, c) = (peers.reader(), ctx());
+        spawn("udp-tx", move || {
+            forward::device_to_network(tun, socks, r, c)
+        })?;
+    }
+    Ok(())
+}
+
+fn on(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| format!("cannot start a forwarding thread: {e}"))
+}

@@ -1,0 +1,432 @@
+//! The system calls of the fast path: TUN queues with virtio-net headers
+//! and offloads, UDP sockets sharing one port (`SO_REUSEPORT`) with
+//! segmentation (`UDP_SEGMENT`) and coalescing (`UDP_GRO`), and batched
+//! `sendmmsg`/`recvmmsg` over buffers allocated once.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use nix::libc;
+
+nix::ioctl_write_ptr_bad!(
+    tun_set_iff,
+    nix::request_code_write!(b'T', 202, size_of::<libc::c_int>()),
+    libc::ifreq
+);
+nix::ioctl_write_int_bad!(
+    tun_set_offload,
+    nix::request_code_write!(b'T', 208, size_of::<libc::c_uint>())
+);
+
+/// TSO for both families and checksums left to us.
+const OFFLOADS: libc::c_ulong = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as _;
+
+/// Opens one queue of the TUN device `name` (made by the first call).
+pub fn tun_queue(name: &str, vnet: bool, multi: bool) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    for (slot, b) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *slot = b as libc::c_char;
+    }
+    let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+    if vnet {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    if multi {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: the fd is an open /dev/net/tun, and req is a valid ifreq
+    // that outlives the call.
+    unsafe { tun_set_iff(file.as_raw_fd(), &req) }?;
+    Ok(file)
+}
+
+/// Lets the kernel hand over TCP super-packets and unchecked sums.
+pub fn tun_offload(tun: &File) -> io::Result<()> {
+    // SAFETY: the fd is a TUN queue; the argument is a flag word.
+    unsafe { tun_set_offload(tun.as_raw_fd(), OFFLOADS as libc::c_int) }?;
+    Ok(())
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    // SAFETY: fd is open for the whole call (borrowed from its owner).
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let fl = OFlag::from_bits_truncate(fcntl(b, FcntlArg::F_GETFL)?);
+    fcntl(b, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Waits until `fd` is readable.
+pub fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut p, 1, -1) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the value lives across the call and its size is given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A UDP socket on `addr`; with `shared`, one of several on the same port
+/// that the kernel spreads senders over.
+pub fn udp_socket(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket owned by nobody else; from here on the
+    // UdpSocket closes it.
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    if shared {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if addr.is_ipv6() {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a sockaddr of `len` bytes for the family.
+    let r = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Asks for coalesced receives: several datagrams of one flow in one
+/// buffer, all but the last of the size given alongside.
+pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
+    setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// Whether the kernel knows `UDP_SEGMENT` (setting 0 changes nothing).
+pub fn probe_gso(sock: &UdpSocket) -> io::Result<()> {
+    setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, 0)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut s: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (s, len as libc::socklen_t)
+}
+
+fn peer_ip(s: &libc::sockaddr_storage) -> Option<IpAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(
+                sin.sin_addr.s_addr.to_ne_bytes(),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+/// Room for one `u16` control message.
+const CMSG_ROOM: usize = 32;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Cmsg([u8; CMSG_ROOM]);
+
+/// Datagrams waiting to go: byte ranges of the sender's buffer, each one
+/// datagram or, with `seg`, a run of datagrams of that size (the last may
+/// be shorter) that the kernel cuts apart.
+pub struct SendBatch {
+    items: Vec<(SocketAddr, usize, usize, u16)>,
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SendBatch({})", self.items.len())
+    }
+}
+
+/// The most messages in one `sendmmsg`/`recvmmsg`.
+pub const BATCH: usize = 64;
+
+impl SendBatch {
+    pub fn new() -> SendBatch {
+        SendBatch {
+            items: Vec::with_capacity(BATCH),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    pub fn push(&mut self, to: SocketAddr, start: usize, len: usize, seg: u16) {
+        self.items.push((to, start, len, seg));
+    }
+
+    /// Sends everything queued from `buf` on `sock` (one family); returns
+    /// the datagrams sent, or the error of the message that failed (those
+    /// after it are dropped too: they are rare and TCP sends again).
+    pub fn flush(&mut self, sock: &UdpSocket, buf: &[u8]) -> Result<usize, (io::Error, bool)> {
+        let n = self.items.len();
+        // SAFETY: these are plain C structs; all-zero is valid for each.
+        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut cmsgs = [Cmsg([0; CMSG_ROOM]); BATCH];
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut segmented = false;
+        for (i, &(to, start, len, seg)) in self.items.iter().enumerate() {
+            let (s, slen) = sockaddr(to);
+            names[i] = s;
+            iov[i] = libc::iovec {
+                iov_base: buf[start..start + len].as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = slen;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            if seg > 0 && usize::from(seg) < len {
+                segmented = true;
+                h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+                // SAFETY: msg_control points at CMSG_ROOM aligned bytes,
+                // more than CMSG_SPACE(2); the header fits at the start.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+                }
+            }
+        }
+        let mut done = 0;
+        let mut datagrams = 0;
+        while done < n {
+            // SAFETY: msgs[done..n] are filled in above and point into
+            // names, iov, cmsgs and buf, all alive across the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    msgs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.items.clear();
+                return Err((e, segmented));
+            }
+            for &(_, _, len, seg) in &self.items[done..done + r as usize] {
+                datagrams += if seg > 0 {
+                    len.div_ceil(usize::from(seg))
+                } else {
+                    1
+                };
+            }
+            done += r as usize;
+        }
+        self.items.clear();
+        Ok(datagrams)
+    }
+}
+
+/// Largest coalesced receive (and largest datagram).
+pub const RECV_BUF: usize = 65536;
+
+/// Buffers and headers for one `recvmmsg`, allocated once.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    slots: usize,
+    names: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<Cmsg>,
+    lens: Vec<usize>,
+    segs: Vec<usize>,
+    from: Vec<Option<IpAddr>>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecvBatch({})", self.slots)
+    }
+}
+
+impl RecvBatch {
+    pub fn new(slots: usize) -> RecvBatch {
+        let slots = slots.clamp(1, BATCH);
+        RecvBatch {
+            bufs: vec![0; slots * RECV_BUF],
+            slots,
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            names: vec![unsafe { zeroed() }; slots],
+            cmsgs: vec![Cmsg([0; CMSG_ROOM]); slots],
+            lens: vec![0; slots],
+            segs: vec![0; slots],
+            from: vec![None; slots],
+        }
+    }
+
+    /// Waits for at least one datagram, then takes what else is queued;
+    /// returns how many messages arrived.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        // SAFETY: plain C structs; all-zero is valid.
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..self.slots {
+            iov[i] = libc::iovec {
+                // SAFETY: slot i lies inside bufs (slots * RECV_BUF bytes).
+                iov_base: unsafe { base.add(i * RECV_BUF) }.cast(),
+                iov_len: RECV_BUF,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_controllen = CMSG_ROOM as _;
+        }
+        let n = loop {
+            // SAFETY: msgs point into iov, names, cmsgs and bufs, all
+            // alive and sized as declared across the call.
+            let r = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    self.slots as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        for (i, m) in msgs.iter_mut().enumerate().take(n) {
+            let len = m.msg_len as usize;
+            self.lens[i] = len;
+            self.from[i] = peer_ip(&self.names[i]);
+            let mut seg = len;
+            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                // Cut short: nothing in it can be trusted whole.
+                self.lens[i] = 0;
+            }
+            // SAFETY: the kernel filled msg_control up to msg_controllen
+            // within cmsgs[i]; the CMSG macros stay inside it.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        if v > 0 {
+                            seg = v as usize;
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
+                }
+            }
+            self.segs[i] = seg;
+        }
+        Ok(n)
+    }
+
+    /// Message `i` of the last receive: its sender, its bytes, and the size
+    /// its datagrams were cut at.
+    pub fn message(&self, i: usize) -> (Option<IpAddr>, &[u8], usize) {
+        let start = i * RECV_BUF;
+        (
+            self.from[i],
+            &self.bufs[start..start + self.lens[i]],
+            self.segs[i].max(1),
+        )
+    }
+}

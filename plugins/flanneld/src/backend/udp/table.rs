@@ -1,0 +1,304 @@
+//! Where each peer subnet is sent, and who may send into ours. The agent
+//! replaces the whole table when a peer comes or goes; the forwarding
+//! threads keep their own reference and look at one atomic generation
+//! number per batch, so the hot path takes no lock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ipnetwork::IpNetwork;
+
+use super::packet;
+
+/// One peer as the forwarder needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub subnet4: Option<IpNetwork>,
+    pub subnet6: Option<IpNetwork>,
+    pub public4: Option<Ipv4Addr>,
+    pub public6: Option<Ipv6Addr>,
+}
+
+/// Why a datagram from the network was not written to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not an IP packet we could read.
+    Malformed,
+    /// Its outer source is no current peer's public address.
+    NotAPeer,
+    /// A peer sent it, but its inner source lies outside that peer's subnet.
+    Spoofed,
+}
+
+/// A peer's subnets, as masks to compare sources with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subnets {
+    v4: Option<(u32, u32)>,
+    v6: Option<(u128, u128)>,
+}
+
+impl Subnets {
+    fn holds(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.is_some_and(|(n, m)| u32::from(a) & m == n),
+            IpAddr::V6(a) => self.v6.is_some_and(|(n, m)| u128::from(a) & m == n),
+        }
+    }
+}
+
+fn mask4(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn mask6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+/// The table at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    entries: Vec<Entry>,
+    /// Prefix lengths in use (one, in a valid cluster), longest first.
+    lens4: Vec<u8>,
+    lens6: Vec<u8>,
+    to4: HashMap<(u32, u8), SocketAddr>,
+    to6: HashMap<(u128, u8), SocketAddr>,
+    from: HashMap<IpAddr, Subnets>,
+}
+
+impl Snapshot {
+    /// `local4`/`local6`: whether this node sends over that underlay
+    /// family. Each inner family rides the same underlay family when both
+    /// ends have it, else the other.
+    pub fn new(entries: Vec<Entry>, port: u16, local4: bool, local6: bool) -> Snapshot {
+        let mut s = Snapshot::default();
+        let a4 = |e: &Entry| e.public4.filter(|_| local4).map(IpAddr::V4);
+        let a6 = |e: &Entry| e.public6.filter(|_| local6).map(IpAddr::V6);
+        for e in &entries {
+            let mut subnets = Subnets::default();
+            if let Some(IpNetwork::V4(n)) = e.subnet4 {
+                let (net, len) = (u32::from(n.network()), n.prefix());
+                subnets.v4 = Some((net, mask4(len)));
+                if let Some(to) = a4(e).or_else(|| a6(e)) {
+                    s.to4.insert((net, len), SocketAddr::new(to, port));
+                    s.lens4.push(len);
+                }
+            }
+            if let Some(IpNetwork::V6(n)) = e.subnet6 {
+                let (net, len) = (u128::from(n.network()), n.prefix());
+                subnets.v6 = Some((net, mask6(len)));
+                if let Some(to) = a6(e).or_else(|| a4(e)) {
+                    s.to6.insert((net, len), SocketAddr::new(to, port));
+                    s.lens6.push(len);
+                }
+            }
+            for ip in [e.public4.map(IpAddr::V4), e.public6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+            {
+                s.from.insert(ip, subnets);
+            }
+        }
+        for lens in [&mut s.lens4, &mut s.lens6] {
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+        }
+        s.entries = entries;
+        s
+    }
+
+    /// Where a packet for `dst` goes.
+    pub fn route(&self, dst: IpAddr) -> Option<SocketAddr> {
+        match dst {
+            IpAddr::V4(a) => self
+                .lens4
+                .iter()
+                .find_map(|&l| self.to4.get(&(u32::from(a) & mask4(l), l)).copied()),
+            IpAddr::V6(a) => self
+                .lens6
+                .iter()
+                .find_map(|&l| self.to6.get(&(u128::from(a) & mask6(l), l)).copied()),
+        }
+    }
+
+    /// The subnets a datagram from `from` may carry sources of.
+    pub fn sender(&self, from: IpAddr) -> Option<&Subnets> {
+        self.from.get(&from)
+    }
+
+    /// Whether a datagram from `from` carrying `p` may enter the pod
+    /// network: only from a current peer's public address, and only with
+    /// an inner source inside that peer's subnet. Upstream's backend
+    /// writes whatever arrives, so anyone reaching the port could inject
+    /// packets with any source address.
+    pub fn admit(&self, from: IpAddr, p: &[u8]) -> Result<(), Refused> {
+        let peer = self.sender(from).ok_or(Refused::NotAPeer)?;
+        admit_from(peer, p)
+    }
+}
+
+/// `admit` once the sender is known (one lookup per batch from it).
+pub fn admit_from(peer: &Subnets, p: &[u8]) -> Result<(), Refused> {
+    let src = packet::source(p)
+        .filter(|_| packet::ip_len(p).is_some())
+        .ok_or(Refused::Malformed)?;
+    if peer.holds(src) {
+        Ok(())
+    } else {
+        Err(Refused::Spoofed)
+    }
+}
+
+/// The table the agent writes and the forwarders read.
+#[derive(Debug)]
+pub struct Table {
+    generation: AtomicU64,
+    current: Mutex<Arc<Snapshot>>,
+    port: u16,
+    local4: bool,
+    local6: bool,
+}
+
+impl Table {
+    pub fn new(port: u16, local4: bool, local6: bool) -> Table {
+        Table {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(Snapshot::default())),
+            port,
+            local4,
+            local6,
+        }
+    }
+
+    /// Replaces the table when `entries` differ; `false` only if a
+    /// forwarder panicked while holding the lock.
+    pub fn set(&self, entries: Vec<Entry>) -> bool {
+        let Ok(mut cur) = self.current.lock() else {
+            return false;
+        };
+        if cur.entries != entries {
+            *cur = Arc::new(Snapshot::new(entries, self.port, self.local4, self.local6));
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        true
+    }
+
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        Reader {
+            table: self.clone(),
+            seen: u64::MAX,
+            snap: Arc::new(Snapshot::default()),
+        }
+    }
+}
+
+/// A forwarder's view: refreshed only when the generation moved.
+#[derive(Debug)]
+pub struct Reader {
+    table: Arc<Table>,
+    seen: u64,
+    snap: Arc<Snapshot>,
+}
+
+impl Reader {
+    pub fn get(&mut self) -> &Snapshot {
+        let g = self.table.generation.load(Ordering::Acquire);
+        if g != self.seen
+            && let Ok(cur) = self.table.current.lock()
+        {
+            self.snap = cur.clone();
+            self.seen = g;
+        }
+        &self.snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::packet::tests::{ipv4, ipv6};
+    use super::*;
+
+    fn entry(s4: &str, s6: Option<&str>, p4: Option<&str>, p6: Option<&str>) -> Entry {
+        Entry {
+            subnet4: Some(s4.parse().unwrap()),
+            subnet6: s6.map(|s| s.parse().unwrap()),
+            public4: p4.map(|s| s.parse().unwrap()),
+            public6: p6.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn only_a_peer_may_send_and_only_from_its_subnet() {
+        let s = Snapshot::new(
+            vec![entry("10.244.1.0/24", None, Some("192.168.77.11"), None)],
+            8285,
+            true,
+            false,
+        );
+        let peer: IpAddr = "192.168.77.11".parse().unwrap();
+        let p = ipv4(1, 64, [10, 244, 1, 2], [10, 244, 9, 9], &[8, 0, 0, 0]);
+        assert_eq!(s.admit(peer, &p), Ok(()));
+        let stranger: IpAddr = "192.168.77.50".parse().unwrap();
+        assert_eq!(s.admit(stranger, &p), Err(Refused::NotAPeer));
+        let spoofed = ipv4(1, 64, [10, 244, 2, 7], [10, 244, 9, 9], &[8, 0, 0, 0]);
+        assert_eq!(s.admit(peer, &spoofed), Err(Refused::Spoofed));
+        assert_eq!(s.admit(peer, &[0x45, 0]), Err(Refused::Malformed));
+        // Claims more bytes than it has.
+        let mut short = p.clone();
+        short[3] += 1;
+        assert_eq!(s.admit(peer, &short), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn each_family_rides_its_own_underlay_when_both_ends_have_it() {
+        let e = entry(
+            "10.244.1.0/24",
+            Some("fd00:244:0:1::/64"),
+            Some("192.168.77.11"),
+            Some("fd00:77::11"),
+        );
+        let dual = Snapshot::new(vec![e.clone()], 8285, true, true);
+        assert_eq!(
+            dual.route("10.244.1.9".parse().unwrap()),
+            Some("192.168.77.11:8285".parse().unwrap())
+        );
+        assert_eq!(
+            dual.route("fd00:244:0:1::9".parse().unwrap()),
+            Some("[fd00:77::11]:8285".parse().unwrap())
+        );
+        assert_eq!(dual.route("10.244.2.9".parse().unwrap()), None);
+        // We have no IPv6 underlay: IPv6 pods ride IPv4.
+        let v4 = Snapshot::new(vec![e.clone()], 8285, true, false);
+        assert_eq!(
+            v4.route("fd00:244:0:1::9".parse().unwrap()),
+            Some("192.168.77.11:8285".parse().unwrap())
+        );
+        // From either public address, sources of the matching family only.
+        let a: Ipv6Addr = "fd00:244:0:1::5".parse().unwrap();
+        let b: Ipv6Addr = "fd00:244:0:2::5".parse().unwrap();
+        let inner6 = ipv6(58, 64, a, b, &[128, 0, 0, 0]);
+        let from6: IpAddr = "fd00:77::11".parse().unwrap();
+        let from4: IpAddr = "192.168.77.11".parse().unwrap();
+        assert_eq!(dual.admit(from6, &inner6), Ok(()));
+        assert_eq!(dual.admit(from4, &inner6), Ok(()));
+        let spoof6 = ipv6(58, 64, b, a, &[128, 0, 0, 0]);
+        assert_eq!(dual.admit(from6, &spoof6), Err(Refused::Spoofed));
+    }
+
+    #[test]
+    fn readers_see_a_new_table_and_an_unchanged_one_is_not_replaced() {
+        let t = Arc::new(Table::new(8285, true, false));
+        let mut r = t.reader();
+        assert!(r.get().route("10.244.1.1".parse().unwrap()).is_none());
+        let e = vec![entry("10.244.1.0/24", None, Some("192.168.1.1"), None)];
+        assert!(t.set(e.clone()));
+        assert!(r.get().route("10.244.1.1".parse().unwrap()).is_some());
+        let g = t.generation.load(Ordering::Relaxed);
+        assert!(t.set(e));
+        assert_eq!(t.generation.load(Ordering::Relaxed), g);
+        assert!(t.set(Vec::new()));
+        assert!(r.get().route("10.244.1.1".parse().unwrap()).is_none());
+    }
+}
