@@ -695,6 +695,11 @@ fn udp_tcp_streams_arrive_intact_with_and_without_offloads() {
     // host 0 cuts super-packets for it and coalesces what it sends.
     const HEALTH: &str = "18202";
     let (c, server) = tcp_pair(&udp4(), HEALTH, &[], &["--udp-offload=false"]);
+    // The flag took effect: only host 0's device carries virtio headers.
+    for (h, want) in [(0, "vnet_hdr on"), (1, "vnet_hdr off")] {
+        let link = c.hosts[h].ns.ip(&["-d", "link", "show", "flannel0"]);
+        assert!(link.contains(want), "host {h}: {link}");
+    }
     tcp_both_ways(&c, &server[0]);
     assert_clean_traffic(&c, HEALTH);
 }
