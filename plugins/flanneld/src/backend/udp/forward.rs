@@ -3,7 +3,7 @@
 //! device. Buffers are allocated once; counters are added once per batch.
 
 use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -33,9 +33,10 @@ const GSO_MAX_BYTES: usize = 65000;
 /// Most datagrams the kernel cuts from one send (`UDP_MAX_SEGMENTS` on
 /// older kernels).
 const GSO_MAX_SEGS: usize = 64;
-/// Datagrams queued for sending, and the room one super-packet needs.
-const OUT_BUF: usize = 1 << 20;
-const CUT_ROOM: usize = 256 << 10;
+/// Small packets and headers queued for sending, and the room the headers
+/// of one super-packet may need.
+const OUT_BUF: usize = 512 << 10;
+const HDR_ROOM: usize = 128 << 10;
 
 /// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
 /// 8th... so a persistent failure shows without flooding the log.
@@ -108,11 +109,21 @@ pub struct Sockets {
     pub v6: Option<UdpSocket>,
 }
 
+/// Super-packets read before their datagrams must go (their payloads are
+/// sent from where they were read).
+const RING: usize = 4;
+/// The buffer index of `out` in a batch's parts; ring buffer k is 1 + k.
+const OUT: usize = 0;
+
 /// Device to network.
 struct Sender {
     socks: Sockets,
+    /// Small packets, copied, and the headers of cut super-packets.
     out: Vec<u8>,
     used: usize,
+    /// Read buffers; `cur` is the next to read into.
+    ring: Vec<Vec<u8>>,
+    cur: usize,
     b4: SendBatch,
     b6: SendBatch,
     tally: Tally,
@@ -123,22 +134,26 @@ impl Sender {
         if v4 { &mut self.b4 } else { &mut self.b6 }
     }
 
-    /// Queues `len` bytes at `start` of `out` as datagrams of `seg` bytes
-    /// (0: one datagram), sending first when the batch is full.
-    fn queue(&mut self, to: std::net::SocketAddr, start: usize, len: usize, seg: usize, ctx: &Ctx) {
-        if self.batch(to.is_ipv4()).len() >= BATCH {
-            self.send(to.is_ipv4(), ctx);
+    /// Makes room for one more message to `to`'s family.
+    fn room(&mut self, v4: bool, ctx: &Ctx) {
+        if self.batch(v4).len() >= BATCH {
+            self.send(v4, ctx);
         }
-        self.batch(to.is_ipv4()).push(to, start, len, seg as u16);
-        self.tally.packets += if seg > 0 { len.div_ceil(seg) as u64 } else { 1 };
-        self.tally.bytes += len as u64;
     }
 
     fn send(&mut self, v4: bool, ctx: &Ctx) {
+        let Sender {
+            socks,
+            out,
+            ring,
+            b4,
+            b6,
+            ..
+        } = self;
         let (batch, sock) = if v4 {
-            (&mut self.b4, self.socks.v4.as_ref())
+            (b4, socks.v4.as_ref())
         } else {
-            (&mut self.b6, self.socks.v6.as_ref())
+            (b6, socks.v6.as_ref())
         };
         if batch.is_empty() {
             return;
@@ -149,7 +164,12 @@ impl Sender {
             return;
         };
         let queued = batch.len() as u64;
-        if let Err((e, segmented)) = batch.flush(sock, &self.out) {
+        let mut bufs: [&[u8]; 1 + RING] = [&[]; 1 + RING];
+        bufs[OUT] = out;
+        for (slot, r) in bufs[1..].iter_mut().zip(ring.iter()) {
+            *slot = r;
+        }
+        if let Err((e, segmented)) = batch.flush(sock, &bufs) {
             // Some devices refuse segmentation (EIO): without it from now.
             if segmented
                 && e.raw_os_error() == Some(nix::libc::EIO)
@@ -168,30 +188,42 @@ impl Sender {
         self.send(true, ctx);
         self.send(false, ctx);
         self.used = 0;
+        self.cur = 0;
         let m = &ctx.health.metrics;
         self.tally
             .add_to(&m.udp_tx_packets, &m.udp_tx_bytes, &ctx.health);
     }
 
-    /// One packet read from the device (header stripped).
-    fn packet(
-        &mut self,
-        hdr: VnetHdr,
-        p: &mut [u8],
-        reader: &mut Reader,
-        tun: &mut File,
-        ctx: &Ctx,
-    ) {
+    /// Room for the next read: a free ring buffer and room in `out`.
+    fn ready(&mut self, ctx: &Ctx) {
+        if self.cur == RING || self.out.len() - self.used < HDR_ROOM + sys::RECV_BUF {
+            self.send_all(ctx);
+        }
+    }
+
+    /// The packet just read into the current ring buffer, `skip` bytes of
+    /// header before it and `n` bytes in all. Patched in place, then queued:
+    /// a small one copied to `out`, a super-packet as headers in `out` and
+    /// its payload where it lies.
+    fn packet(&mut self, skip: usize, n: usize, reader: &mut Reader, tun: &mut File, ctx: &Ctx) {
+        let cur = self.cur;
+        let buf = &mut self.ring[cur];
+        let hdr = if ctx.off.vnet {
+            VnetHdr::read(buf).unwrap_or_default()
+        } else {
+            VnetHdr::default()
+        };
+        let p = &mut buf[skip..n];
         let Some(dst) = packet::destination(p) else {
             return;
         };
         let Some(to) = reader.get().route(dst) else {
-            self.unreachable(p, tun, ctx);
-            return;
+            return unreachable(p, tun, ctx);
         };
         if !packet::decrement_hop(p) {
             return;
         }
+        let v4 = to.is_ipv4();
         let gso = hdr.gso_type & !GSO_ECN;
         if gso == GSO_NONE {
             if hdr.flags & F_NEEDS_CSUM != 0
@@ -204,76 +236,74 @@ impl Sender {
                 self.tally.malformed += 1;
                 return;
             }
-            let Some(n) = packet::ip_len(p) else {
+            let Some(len) = packet::ip_len(p) else {
                 self.tally.malformed += 1;
                 return;
             };
-            if self.out.len() - self.used < n {
-                self.send_all(ctx);
-            }
             let start = self.used;
-            self.out[start..start + n].copy_from_slice(&p[..n]);
-            self.used += n;
-            self.queue(to, start, n, 0, ctx);
+            self.out[start..start + len].copy_from_slice(&p[..len]);
+            self.used += len;
+            self.room(v4, ctx);
+            self.batch(v4).push(to, 0, 1, [(OUT, start, len)]);
+            self.tally.packets += 1;
+            self.tally.bytes += len as u64;
             return;
         }
         if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
             self.tally.malformed += 1;
             return;
         }
-        if self.out.len() - self.used < CUT_ROOM {
-            self.send_all(ctx);
-        }
-        let start = self.used;
-        let room = (self.out.len() - start).min(CUT_ROOM);
+        let base = self.used;
         let Some(cut) = offload::segment(
             p,
             usize::from(hdr.gso_size),
-            &mut self.out[start..start + room],
+            &mut self.out[base..base + HDR_ROOM],
         ) else {
             self.tally.malformed += 1;
             return;
         };
-        self.used += cut.len;
-        if ctx.off.gso.load(Ordering::Relaxed) && cut.count > 1 {
-            // Runs of whole datagrams the kernel cuts apart again.
-            let per = (GSO_MAX_BYTES / cut.size).clamp(1, GSO_MAX_SEGS);
-            let mut at = start;
-            let end = start + cut.len;
-            while at < end {
-                let len = (per * cut.size).min(end - at);
-                self.queue(to, at, len, cut.size, ctx);
-                at += len;
-            }
+        self.used += cut.count * cut.hdr;
+        // Its payload is sent from here: the next read goes elsewhere.
+        self.cur += 1;
+        let parts = |i: usize| {
+            let data = cut.payload_of(i);
+            [
+                (OUT, base + i * cut.hdr, cut.hdr),
+                (1 + cur, skip + data.start, data.len()),
+            ]
+        };
+        // Runs of whole datagrams the kernel cuts apart again, or one
+        // datagram per message without segmentation.
+        let per = if ctx.off.gso.load(Ordering::Relaxed) {
+            (GSO_MAX_BYTES / cut.size()).clamp(1, GSO_MAX_SEGS)
         } else {
-            let mut at = start;
-            for i in 0..cut.count {
-                let len = if i + 1 < cut.count {
-                    cut.size
-                } else {
-                    start + cut.len - at
-                };
-                self.queue(to, at, len, 0, ctx);
-                at += len;
-            }
+            1
+        };
+        let mut i = 0;
+        while i < cut.count {
+            let k = per.min(cut.count - i);
+            self.room(v4, ctx);
+            let seg = if k > 1 { cut.size() as u16 } else { 0 };
+            self.batch(v4).push(to, seg, k, (i..i + k).flat_map(parts));
+            i += k;
         }
+        self.tally.packets += cut.count as u64;
+        self.tally.bytes += (cut.count * cut.hdr + cut.payload) as u64;
     }
+}
 
-    /// Answers a packet for a subnet nobody leases, as a router would.
-    fn unreachable(&mut self, p: &[u8], tun: &mut File, ctx: &Ctx) {
-        let Some(reply) = packet::unreachable(p) else {
-            return;
-        };
-        let r = if ctx.off.vnet {
-            let mut framed = vec![0u8; VNET_HDR_LEN];
-            framed.extend_from_slice(&reply);
-            tun.write(&framed)
-        } else {
-            tun.write(&reply)
-        };
-        if let Err(e) = r {
-            forward_failed(&ctx.health, "cannot answer net unreachable", &e, 1);
-        }
+/// Answers a packet for a subnet nobody leases, as a router would.
+fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
+    let Some(reply) = packet::unreachable(p) else {
+        return;
+    };
+    let r = if ctx.off.vnet {
+        tun.write_vectored(&[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&reply)])
+    } else {
+        tun.write(&reply)
+    };
+    if let Err(e) = r {
+        forward_failed(&ctx.health, "cannot answer net unreachable", &e, 1);
     }
 }
 
@@ -295,14 +325,18 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
         socks,
         out: vec![0; OUT_BUF],
         used: 0,
+        ring: (0..RING)
+            .map(|_| vec![0u8; VNET_HDR_LEN + sys::RECV_BUF])
+            .collect(),
+        cur: 0,
         b4: SendBatch::new(),
         b6: SendBatch::new(),
         tally: Tally::default(),
     };
-    let mut buf = vec![0u8; VNET_HDR_LEN + sys::RECV_BUF];
     let skip = if ctx.off.vnet { VNET_HDR_LEN } else { 0 };
     loop {
-        let n = match tun.read(&mut buf) {
+        s.ready(&ctx);
+        let n = match tun.read(&mut s.ring[s.cur]) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 s.send_all(&ctx);
@@ -316,15 +350,9 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return stopped(&format!("cannot read {TUN_NAME}"), &e),
         };
-        if n <= skip {
-            continue;
+        if n > skip {
+            s.packet(skip, n, &mut reader, &mut tun, &ctx);
         }
-        let hdr = if ctx.off.vnet {
-            VnetHdr::read(&buf).unwrap_or_default()
-        } else {
-            VnetHdr::default()
-        };
-        s.packet(hdr, &mut buf[skip..n], &mut reader, &mut tun, &ctx);
     }
 }
 
@@ -343,38 +371,42 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
             Err(e) => return stopped("cannot receive", &e),
         };
         let snap = reader.get();
-        let mut write = |b: &[u8]| {
-            if let Err(e) = tun.write(b) {
+        let bytes = batch.bytes();
+        let mut write = |s: &[IoSlice<'_>]| {
+            if let Err(e) = tun.write_vectored(s) {
                 lost += 1;
                 failed = Some(e);
             }
         };
         for i in 0..n {
-            let (from, data, seg) = batch.message(i);
-            if data.is_empty() {
+            let (from, start, len, seg) = batch.message(i);
+            if len == 0 {
                 tally.malformed += 1;
                 continue;
             }
             let Some(peer) = from.and_then(|f| snap.sender(f)) else {
-                tally.not_peer += data.len().div_ceil(seg) as u64;
+                tally.not_peer += len.div_ceil(seg) as u64;
                 continue;
             };
-            for d in data.chunks(seg) {
-                match table::admit_from(peer, d) {
+            let mut at = start;
+            while at < start + len {
+                let d = seg.min(start + len - at);
+                match table::admit_from(peer, &bytes[at..at + d]) {
                     Ok(()) => {
                         tally.packets += 1;
-                        tally.bytes += d.len() as u64;
+                        tally.bytes += d as u64;
                         if ctx.off.vnet {
-                            joiner.push(d, &mut write);
+                            joiner.push(bytes, at, d, &mut write);
                         } else {
-                            write(d);
+                            write(&[IoSlice::new(&bytes[at..at + d])]);
                         }
                     }
                     Err(why) => tally.refused(why, 1),
                 }
+                at += d;
             }
         }
-        joiner.flush(&mut write);
+        joiner.flush(bytes, &mut write);
         let m = &ctx.health.metrics;
         tally.add_to(&m.udp_rx_packets, &m.udp_rx_bytes, &ctx.health);
         if let Some(e) = failed.take() {

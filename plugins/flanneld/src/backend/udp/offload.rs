@@ -6,6 +6,8 @@
 //! takes them in one write. The datagrams on the wire are what upstream
 //! sends: one whole inner packet each.
 
+use std::io::IoSlice;
+
 use super::packet::{self, PROTO_TCP};
 
 /// The virtio-net header in front of every packet read from or written to
@@ -70,13 +72,30 @@ pub fn complete_checksum(p: &mut [u8], start: usize, offset: usize) -> bool {
     true
 }
 
-/// How a super-packet was cut: `count` packets back to back, each `size`
-/// bytes but the last, `len` bytes in all.
+/// How a super-packet is cut: `count` packets, each `hdr` bytes of
+/// headers (written back to back into a headers buffer) followed by its
+/// share of the original's payload, `mss` bytes but the last. The payload
+/// is not copied: a send points at it where it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cut {
-    pub size: usize,
+    pub hdr: usize,
+    pub mss: usize,
     pub count: usize,
-    pub len: usize,
+    /// Payload bytes in all.
+    pub payload: usize,
+}
+
+impl Cut {
+    /// Every datagram's size but the last's.
+    pub fn size(&self) -> usize {
+        self.hdr + self.mss.min(self.payload)
+    }
+
+    /// Where packet `i`'s payload lies in the original.
+    pub fn payload_of(&self, i: usize) -> std::ops::Range<usize> {
+        let start = self.hdr + i * self.mss;
+        start..(start + self.mss).min(self.hdr + self.payload)
+    }
 }
 
 /// The headers of a TCP packet: IP header length, TCP header length.
@@ -93,113 +112,119 @@ fn tcp_headers(p: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Cuts the TCP super-packet `p` into packets carrying at most `mss`
-/// bytes of payload each, written back to back into `out`, as the kernel
-/// would have sent them: sequence numbers and IPv4 IDs advanced, FIN and
-/// PSH on the last only, CWR on the first only, every checksum complete.
-/// `None` when it is not such a packet or `out` is too small.
-pub fn segment(p: &[u8], mss: usize, out: &mut [u8]) -> Option<Cut> {
+/// bytes of payload each, as the kernel would have sent them: sequence
+/// numbers and IPv4 IDs advanced, FIN and PSH on the last only, CWR on the
+/// first only, every checksum complete. Their headers go to `hdrs`.
+/// `None` when it is not such a packet or `hdrs` is too small.
+pub fn segment(p: &[u8], mss: usize, hdrs: &mut [u8]) -> Option<Cut> {
     let p = &p[..packet::ip_len(p)?];
     let (ihl, thl) = tcp_headers(p)?;
     let hdr = ihl + thl;
-    let payload = &p[hdr..];
-    if mss == 0 || payload.is_empty() {
+    let payload = p.len() - hdr;
+    if mss == 0 || payload == 0 {
         return None;
     }
-    let count = payload.len().div_ceil(mss);
-    let len = count * hdr + payload.len();
-    if len > out.len() {
+    let cut = Cut {
+        hdr,
+        mss,
+        count: payload.div_ceil(mss),
+        payload,
+    };
+    if cut.count * hdr > hdrs.len() {
         return None;
     }
     let v4 = p[0] >> 4 == 4;
     let seq0 = u32::from_be_bytes([p[ihl + 4], p[ihl + 5], p[ihl + 6], p[ihl + 7]]);
     let id0 = u16::from_be_bytes([p[4], p[5]]);
     let flags = p[ihl + 13];
-    let mut at = 0;
-    for (i, chunk) in payload.chunks(mss).enumerate() {
-        let seg = &mut out[at..at + hdr + chunk.len()];
-        seg[..hdr].copy_from_slice(&p[..hdr]);
-        seg[hdr..].copy_from_slice(chunk);
-        let total = hdr + chunk.len();
+    for (i, h) in hdrs.chunks_exact_mut(hdr).take(cut.count).enumerate() {
+        let data = &p[cut.payload_of(i)];
+        h.copy_from_slice(&p[..hdr]);
+        let total = hdr + data.len();
         if v4 {
-            seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            packet::fix_ipv4_checksum(seg, ihl);
+            h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            packet::fix_ipv4_checksum(h, ihl);
         } else {
-            seg[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
         }
         let seq = seq0.wrapping_add((i * mss) as u32);
-        seg[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
+        h[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
         let mut f = flags;
-        if i + 1 < count {
+        if i + 1 < cut.count {
             f &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
             f &= !TCP_CWR;
         }
-        seg[ihl + 13] = f;
-        seg[ihl + 16] = 0;
-        seg[ihl + 17] = 0;
-        let acc = packet::sum(&seg[ihl..], packet::pseudo_sum(seg, PROTO_TCP, total - ihl));
-        let c = packet::finish(acc);
-        seg[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
-        at += total;
+        h[ihl + 13] = f;
+        h[ihl + 16] = 0;
+        h[ihl + 17] = 0;
+        let acc = packet::sum(data, packet::pseudo_sum(h, PROTO_TCP, total - ihl));
+        let c = packet::finish(packet::sum(&h[ihl..], acc));
+        h[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
     }
-    Some(Cut {
-        size: hdr + mss.min(payload.len()),
-        count,
-        len,
-    })
+    Some(cut)
 }
 
 /// The largest packet the kernel takes in one write.
 const MAX_JOINED: usize = 65535;
+/// Most segments joined in one write (a coalesced receive holds no more).
+const MAX_SEGS: usize = 64;
+/// Room for the virtio-net header and the largest IP and TCP headers.
+const HEAD: usize = VNET_HDR_LEN + 60 + 60;
+/// The header of a packet written alone.
+static PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Joins consecutive segments of one TCP stream into a super-packet for
-/// the device, behind a virtio-net header. Whatever cannot be joined goes
-/// out alone (its checksum left for the kernel to check).
+/// the device, behind a virtio-net header. Only the headers are copied:
+/// the write gathers the payloads from the receive buffer, which must stay
+/// as it is until `flush`. Whatever cannot be joined goes out alone.
 #[derive(Debug)]
 pub struct Joiner {
-    buf: Vec<u8>,
-    /// Bytes held after the header (0: nothing held).
-    len: usize,
+    /// The virtio-net header and the first segment's headers.
+    head: [u8; HEAD],
+    /// Payloads held, as ranges of the receive buffer.
+    parts: [(usize, usize); MAX_SEGS],
+    segs: usize,
+    /// The first segment whole, written as it is if nothing joins it.
+    first: (usize, usize),
     ihl: usize,
     thl: usize,
     /// Payload of the first segment: every one but the last has it.
     mss: usize,
     last: usize,
-    segs: usize,
+    /// IP length of the joined packet so far.
+    len: usize,
     next_seq: u32,
-    joinable: bool,
 }
 
 impl Default for Joiner {
     fn default() -> Self {
         Joiner {
-            buf: vec![0; VNET_HDR_LEN + MAX_JOINED],
-            len: 0,
+            head: [0; HEAD],
+            parts: [(0, 0); MAX_SEGS],
+            segs: 0,
+            first: (0, 0),
             ihl: 0,
             thl: 0,
             mss: 0,
             last: 0,
-            segs: 0,
+            len: 0,
             next_seq: 0,
-            joinable: false,
         }
     }
 }
 
 /// A TCP segment that may start or join a super-packet: plain ACK (with
-/// PSH or ECE) and data, no options in the IPv4 header's way, and a
-/// checksum that verifies (a joined packet's is recomputed by the kernel,
-/// so a damaged one must not hide inside it).
+/// PSH or ECE) and data. Its checksum is not checked here: the datagram's
+/// own UDP checksum covered every byte on the way, and the kernel
+/// computes the joined packet's.
 fn joinable(p: &[u8]) -> Option<(usize, usize)> {
     let (ihl, thl) = tcp_headers(p)?;
     let flags = p[ihl + 13];
-    if flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) != 0 || p.len() == ihl + thl {
-        return None;
-    }
-    let acc = packet::sum(&p[ihl..], packet::pseudo_sum(p, PROTO_TCP, p.len() - ihl));
-    (packet::fold(acc) == 0xffff).then_some((ihl, thl))
+    let plain = flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) == 0;
+    (plain && p.len() > ihl + thl && ihl + thl + VNET_HDR_LEN <= HEAD).then_some((ihl, thl))
 }
 
 fn seq_of(p: &[u8], ihl: usize) -> u32 {
@@ -207,51 +232,57 @@ fn seq_of(p: &[u8], ihl: usize) -> u32 {
 }
 
 impl Joiner {
-    /// Takes one inner packet (trimmed to its IP length); `emit` receives
-    /// each finished buffer, header included.
-    pub fn push(&mut self, p: &[u8], emit: &mut impl FnMut(&[u8])) {
+    /// Takes the inner packet at `bufs[start..start + len]`; `emit`
+    /// receives each finished packet as slices to write at once, header
+    /// included.
+    pub fn push(
+        &mut self,
+        bufs: &[u8],
+        start: usize,
+        len: usize,
+        emit: &mut impl FnMut(&[IoSlice<'_>]),
+    ) {
+        let Some(p) = bufs.get(start..start + len) else {
+            return;
+        };
         let Some(p) = packet::ip_len(p).map(|n| &p[..n]) else {
             return;
         };
-        if self.len > 0 && self.joinable && self.can_join(p) {
-            let (ihl, thl) = (self.ihl, self.thl);
-            let data = &p[ihl + thl..];
-            let at = VNET_HDR_LEN + self.len;
-            self.buf[at..at + data.len()].copy_from_slice(data);
-            self.len += data.len();
-            self.last = data.len();
+        if self.segs > 0 && self.can_join(p) {
+            let data = (start + self.ihl + self.thl, p.len() - self.ihl - self.thl);
+            self.parts[self.segs] = data;
             self.segs += 1;
-            self.next_seq = self.next_seq.wrapping_add(data.len() as u32);
-            let fl = VNET_HDR_LEN + ihl + 13;
-            self.buf[fl] |= p[ihl + 13] & TCP_PSH;
+            self.len += data.1;
+            self.last = data.1;
+            self.next_seq = self.next_seq.wrapping_add(data.1 as u32);
+            self.head[VNET_HDR_LEN + self.ihl + 13] |= p[self.ihl + 13] & TCP_PSH;
             return;
         }
-        self.flush(emit);
-        if p.len() > MAX_JOINED {
+        self.flush(bufs, emit);
+        let Some((ihl, thl)) = joinable(p) else {
+            emit(&[IoSlice::new(&PLAIN), IoSlice::new(p)]);
             return;
-        }
-        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()].copy_from_slice(p);
-        self.len = p.len();
+        };
+        let hl = ihl + thl;
+        self.head[VNET_HDR_LEN..VNET_HDR_LEN + hl].copy_from_slice(&p[..hl]);
+        self.first = (start, p.len());
+        self.parts[0] = (start + hl, p.len() - hl);
         self.segs = 1;
-        match joinable(p) {
-            Some((ihl, thl)) => {
-                self.joinable = true;
-                self.ihl = ihl;
-                self.thl = thl;
-                self.mss = p.len() - ihl - thl;
-                self.last = self.mss;
-                self.next_seq = seq_of(p, ihl).wrapping_add(self.mss as u32);
-            }
-            None => self.joinable = false,
-        }
+        self.ihl = ihl;
+        self.thl = thl;
+        self.mss = p.len() - hl;
+        self.last = self.mss;
+        self.len = p.len();
+        self.next_seq = seq_of(p, ihl).wrapping_add(self.mss as u32);
     }
 
     /// Whether `p` continues the held stream exactly: same headers but for
     /// lengths, IDs, sequence number, PSH and checksums.
     fn can_join(&self, p: &[u8]) -> bool {
-        let held = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.len];
         let (ihl, thl) = (self.ihl, self.thl);
-        if p.len() <= ihl + thl
+        let held = &self.head[VNET_HDR_LEN..VNET_HDR_LEN + ihl + thl];
+        if self.segs >= MAX_SEGS
+            || p.len() <= ihl + thl
             || held[ihl + 13] & TCP_PSH != 0
             || self.last != self.mss
             || p.len() - ihl - thl > self.mss
@@ -268,7 +299,6 @@ impl Joiner {
         };
         let t = ihl;
         ip_same
-            && p.get(ihl..ihl + thl).is_some()
             && p[t..t + 4] == held[t..t + 4]
             && p[t + 8..t + 13] == held[t + 8..t + 13]
             && p[t + 13] & !TCP_PSH == held[t + 13] & !TCP_PSH
@@ -278,37 +308,45 @@ impl Joiner {
     }
 
     /// Sends on what is held.
-    pub fn flush(&mut self, emit: &mut impl FnMut(&[u8])) {
-        if self.len == 0 {
-            return;
-        }
-        let n = VNET_HDR_LEN + self.len;
-        let mut hdr = VnetHdr::default();
-        if self.segs > 1 {
-            let (ihl, thl) = (self.ihl, self.thl);
-            let p = &mut self.buf[VNET_HDR_LEN..n];
-            let v4 = p[0] >> 4 == 4;
-            if v4 {
-                p[2..4].copy_from_slice(&(self.len as u16).to_be_bytes());
-                packet::fix_ipv4_checksum(p, ihl);
-            } else {
-                p[4..6].copy_from_slice(&((self.len - 40) as u16).to_be_bytes());
+    pub fn flush(&mut self, bufs: &[u8], emit: &mut impl FnMut(&[IoSlice<'_>])) {
+        match self.segs {
+            0 => return,
+            1 => {
+                let (start, len) = self.first;
+                if let Some(p) = bufs.get(start..start + len) {
+                    emit(&[IoSlice::new(&PLAIN), IoSlice::new(p)]);
+                }
             }
-            // The kernel finishes the checksum from the pseudo-header's sum.
-            let partial = packet::fold(packet::pseudo_sum(p, PROTO_TCP, self.len - ihl));
-            p[ihl + 16..ihl + 18].copy_from_slice(&partial.to_be_bytes());
-            hdr = VnetHdr {
-                flags: F_NEEDS_CSUM,
-                gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
-                hdr_len: (ihl + thl) as u16,
-                gso_size: self.mss as u16,
-                csum_start: ihl as u16,
-                csum_offset: 16,
-            };
+            segs => {
+                let (ihl, thl) = (self.ihl, self.thl);
+                let h = &mut self.head[VNET_HDR_LEN..VNET_HDR_LEN + ihl + thl];
+                let v4 = h[0] >> 4 == 4;
+                if v4 {
+                    h[2..4].copy_from_slice(&(self.len as u16).to_be_bytes());
+                    packet::fix_ipv4_checksum(h, ihl);
+                } else {
+                    h[4..6].copy_from_slice(&((self.len - 40) as u16).to_be_bytes());
+                }
+                // The kernel finishes the checksum from the pseudo-header's sum.
+                let partial = packet::fold(packet::pseudo_sum(h, PROTO_TCP, self.len - ihl));
+                h[ihl + 16..ihl + 18].copy_from_slice(&partial.to_be_bytes());
+                VnetHdr {
+                    flags: F_NEEDS_CSUM,
+                    gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+                    hdr_len: (ihl + thl) as u16,
+                    gso_size: self.mss as u16,
+                    csum_start: ihl as u16,
+                    csum_offset: 16,
+                }
+                .write(&mut self.head[..VNET_HDR_LEN]);
+                let mut slices = [IoSlice::new(&[]); MAX_SEGS + 1];
+                slices[0] = IoSlice::new(&self.head[..VNET_HDR_LEN + ihl + thl]);
+                for (slot, &(start, len)) in slices[1..].iter_mut().zip(&self.parts[..segs]) {
+                    *slot = IoSlice::new(bufs.get(start..start + len).unwrap_or_default());
+                }
+                emit(&slices[..segs + 1]);
+            }
         }
-        hdr.write(&mut self.buf[..VNET_HDR_LEN]);
-        emit(&self.buf[..n]);
-        self.len = 0;
         self.segs = 0;
     }
 }
@@ -356,22 +394,48 @@ mod tests {
         (0..n).map(|i| (i * 31 + 7) as u8).collect()
     }
 
+    /// The packets a cut stands for, whole.
+    fn materialize(p: &[u8], cut: &Cut, hdrs: &[u8]) -> Vec<Vec<u8>> {
+        (0..cut.count)
+            .map(|i| {
+                let mut s = hdrs[i * cut.hdr..(i + 1) * cut.hdr].to_vec();
+                s.extend_from_slice(&p[cut.payload_of(i)]);
+                s
+            })
+            .collect()
+    }
+
+    /// Runs packets through a joiner as if received back to back in one
+    /// buffer; returns what was written, each write joined up.
+    fn join(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let bufs: Vec<u8> = packets.concat();
+        let mut j = Joiner::default();
+        let mut out = Vec::new();
+        let mut emit = |s: &[IoSlice<'_>]| out.push(s.iter().flat_map(|x| x.to_vec()).collect());
+        let mut at = 0;
+        for p in packets {
+            j.push(&bufs, at, p.len(), &mut emit);
+            at += p.len();
+        }
+        j.flush(&bufs, &mut emit);
+        out
+    }
+
     #[test]
     fn a_super_packet_is_cut_into_valid_segments_that_join_back() {
         for v6 in [false, true] {
             let body = data(10_001);
             let big = tcp(v6, 1000, TCP_PSH, &body);
-            let mut out = vec![0u8; 20_000];
-            let cut = segment(&big, 1400, &mut out).unwrap();
+            let mut hdrs = vec![0u8; 4096];
+            let cut = segment(&big, 1400, &mut hdrs).unwrap();
             let hdr = if v6 { 72 } else { 52 };
-            assert_eq!(cut.count, 8);
-            assert_eq!(cut.size, hdr + 1400);
-            assert_eq!(cut.len, 8 * hdr + body.len());
-            let segs: Vec<&[u8]> = out[..cut.len].chunks(cut.size).collect();
+            assert_eq!((cut.count, cut.hdr, cut.size()), (8, hdr, hdr + 1400));
+            let segs = materialize(&big, &cut, &hdrs);
             let mut got = Vec::new();
             for (i, s) in segs.iter().enumerate() {
                 assert!(verifies(s), "segment {i} (v6 {v6}) has bad checksums");
                 assert_eq!(packet::ip_len(s), Some(s.len()));
+                assert_eq!(s.len(), if i < 7 { cut.size() } else { hdr + 201 });
                 let ihl = if v6 { 40 } else { 20 };
                 assert_eq!(seq_of(s, ihl), 1000 + 1400 * i as u32);
                 assert_eq!(s[ihl + 13] & TCP_PSH != 0, i == 7, "PSH on the last only");
@@ -379,12 +443,7 @@ mod tests {
             }
             assert_eq!(got, body);
             // And back: one super-packet with the same bytes.
-            let mut j = Joiner::default();
-            let mut written = Vec::new();
-            for s in &segs {
-                j.push(s, &mut |b| written.push(b.to_vec()));
-            }
-            j.flush(&mut |b| written.push(b.to_vec()));
+            let written = join(&segs);
             assert_eq!(written.len(), 1, "v6 {v6}");
             let w = &written[0];
             let h = VnetHdr::read(w).unwrap();
@@ -404,35 +463,33 @@ mod tests {
     fn what_does_not_continue_the_stream_goes_out_alone() {
         let a = tcp(false, 0, 0, &data(1000));
         let gap = tcp(false, 1500, 0, &data(1000));
-        let mut bad = tcp(false, 2500, 0, &data(1000));
-        bad[60] ^= 1; // damaged payload: the checksum no longer verifies
+        let mut other = tcp(false, 2500, 0, &data(1000));
+        other[20 + 14] ^= 1; // another window
         let syn = tcp(false, 3500, TCP_SYN, &[]);
-        let mut j = Joiner::default();
-        let mut out = Vec::new();
-        for p in [&a, &gap, &bad, &syn] {
-            j.push(p, &mut |b| out.push(b.to_vec()));
-        }
-        j.flush(&mut |b| out.push(b.to_vec()));
+        let sent = [a, gap, other, syn];
+        let out = join(&sent);
         assert_eq!(out.len(), 4);
-        for (w, p) in out.iter().zip([&a, &gap, &bad, &syn]) {
+        for (w, p) in out.iter().zip(&sent) {
             assert_eq!(VnetHdr::read(w).unwrap(), VnetHdr::default());
             assert_eq!(&w[VNET_HDR_LEN..], &p[..], "passed on unchanged");
         }
         // A short segment ends a run; a PSH joins and ends it.
-        let mut j = Joiner::default();
-        let mut out = Vec::new();
-        for p in [
+        let out = join(&[
             tcp(false, 0, 0, &data(1000)),
             tcp(false, 1000, TCP_PSH, &data(400)),
             tcp(false, 1400, 0, &data(1000)),
-        ] {
-            j.push(&p, &mut |b| out.push(b.to_vec()));
-        }
-        j.flush(&mut |b| out.push(b.to_vec()));
+        ]);
         assert_eq!(out.len(), 2);
         assert_eq!(VnetHdr::read(&out[0]).unwrap().gso_type, GSO_TCPV4);
         assert_eq!(out[0].len(), VNET_HDR_LEN + 52 + 1400);
         assert_ne!(out[0][VNET_HDR_LEN + 20 + 13] & TCP_PSH, 0);
+        // No more than a receive's worth in one write.
+        let many: Vec<Vec<u8>> = (0..70)
+            .map(|i| tcp(false, i * 100, 0, &data(100)))
+            .collect();
+        let out = join(&many);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), VNET_HDR_LEN + 52 + 64 * 100);
     }
 
     #[test]
@@ -449,12 +506,12 @@ mod tests {
 
     #[test]
     fn nonsense_is_not_cut() {
-        let mut out = vec![0u8; 4096];
-        assert!(segment(&[0x45, 0, 0], 1400, &mut out).is_none());
+        let mut hdrs = vec![0u8; 4096];
+        assert!(segment(&[0x45, 0, 0], 1400, &mut hdrs).is_none());
         let small = tcp(false, 0, 0, &data(3000));
-        assert!(segment(&small, 0, &mut out).is_none());
-        assert!(segment(&small, 100, &mut out[..100]).is_none());
+        assert!(segment(&small, 0, &mut hdrs).is_none());
+        assert!(segment(&small, 10, &mut hdrs[..100]).is_none());
         let udp = ipv4(17, 64, [1, 1, 1, 1], [2, 2, 2, 2], &[0; 40]);
-        assert!(segment(&udp, 1400, &mut out).is_none());
+        assert!(segment(&udp, 1400, &mut hdrs).is_none());
     }
 }

@@ -102,6 +102,9 @@ fn setsockopt_int(
     }
 }
 
+/// Socket buffer sizes asked for.
+const SOCK_BUF: libc::c_int = 4 << 20;
+
 /// A UDP socket on `addr`; with `shared`, one of several on the same port
 /// that the kernel spreads senders over.
 pub fn udp_socket(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
@@ -123,6 +126,16 @@ pub fn udp_socket(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
     }
     if addr.is_ipv6() {
         setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    // Room for bursts of coalesced receives (a few 64 KB messages would
+    // fill the default); beyond the system's limit where we may.
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCK_BUF).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCK_BUF);
+        }
     }
     let (storage, len) = sockaddr(addr);
     // SAFETY: storage holds a sockaddr of `len` bytes for the family.
@@ -199,16 +212,31 @@ const CMSG_ROOM: usize = 32;
 #[derive(Clone, Copy)]
 struct Cmsg([u8; CMSG_ROOM]);
 
-/// Datagrams waiting to go: byte ranges of the sender's buffer, each one
-/// datagram or, with `seg`, a run of datagrams of that size (the last may
-/// be shorter) that the kernel cuts apart.
+/// One message of a batch: its parts are consecutive entries of `parts`.
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    to: SocketAddr,
+    first: usize,
+    parts: usize,
+    seg: u16,
+    datagrams: usize,
+}
+
+/// Datagrams waiting to go, each message gathered from byte ranges of the
+/// sender's buffers (headers here, payload where it was read) and sent as
+/// one datagram or, with `seg`, as a run of datagrams of that size (the
+/// last may be shorter) that the kernel cuts apart.
 pub struct SendBatch {
-    items: Vec<(SocketAddr, usize, usize, u16)>,
+    msgs: Vec<Msg>,
+    /// (buffer, start, length) of each part.
+    parts: Vec<(usize, usize, usize)>,
+    /// Filled at each flush; kept for its allocation.
+    iov: Vec<libc::iovec>,
 }
 
 impl std::fmt::Debug for SendBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SendBatch({})", self.items.len())
+        write!(f, "SendBatch({})", self.msgs.len())
     }
 }
 
@@ -218,52 +246,76 @@ pub const BATCH: usize = 64;
 impl SendBatch {
     pub fn new() -> SendBatch {
         SendBatch {
-            items: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(BATCH),
+            parts: Vec::with_capacity(4 * BATCH),
+            iov: Vec::with_capacity(4 * BATCH),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.msgs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.msgs.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.items.clear();
+        self.msgs.clear();
+        self.parts.clear();
     }
 
-    pub fn push(&mut self, to: SocketAddr, start: usize, len: usize, seg: u16) {
-        self.items.push((to, start, len, seg));
+    /// Queues one message of `datagrams` datagrams (`seg` 0: one).
+    pub fn push(
+        &mut self,
+        to: SocketAddr,
+        seg: u16,
+        datagrams: usize,
+        parts: impl IntoIterator<Item = (usize, usize, usize)>,
+    ) {
+        let first = self.parts.len();
+        self.parts.extend(parts);
+        self.msgs.push(Msg {
+            to,
+            first,
+            parts: self.parts.len() - first,
+            seg,
+            datagrams,
+        });
     }
 
-    /// Sends everything queued from `buf` on `sock` (one family); returns
-    /// the datagrams sent, or the error of the message that failed (those
-    /// after it are dropped too: they are rare and TCP sends again).
-    pub fn flush(&mut self, sock: &UdpSocket, buf: &[u8]) -> Result<usize, (io::Error, bool)> {
-        let n = self.items.len();
+    /// Sends everything queued on `sock` (one family), reading the parts
+    /// from `bufs`; returns the datagrams sent, or the error of the message
+    /// that failed and whether segmentation was asked for (the messages
+    /// after it are dropped too: that is rare, and TCP sends again).
+    pub fn flush(&mut self, sock: &UdpSocket, bufs: &[&[u8]]) -> Result<usize, (io::Error, bool)> {
+        let n = self.msgs.len();
+        self.iov.clear();
+        for &(b, start, len) in &self.parts {
+            let bytes = bufs
+                .get(b)
+                .and_then(|b| b.get(start..start + len))
+                .unwrap_or_default();
+            self.iov.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+        }
         // SAFETY: these are plain C structs; all-zero is valid for each.
         let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut cmsgs = [Cmsg([0; CMSG_ROOM]); BATCH];
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         let mut segmented = false;
-        for (i, &(to, start, len, seg)) in self.items.iter().enumerate() {
-            let (s, slen) = sockaddr(to);
+        for (i, m) in self.msgs.iter().enumerate().take(BATCH) {
+            let (s, slen) = sockaddr(m.to);
             names[i] = s;
-            iov[i] = libc::iovec {
-                iov_base: buf[start..start + len].as_ptr() as *mut libc::c_void,
-                iov_len: len,
-            };
             let h = &mut msgs[i].msg_hdr;
             h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = slen;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-            if seg > 0 && usize::from(seg) < len {
+            h.msg_iov = self.iov[m.first..].as_mut_ptr();
+            h.msg_iovlen = m.parts as _;
+            if m.seg > 0 && m.datagrams > 1 {
                 segmented = true;
                 h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
@@ -275,15 +327,17 @@ impl SendBatch {
                     (*c).cmsg_level = libc::SOL_UDP;
                     (*c).cmsg_type = libc::UDP_SEGMENT;
                     (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), m.seg);
                 }
             }
         }
+        let n = n.min(BATCH);
         let mut done = 0;
         let mut datagrams = 0;
         while done < n {
             // SAFETY: msgs[done..n] are filled in above and point into
-            // names, iov, cmsgs and buf, all alive across the call.
+            // names, cmsgs and iov, whose entries point into `bufs`; all
+            // stay alive and unchanged across the call.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
@@ -297,19 +351,16 @@ impl SendBatch {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.items.clear();
+                self.clear();
                 return Err((e, segmented));
             }
-            for &(_, _, len, seg) in &self.items[done..done + r as usize] {
-                datagrams += if seg > 0 {
-                    len.div_ceil(usize::from(seg))
-                } else {
-                    1
-                };
-            }
+            datagrams += self.msgs[done..done + r as usize]
+                .iter()
+                .map(|m| m.datagrams)
+                .sum::<usize>();
             done += r as usize;
         }
-        self.items.clear();
+        self.clear();
         Ok(datagrams)
     }
 }
@@ -419,14 +470,19 @@ impl RecvBatch {
         Ok(n)
     }
 
-    /// Message `i` of the last receive: its sender, its bytes, and the size
-    /// its datagrams were cut at.
-    pub fn message(&self, i: usize) -> (Option<IpAddr>, &[u8], usize) {
-        let start = i * RECV_BUF;
+    /// Message `i` of the last receive: its sender, where its bytes lie in
+    /// `bytes()`, and the size its datagrams were cut at.
+    pub fn message(&self, i: usize) -> (Option<IpAddr>, usize, usize, usize) {
         (
             self.from[i],
-            &self.bufs[start..start + self.lens[i]],
+            i * RECV_BUF,
+            self.lens[i],
             self.segs[i].max(1),
         )
+    }
+
+    /// The receive buffers.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bufs
     }
 }
