@@ -32,18 +32,20 @@ pub enum Refused {
     Spoofed,
 }
 
-/// A peer's subnets, as masks to compare sources with.
-#[derive(Debug, Clone, Copy, Default)]
+/// The subnets of the peers at one public address (one, unless a node
+/// re-registered and its old lease has not expired yet), as network and
+/// mask to compare sources with.
+#[derive(Debug, Clone, Default)]
 pub struct Subnets {
-    v4: Option<(u32, u32)>,
-    v6: Option<(u128, u128)>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
 }
 
 impl Subnets {
     fn holds(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(a) => self.v4.is_some_and(|(n, m)| u32::from(a) & m == n),
-            IpAddr::V6(a) => self.v6.is_some_and(|(n, m)| u128::from(a) & m == n),
+            IpAddr::V4(a) => self.v4.iter().any(|&(n, m)| u32::from(a) & m == n),
+            IpAddr::V6(a) => self.v6.iter().any(|&(n, m)| u128::from(a) & m == n),
         }
     }
 }
@@ -77,10 +79,12 @@ impl Snapshot {
         let a4 = |e: &Entry| e.public4.filter(|_| local4).map(IpAddr::V4);
         let a6 = |e: &Entry| e.public6.filter(|_| local6).map(IpAddr::V6);
         for e in &entries {
-            let mut subnets = Subnets::default();
+            let publics = [e.public4.map(IpAddr::V4), e.public6.map(IpAddr::V6)];
             if let Some(IpNetwork::V4(n)) = e.subnet4 {
                 let (net, len) = (u32::from(n.network()), n.prefix());
-                subnets.v4 = Some((net, mask4(len)));
+                for ip in publics.iter().flatten() {
+                    s.from.entry(*ip).or_default().v4.push((net, mask4(len)));
+                }
                 if let Some(to) = a4(e).or_else(|| a6(e)) {
                     s.to4.insert((net, len), SocketAddr::new(to, port));
                     s.lens4.push(len);
@@ -88,17 +92,13 @@ impl Snapshot {
             }
             if let Some(IpNetwork::V6(n)) = e.subnet6 {
                 let (net, len) = (u128::from(n.network()), n.prefix());
-                subnets.v6 = Some((net, mask6(len)));
+                for ip in publics.iter().flatten() {
+                    s.from.entry(*ip).or_default().v6.push((net, mask6(len)));
+                }
                 if let Some(to) = a6(e).or_else(|| a4(e)) {
                     s.to6.insert((net, len), SocketAddr::new(to, port));
                     s.lens6.push(len);
                 }
-            }
-            for ip in [e.public4.map(IpAddr::V4), e.public6.map(IpAddr::V6)]
-                .into_iter()
-                .flatten()
-            {
-                s.from.insert(ip, subnets);
             }
         }
         for lens in [&mut s.lens4, &mut s.lens6] {
@@ -285,6 +285,24 @@ mod tests {
         assert_eq!(dual.admit(from4, &inner6), Ok(()));
         let spoof6 = ipv6(58, 64, b, a, &[128, 0, 0, 0]);
         assert_eq!(dual.admit(from6, &spoof6), Err(Refused::Spoofed));
+    }
+
+    #[test]
+    fn a_node_with_two_leases_at_one_address_may_send_from_both() {
+        let s = Snapshot::new(
+            vec![
+                entry("10.244.1.0/24", None, Some("192.168.77.11"), None),
+                entry("10.244.7.0/24", None, Some("192.168.77.11"), None),
+            ],
+            8285,
+            true,
+            false,
+        );
+        let from: IpAddr = "192.168.77.11".parse().unwrap();
+        for src in [[10, 244, 1, 2], [10, 244, 7, 2]] {
+            let p = ipv4(1, 64, src, [10, 244, 9, 9], &[8, 0, 0, 0]);
+            assert_eq!(s.admit(from, &p), Ok(()));
+        }
     }
 
     #[test]
