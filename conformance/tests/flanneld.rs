@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use conformance::cluster::{Cluster, ETCD, etcd_daemon, restart_etcd, start_etcd};
+use conformance::util::inner_udp;
 use conformance::{Daemon, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
 use serde_json::{Value, json};
 
@@ -325,29 +326,6 @@ fn udp_pods_on_every_host_reach_each_other() {
     assert!(text.contains("Destination Net Unreachable"), "{text}");
     let tun = cluster.hosts[0].ns.ip(&["-d", "link", "show", "flannel0"]);
     assert!(tun.contains("tun") && tun.contains("mtu 1472"), "{tun}");
-}
-
-/// An IPv4/UDP packet `src` -> `dst`:9999 saying `text` (UDP checksum 0:
-/// none, which IPv4 allows).
-fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) -> Vec<u8> {
-    let total = u16::try_from(28 + text.len()).unwrap();
-    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let sum = p
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&9999u16.to_be_bytes());
-    p.extend_from_slice(&u16::try_from(8 + text.len()).unwrap().to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(text);
-    p
 }
 
 #[test]

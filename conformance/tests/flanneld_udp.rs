@@ -8,10 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use conformance::cluster::{Cluster, http_get, metric};
+use conformance::util::inner_udp;
 use conformance::{TestNetns, wait_for};
 use serde_json::{Value, json};
 
@@ -100,39 +101,30 @@ fn assert_pmtu(c: &Cluster, h: usize, target: &str, mtu: usize) {
     } else {
         (28, format!("local error: message too long, mtu={mtu}"))
     };
-    let fits = (mtu - headers).to_string();
     let pod = &c.hosts[h].pods[0];
-    let (ok, text) = ping(
-        pod,
-        &[
-            family(target),
-            "-M",
-            "do",
-            "-s",
-            &fits,
-            "-c1",
-            "-W2",
-            target,
-        ],
-    );
+    let try_size = |payload: usize| {
+        let size = payload.to_string();
+        ping(
+            pod,
+            &[
+                family(target),
+                "-M",
+                "do",
+                "-s",
+                &size,
+                "-c1",
+                "-W2",
+                target,
+            ],
+        )
+    };
+    let fits = mtu - headers;
+    let (ok, text) = try_size(fits);
     assert!(
         ok,
         "{fits} bytes of payload (a {mtu}-byte packet) do not cross to {target}: {text}"
     );
-    let over = (mtu - headers + 1).to_string();
-    let (ok, text) = ping(
-        pod,
-        &[
-            family(target),
-            "-M",
-            "do",
-            "-s",
-            &over,
-            "-c1",
-            "-W2",
-            target,
-        ],
-    );
+    let (ok, text) = try_size(fits + 1);
     assert!(
         !ok && text.contains(&said),
         "a packet one byte over {mtu} to {target}: want {said:?}, got: {text}"
@@ -280,29 +272,6 @@ fn with_port<'a>(port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn delete_lease(c: &Cluster, h: usize) {
     let path = c.store().join("subnets").join(c.key(h));
     std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-/// An IPv4/UDP packet `src` -> `dst`:9999 saying `text` (UDP checksum 0:
-/// none, which IPv4 allows).
-fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, text: &[u8]) -> Vec<u8> {
-    let total = u16::try_from(28 + text.len()).unwrap();
-    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let sum = p
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&9999u16.to_be_bytes());
-    p.extend_from_slice(&u16::try_from(8 + text.len()).unwrap().to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(text);
-    p
 }
 
 #[test]
