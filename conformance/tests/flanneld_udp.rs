@@ -689,3 +689,51 @@ fn udp_tcp_streams_arrive_intact_with_and_without_offloads_over_ipv6() {
     tcp_both_ways(&c, &server[1]);
     assert_clean_traffic(&c, HEALTH);
 }
+
+/// Runs of UDP datagrams (16 of 1,200 bytes, then one of 300) between
+/// pods on offloading hosts: the receiving agent may join a run into one
+/// write that the kernel cuts apart again, so every datagram must still
+/// arrive once, whole, in its own size.
+#[test]
+fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
+    const HEALTH: &str = "18205";
+    const RUNS: usize = 60;
+    const PER: usize = 17;
+    let (c, server) = tcp_pair(&udp4(), HEALTH, &[], &[]);
+    let addr = SocketAddr::new(server[0].parse().unwrap(), 5300);
+    let rx = c.hosts[1].pods[0].run(|| UdpSocket::bind(addr).unwrap());
+    let tx = c.hosts[0].pods[0].run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let datagram = |i: usize| -> Vec<u8> {
+        let size = if i % PER == PER - 1 { 300 } else { 1200 };
+        let mut d: Vec<u8> = (0..size).map(|k| (i * 7 + k * 13) as u8).collect();
+        d[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        d
+    };
+    let mut seen = vec![false; RUNS * PER];
+    let mut buf = [0u8; 2048];
+    for run in 0..RUNS {
+        for i in run * PER..(run + 1) * PER {
+            tx.send_to(&datagram(i), addr).unwrap();
+        }
+        for _ in 0..PER {
+            let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+                panic!("run {run}: {e}\nhost 1's agent:\n{}", tail(&c.log(1), 20))
+            });
+            let i = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            assert!(
+                i < seen.len() && !seen[i],
+                "datagram {i} unexpected or twice"
+            );
+            assert_eq!(
+                &buf[..n],
+                &datagram(i)[..],
+                "datagram {i} arrived as {n} bytes"
+            );
+            seen[i] = true;
+        }
+    }
+    let page = metrics(&c, 1, HEALTH.parse().unwrap());
+    assert_eq!(dropped(&page, "malformed"), 0.0, "{page}");
+    assert!(!c.log(1).contains("refused"), "{}", c.log(1));
+}

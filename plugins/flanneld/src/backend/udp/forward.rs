@@ -414,6 +414,13 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
             if e.raw_os_error() == Some(nix::libc::EBADFD) {
                 return stopped(&format!("cannot write {TUN_NAME}"), &e);
             }
+            // An older kernel that takes TCP super-packets but not UDP ones.
+            if e.raw_os_error() == Some(nix::libc::EINVAL) && joiner.udp {
+                joiner.udp = false;
+                crate::warn!(
+                    "udp: {TUN_NAME} refused a joined run of UDP datagrams ({e}): written one by one from now on"
+                );
+            }
             forward_failed(&ctx.health, &format!("cannot write {TUN_NAME}"), &e, lost);
             lost = 0;
         }

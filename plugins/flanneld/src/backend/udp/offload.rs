@@ -8,7 +8,7 @@
 
 use std::io::IoSlice;
 
-use super::packet::{self, PROTO_TCP};
+use super::packet::{self, PROTO_TCP, PROTO_UDP};
 
 /// The virtio-net header in front of every packet read from or written to
 /// the device (`IFF_VNET_HDR`), in the host's byte order as the kernel's
@@ -18,6 +18,7 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_TCPV6: u8 = 4;
+pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;
 
 const TCP_FIN: u8 = 0x01;
@@ -190,13 +191,18 @@ pub struct Joiner {
     /// The first segment whole, written as it is if nothing joins it.
     first: (usize, usize),
     ihl: usize,
+    /// The TCP or UDP header's length.
     thl: usize,
+    proto: u8,
     /// Payload of the first segment: every one but the last has it.
     mss: usize,
     last: usize,
     /// IP length of the joined packet so far.
     len: usize,
     next_seq: u32,
+    /// Runs of same-size UDP datagrams are joined too (the kernel cuts
+    /// them apart again on delivery); off if the kernel refuses them.
+    pub udp: bool,
 }
 
 impl Default for Joiner {
@@ -208,23 +214,38 @@ impl Default for Joiner {
             first: (0, 0),
             ihl: 0,
             thl: 0,
+            proto: 0,
             mss: 0,
             last: 0,
             len: 0,
             next_seq: 0,
+            udp: true,
         }
     }
 }
 
-/// A TCP segment that may start or join a super-packet: plain ACK (with
-/// PSH or ECE) and data. Its checksum is not checked here: the datagram's
-/// own UDP checksum covered every byte on the way, and the kernel
-/// computes the joined packet's.
-fn joinable(p: &[u8]) -> Option<(usize, usize)> {
+/// A packet that may start or join a super-packet: a TCP segment that
+/// is plain ACK (with PSH or ECE) and data, or (with `udp`) a UDP datagram
+/// with a payload. Checksums are not checked here: the datagram carrying
+/// it had its own UDP checksum covering every byte on the way, and the
+/// kernel computes the joined packet's. Returns the header lengths and the
+/// protocol.
+fn joinable(p: &[u8], udp: bool) -> Option<(usize, usize, u8)> {
+    let (ihl, proto) = packet::ip_header(p)?;
+    if proto == PROTO_UDP {
+        let fragment = p[0] >> 4 == 4 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
+        let claimed = p
+            .get(ihl + 4..ihl + 6)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+        let whole = claimed == Some(p.len() - ihl);
+        return (udp && !fragment && whole && p.len() > ihl + 8 && ihl + 8 + VNET_HDR_LEN <= HEAD)
+            .then_some((ihl, 8, PROTO_UDP));
+    }
     let (ihl, thl) = tcp_headers(p)?;
     let flags = p[ihl + 13];
     let plain = flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) == 0;
-    (plain && p.len() > ihl + thl && ihl + thl + VNET_HDR_LEN <= HEAD).then_some((ihl, thl))
+    (plain && p.len() > ihl + thl && ihl + thl + VNET_HDR_LEN <= HEAD)
+        .then_some((ihl, thl, PROTO_TCP))
 }
 
 fn seq_of(p: &[u8], ihl: usize) -> u32 {
@@ -254,12 +275,14 @@ impl Joiner {
             self.segs += 1;
             self.len += data.1;
             self.last = data.1;
-            self.next_seq = self.next_seq.wrapping_add(data.1 as u32);
-            self.head[VNET_HDR_LEN + self.ihl + 13] |= p[self.ihl + 13] & TCP_PSH;
+            if self.proto == PROTO_TCP {
+                self.next_seq = self.next_seq.wrapping_add(data.1 as u32);
+                self.head[VNET_HDR_LEN + self.ihl + 13] |= p[self.ihl + 13] & TCP_PSH;
+            }
             return;
         }
         self.flush(bufs, emit);
-        let Some((ihl, thl)) = joinable(p) else {
+        let Some((ihl, thl, proto)) = joinable(p, self.udp) else {
             emit(&[IoSlice::new(&PLAIN), IoSlice::new(p)]);
             return;
         };
@@ -270,25 +293,28 @@ impl Joiner {
         self.segs = 1;
         self.ihl = ihl;
         self.thl = thl;
+        self.proto = proto;
         self.mss = p.len() - hl;
         self.last = self.mss;
         self.len = p.len();
-        self.next_seq = seq_of(p, ihl).wrapping_add(self.mss as u32);
+        if proto == PROTO_TCP {
+            self.next_seq = seq_of(p, ihl).wrapping_add(self.mss as u32);
+        }
     }
 
-    /// Whether `p` continues the held stream exactly: same headers but for
-    /// lengths, IDs, sequence number, PSH and checksums.
+    /// Whether `p` continues the held flow exactly: the same headers but
+    /// for lengths, IDs and checksums (for TCP also the sequence number,
+    /// which must follow on, and PSH), and no bigger than the first.
     fn can_join(&self, p: &[u8]) -> bool {
         let (ihl, thl) = (self.ihl, self.thl);
         let held = &self.head[VNET_HDR_LEN..VNET_HDR_LEN + ihl + thl];
         if self.segs >= MAX_SEGS
             || p.len() <= ihl + thl
-            || held[ihl + 13] & TCP_PSH != 0
             || self.last != self.mss
             || p.len() - ihl - thl > self.mss
             || self.len + p.len() - ihl - thl > MAX_JOINED
             || p[0] != held[0]
-            || seq_of(p, ihl) != self.next_seq
+            || joinable(p, self.udp) != Some((ihl, thl, self.proto))
         {
             return false;
         }
@@ -298,13 +324,16 @@ impl Joiner {
             p[..4] == held[..4] && p[6..40] == held[6..40]
         };
         let t = ihl;
-        ip_same
-            && p[t..t + 4] == held[t..t + 4]
-            && p[t + 8..t + 13] == held[t + 8..t + 13]
-            && p[t + 13] & !TCP_PSH == held[t + 13] & !TCP_PSH
-            && p[t + 14..t + 16] == held[t + 14..t + 16]
-            && p[t + 18..t + thl] == held[t + 18..t + thl]
-            && joinable(p).is_some()
+        if !ip_same || p[t..t + 4] != held[t..t + 4] {
+            return false;
+        }
+        self.proto == PROTO_UDP
+            || (held[t + 13] & TCP_PSH == 0
+                && seq_of(p, ihl) == self.next_seq
+                && p[t + 8..t + 13] == held[t + 8..t + 13]
+                && p[t + 13] & !TCP_PSH == held[t + 13] & !TCP_PSH
+                && p[t + 14..t + 16] == held[t + 14..t + 16]
+                && p[t + 18..t + thl] == held[t + 18..t + thl])
     }
 
     /// Sends on what is held.
@@ -328,15 +357,24 @@ impl Joiner {
                     h[4..6].copy_from_slice(&((self.len - 40) as u16).to_be_bytes());
                 }
                 // The kernel finishes the checksum from the pseudo-header's sum.
-                let partial = packet::fold(packet::pseudo_sum(h, PROTO_TCP, self.len - ihl));
-                h[ihl + 16..ihl + 18].copy_from_slice(&partial.to_be_bytes());
+                let partial = packet::fold(packet::pseudo_sum(h, self.proto, self.len - ihl));
+                let (gso_type, at) = match (self.proto, v4) {
+                    (PROTO_UDP, _) => {
+                        h[ihl + 4..ihl + 6]
+                            .copy_from_slice(&((self.len - ihl) as u16).to_be_bytes());
+                        (GSO_UDP_L4, 6)
+                    }
+                    (_, true) => (GSO_TCPV4, 16),
+                    (_, false) => (GSO_TCPV6, 16),
+                };
+                h[ihl + at..ihl + at + 2].copy_from_slice(&partial.to_be_bytes());
                 VnetHdr {
                     flags: F_NEEDS_CSUM,
-                    gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+                    gso_type,
                     hdr_len: (ihl + thl) as u16,
                     gso_size: self.mss as u16,
                     csum_start: ihl as u16,
-                    csum_offset: 16,
+                    csum_offset: at as u16,
                 }
                 .write(&mut self.head[..VNET_HDR_LEN]);
                 let mut slices = [IoSlice::new(&[]); MAX_SEGS + 1];
@@ -490,6 +528,64 @@ mod tests {
         let out = join(&many);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), VNET_HDR_LEN + 52 + 64 * 100);
+    }
+
+    /// A UDP datagram 40000 -> `dport` inside IPv4.
+    fn udp(dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = vec![0u8; 8];
+        u[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        u[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        u.extend_from_slice(data);
+        ipv4(PROTO_UDP, 64, [10, 244, 1, 2], [10, 244, 2, 3], &u)
+    }
+
+    #[test]
+    fn a_run_of_udp_datagrams_of_one_flow_is_joined_and_cuts_back_the_same() {
+        let sent = [
+            udp(9999, &data(500)),
+            udp(9999, &data(500)),
+            udp(9999, &data(200)),
+            udp(9999, &data(500)), // after a shorter one: a new run
+            udp(7777, &data(500)), // another flow
+        ];
+        let out = join(&sent);
+        assert_eq!(out.len(), 3);
+        let h = VnetHdr::read(&out[0]).unwrap();
+        assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (GSO_UDP_L4, 500, 28));
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, 20, 6)
+        );
+        let p = &out[0][VNET_HDR_LEN..];
+        assert_eq!(packet::ip_len(p), Some(28 + 1200));
+        assert_eq!(u16::from_be_bytes([p[24], p[25]]), 8 + 1200);
+        // Cut as the kernel will: the same payloads at the same bounds.
+        let payloads: Vec<&[u8]> = p[28..].chunks(500).collect();
+        for (got, want) in payloads.iter().zip(&sent[..3]) {
+            assert_eq!(*got, &want[28..]);
+        }
+        for (w, p) in out[1..].iter().zip(&sent[3..]) {
+            assert_eq!(&w[VNET_HDR_LEN..], &p[..], "passed on unchanged");
+        }
+    }
+
+    #[test]
+    fn udp_joining_can_be_turned_off() {
+        let bufs = [udp(9999, &data(100)), udp(9999, &data(100))].concat();
+        let mut j = Joiner {
+            udp: false,
+            ..Joiner::default()
+        };
+        let mut n = 0;
+        let mut emit = |s: &[IoSlice<'_>]| {
+            assert_eq!(s.len(), 2, "a plain header and the datagram");
+            n += 1;
+        };
+        j.push(&bufs, 0, 128, &mut emit);
+        j.push(&bufs, 128, 128, &mut emit);
+        j.flush(&bufs, &mut emit);
+        assert_eq!(n, 2);
     }
 
     #[test]
