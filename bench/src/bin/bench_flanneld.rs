@@ -455,7 +455,7 @@ fn print_table(title: &str, rows: &[Row]) {
     let hand = rows[VXLAN_HAND];
     println!("{title}");
     println!(
-        "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8}",
+        "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
         "path",
         "TCP x1",
         "CPU s/GB",
@@ -464,11 +464,12 @@ fn print_table(title: &str, rows: &[Row]) {
         "UDP64 pps",
         "CPU s/GB",
         "x1/hand",
-        "x4/hand"
+        "x4/hand",
+        "pps/hand"
     );
     for ((name, _), r) in PATHS.iter().zip(rows) {
         println!(
-            "  {name:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8}",
+            "  {name:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
             cell(r.tcp1, 2),
             cell(r.tcp1_cpu, 1),
             cell(r.tcp4, 2),
@@ -477,6 +478,7 @@ fn print_table(title: &str, rows: &[Row]) {
             cell(r.udp_cpu, 1),
             cell(r.tcp1 / hand.tcp1, 3),
             cell(r.tcp4 / hand.tcp4, 3),
+            cell(r.udp_pps / hand.udp_pps, 3),
         );
     }
 }
@@ -510,7 +512,9 @@ fn main() {
         "    all processes and all cores, because softirq work lands anywhere; other load counts too)"
     );
     println!("    over the client's run, per 10^9 bytes received");
-    println!("  x1/hand, x4/hand: TCP throughput / vxlan (by hand)'s in the same round");
+    println!(
+        "  x1/hand, x4/hand, pps/hand: TCP throughput, UDP64 rate / vxlan (by hand)'s in the same round"
+    );
     let mut rounds: Vec<Vec<Row>> = Vec::new();
     for round in 0..2 {
         let rows: Vec<Row> = PATHS
