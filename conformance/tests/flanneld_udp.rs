@@ -669,6 +669,17 @@ fn udp_tcp_streams_arrive_intact_with_and_without_offloads() {
         let link = c.hosts[h].ns.ip(&["-d", "link", "show", "flannel0"]);
         assert!(link.contains(want), "host {h}: {link}");
     }
+    // And each agent said once what it uses.
+    for (h, said) in [
+        (0, "TUN offloads on, UDP segmentation on, coalescing on"),
+        (
+            1,
+            "TUN offloads off, UDP segmentation off, coalescing off (--udp-offload=false)",
+        ),
+    ] {
+        let log = c.log(h);
+        assert_eq!(log.matches(said).count(), 1, "host {h}: {log}");
+    }
     tcp_both_ways(&c, &server[0]);
     assert_clean_traffic(&c, HEALTH);
 }
