@@ -702,9 +702,11 @@ fn udp_tcp_streams_arrive_intact_with_and_without_offloads_over_ipv6() {
 }
 
 /// Runs of UDP datagrams (16 of 1,200 bytes, then one of 300) between
-/// pods on offloading hosts: the receiving agent may join a run into one
-/// write that the kernel cuts apart again, so every datagram must still
-/// arrive once, whole, in its own size.
+/// pods on offloading hosts, sent one by one and then, as QUIC stacks
+/// do, in one send the kernel segments (`UDP_SEGMENT`): the sending agent
+/// may get the run as one super-packet and the receiving one may join it
+/// into one write that the kernel cuts apart again, so every datagram must
+/// still arrive once, whole, in its own size.
 #[test]
 fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
     const HEALTH: &str = "18205";
@@ -721,11 +723,20 @@ fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
         d[..4].copy_from_slice(&(i as u32).to_be_bytes());
         d
     };
-    let mut seen = vec![false; RUNS * PER];
+    let mut seen = vec![false; 2 * RUNS * PER];
     let mut buf = [0u8; 2048];
-    for run in 0..RUNS {
-        for i in run * PER..(run + 1) * PER {
-            tx.send_to(&datagram(i), addr).unwrap();
+    for run in 0..2 * RUNS {
+        let run_of = run * PER..(run + 1) * PER;
+        if run == RUNS {
+            set_udp_segment(&tx, 1200);
+        }
+        if run < RUNS {
+            for i in run_of {
+                tx.send_to(&datagram(i), addr).unwrap();
+            }
+        } else {
+            let whole: Vec<u8> = run_of.flat_map(datagram).collect();
+            tx.send_to(&whole, addr).unwrap();
         }
         for _ in 0..PER {
             let n = rx.recv(&mut buf).unwrap_or_else(|e| {
@@ -744,7 +755,27 @@ fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
             seen[i] = true;
         }
     }
-    let page = metrics(&c, 1, HEALTH.parse().unwrap());
-    assert_eq!(dropped(&page, "malformed"), 0.0, "{page}");
-    assert!(!c.log(1).contains("refused"), "{}", c.log(1));
+    for h in 0..2 {
+        let page = metrics(&c, h, HEALTH.parse().unwrap());
+        assert_eq!(dropped(&page, "malformed"), 0.0, "host {h}: {page}");
+        assert!(!c.log(h).contains("refused"), "{}", c.log(h));
+    }
+}
+
+/// Makes every send on `s` a run of datagrams of `size` bytes, cut by the
+/// kernel (`UDP_SEGMENT`).
+fn set_udp_segment(s: &UdpSocket, size: u16) {
+    use std::os::fd::AsRawFd;
+    let v = nix::libc::c_int::from(size);
+    // SAFETY: a plain setsockopt with an int that outlives the call.
+    let r = unsafe {
+        nix::libc::setsockopt(
+            s.as_raw_fd(),
+            nix::libc::SOL_UDP,
+            nix::libc::UDP_SEGMENT,
+            (&v as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::offload::{
-    self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr,
+    self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
 };
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
 use super::table::{self, Reader, Refused};
@@ -249,7 +249,7 @@ impl Sender {
             self.tally.bytes += len as u64;
             return;
         }
-        if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
+        if gso != GSO_TCPV4 && gso != GSO_TCPV6 && gso != GSO_UDP_L4 {
             self.tally.malformed += 1;
             return;
         }

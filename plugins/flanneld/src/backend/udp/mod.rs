@@ -4,7 +4,8 @@
 //! is upstream's format: one inner packet per datagram, port 8285.
 //!
 //! The fast path: the device hands over TCP super-packets of up to 64 KB
-//! (`IFF_VNET_HDR`, `TUNSETOFFLOAD`), which are cut to the tunnel's MTU
+//! (`IFF_VNET_HDR`, `TUNSETOFFLOAD`; UDP ones too from senders that
+//! segment, such as QUIC stacks), which are cut to the tunnel's MTU
 //! here and sent as one run of datagrams the kernel cuts apart
 //! (`UDP_SEGMENT`); received runs come coalesced (`UDP_GRO`) and are
 //! joined back into super-packets for the device. One queue of the device
@@ -101,8 +102,16 @@ fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool),
             Err(e) => return Err(err(e)),
         },
     };
-    if vnet && let Err(e) = sys::tun_offload(&first) {
-        crate::warn!("udp: the kernel refused TUN offloads ({e}): packets one at a time");
+    if vnet {
+        match sys::tun_offload(&first) {
+            Ok(true) => {}
+            Ok(false) => crate::info!(
+                "udp: no UDP super-packets from {TUN_NAME} (a kernel before 6.2): TCP ones only"
+            ),
+            Err(e) => {
+                crate::warn!("udp: the kernel refused TUN offloads ({e}): packets one at a time")
+            }
+        }
     }
     let mut files = vec![first];
     while multi && files.len() < want {

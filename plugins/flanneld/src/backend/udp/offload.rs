@@ -112,14 +112,20 @@ fn tcp_headers(p: &[u8]) -> Option<(usize, usize)> {
     (thl >= 20 && p.len() >= ihl + thl).then_some((ihl, thl))
 }
 
-/// Cuts the TCP super-packet `p` into packets carrying at most `mss`
-/// bytes of payload each, as the kernel would have sent them: sequence
-/// numbers and IPv4 IDs advanced, FIN and PSH on the last only, CWR on the
-/// first only, every checksum complete. Their headers go to `hdrs`.
-/// `None` when it is not such a packet or `hdrs` is too small.
+/// Cuts the super-packet `p` (TCP, or UDP from a sender that segments)
+/// into packets carrying at most `mss` bytes of payload each, as the
+/// kernel would have sent them: IPv4 IDs advanced; for TCP sequence numbers
+/// advanced, FIN and PSH on the last only, CWR on the first only; for UDP
+/// each datagram's length; every checksum complete. Their headers go to
+/// `hdrs`. `None` when it is not such a packet or `hdrs` is too small.
 pub fn segment(p: &[u8], mss: usize, hdrs: &mut [u8]) -> Option<Cut> {
     let p = &p[..packet::ip_len(p)?];
-    let (ihl, thl) = tcp_headers(p)?;
+    let (ihl, proto) = packet::ip_header(p)?;
+    let thl = match proto {
+        PROTO_TCP => tcp_headers(p)?.1,
+        PROTO_UDP if p.len() >= ihl + 8 => 8,
+        _ => return None,
+    };
     let hdr = ihl + thl;
     let payload = p.len() - hdr;
     if mss == 0 || payload == 0 {
@@ -137,7 +143,11 @@ pub fn segment(p: &[u8], mss: usize, hdrs: &mut [u8]) -> Option<Cut> {
     let v4 = p[0] >> 4 == 4;
     let seq0 = u32::from_be_bytes([p[ihl + 4], p[ihl + 5], p[ihl + 6], p[ihl + 7]]);
     let id0 = u16::from_be_bytes([p[4], p[5]]);
-    let flags = p[ihl + 13];
+    let (check, flags) = if proto == PROTO_TCP {
+        (16, p[ihl + 13])
+    } else {
+        (6, 0)
+    };
     for (i, h) in hdrs.chunks_exact_mut(hdr).take(cut.count).enumerate() {
         let data = &p[cut.payload_of(i)];
         h.copy_from_slice(&p[..hdr]);
@@ -149,21 +159,25 @@ pub fn segment(p: &[u8], mss: usize, hdrs: &mut [u8]) -> Option<Cut> {
         } else {
             h[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
         }
-        let seq = seq0.wrapping_add((i * mss) as u32);
-        h[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
-        let mut f = flags;
-        if i + 1 < cut.count {
-            f &= !(TCP_FIN | TCP_PSH);
+        if proto == PROTO_TCP {
+            let seq = seq0.wrapping_add((i * mss) as u32);
+            h[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut f = flags;
+            if i + 1 < cut.count {
+                f &= !(TCP_FIN | TCP_PSH);
+            }
+            if i > 0 {
+                f &= !TCP_CWR;
+            }
+            h[ihl + 13] = f;
+        } else {
+            h[ihl + 4..ihl + 6].copy_from_slice(&((total - ihl) as u16).to_be_bytes());
         }
-        if i > 0 {
-            f &= !TCP_CWR;
-        }
-        h[ihl + 13] = f;
-        h[ihl + 16] = 0;
-        h[ihl + 17] = 0;
-        let acc = packet::sum(data, packet::pseudo_sum(h, PROTO_TCP, total - ihl));
+        h[ihl + check] = 0;
+        h[ihl + check + 1] = 0;
+        let acc = packet::sum(data, packet::pseudo_sum(h, proto, total - ihl));
         let c = packet::finish(packet::sum(&h[ihl..], acc));
-        h[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
+        h[ihl + check..ihl + check + 2].copy_from_slice(&c.to_be_bytes());
     }
     Some(cut)
 }
@@ -571,6 +585,29 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_super_packet_is_cut_into_datagrams_with_their_own_lengths_and_sums() {
+        let big = udp(443, &data(3000));
+        let mut hdrs = vec![0u8; 1024];
+        let cut = segment(&big, 1200, &mut hdrs).unwrap();
+        assert_eq!((cut.count, cut.hdr, cut.size()), (3, 28, 1228));
+        let segs = materialize(&big, &cut, &hdrs);
+        let mut got = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(packet::ip_len(s), Some(s.len()));
+            assert_eq!(packet::checksum(&s[..20]), 0, "IPv4 header {i}");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([s[24], s[25]])),
+                s.len() - 20
+            );
+            let acc = packet::sum(&s[20..], packet::pseudo_sum(s, PROTO_UDP, s.len() - 20));
+            assert_eq!(packet::fold(acc), 0xffff, "UDP checksum {i}");
+            got.extend_from_slice(&s[28..]);
+        }
+        assert_eq!(segs[2].len(), 28 + 600);
+        assert_eq!(got, big[28..]);
+    }
+
+    #[test]
     fn udp_joining_can_be_turned_off() {
         let bufs = [udp(9999, &data(100)), udp(9999, &data(100))].concat();
         let mut j = Joiner {
@@ -607,7 +644,7 @@ mod tests {
         let small = tcp(false, 0, 0, &data(3000));
         assert!(segment(&small, 0, &mut hdrs).is_none());
         assert!(segment(&small, 10, &mut hdrs[..100]).is_none());
-        let udp = ipv4(17, 64, [1, 1, 1, 1], [2, 2, 2, 2], &[0; 40]);
-        assert!(segment(&udp, 1400, &mut hdrs).is_none());
+        let icmp = ipv4(1, 64, [1, 1, 1, 1], [2, 2, 2, 2], &[0; 40]);
+        assert!(segment(&icmp, 1400, &mut hdrs).is_none());
     }
 }

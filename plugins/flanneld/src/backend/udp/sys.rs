@@ -22,7 +22,9 @@ nix::ioctl_write_int_bad!(
 );
 
 /// TSO for both families and checksums left to us.
-const OFFLOADS: libc::c_ulong = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as _;
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+/// And UDP super-packets from senders that segment (kernel 6.2 and later).
+const USO: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 /// Opens one queue of the TUN device `name` (made by the first call).
 pub fn tun_queue(name: &str, vnet: bool, multi: bool) -> io::Result<File> {
@@ -49,11 +51,16 @@ pub fn tun_queue(name: &str, vnet: bool, multi: bool) -> io::Result<File> {
     Ok(file)
 }
 
-/// Lets the kernel hand over TCP super-packets and unchecked sums.
-pub fn tun_offload(tun: &File) -> io::Result<()> {
+/// Lets the kernel hand over TCP (and, where it can, UDP) super-packets
+/// and unchecked sums; returns whether UDP ones are included.
+pub fn tun_offload(tun: &File) -> io::Result<bool> {
     // SAFETY: the fd is a TUN queue; the argument is a flag word.
+    if unsafe { tun_set_offload(tun.as_raw_fd(), (OFFLOADS | USO) as libc::c_int) }.is_ok() {
+        return Ok(true);
+    }
+    // SAFETY: as above.
     unsafe { tun_set_offload(tun.as_raw_fd(), OFFLOADS as libc::c_int) }?;
-    Ok(())
+    Ok(false)
 }
 
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
