@@ -105,3 +105,35 @@ pub fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) 
     p.extend_from_slice(text);
     p
 }
+
+/// An IPv6/UDP packet `src` -> `dst`:9999 saying `text`, with the UDP
+/// checksum IPv6 requires.
+pub fn inner_udp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, text: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + text.len()).unwrap_or(u16::MAX);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&9999u16.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(text);
+    let mut sum: u64 = 17 + u64::from(len);
+    let words = [&src.octets()[..], &dst.octets()[..], &udp[..]].concat();
+    for c in words.chunks(2) {
+        sum += u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let check = match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&udp);
+    p
+}

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use conformance::cluster::{Cluster, http_get, metric};
-use conformance::util::inner_udp;
+use conformance::util::{inner_udp, inner_udp6};
 use conformance::{TestNetns, wait_for};
 use serde_json::{Value, json};
 
@@ -778,4 +778,61 @@ fn set_udp_segment(s: &UdpSocket, size: u16) {
         )
     };
     assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+}
+
+/// Anti-spoofing over the IPv6 underlay: an IPv6 datagram reaches a pod
+/// only from a peer's public IPv6 address with an inner source in that
+/// peer's IPv6 subnet; the rest is dropped and counted.
+#[test]
+fn udp_ipv6_datagrams_enter_only_from_a_peer_and_its_subnet() {
+    const HEALTH: &str = "18206";
+    let mut c = Cluster::with_args(2, 1, &udp_dual(), &["--healthz-port", HEALTH]);
+    let stranger = c
+        .net
+        .add_host("h9", &["192.168.77.50/24", "fd00:77::50/64"]);
+    let a = c.add_pod_all(0, 0);
+    let b = c.add_pod_all(1, 0);
+    assert_reaches(&c, 1, &a[1]);
+    let listener = c.hosts[0].pods[0].run(|| UdpSocket::bind("[::]:9999").unwrap());
+    listener
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let to = SocketAddr::new(underlay_ipv6(0).parse().unwrap(), 8285);
+    let send = |ns: &TestNetns, from: &str, packet: Vec<u8>| {
+        let from: IpAddr = from.parse().unwrap();
+        let s = ns.run(|| UdpSocket::bind((from, 0)).unwrap());
+        s.send_to(&packet, to).unwrap();
+    };
+    let (dst, peer_src) = (a[1].parse().unwrap(), b[1].parse().unwrap());
+    send(
+        &stranger,
+        "fd00:77::50",
+        inner_udp6(peer_src, dst, b"stranger"),
+    );
+    let outside = "fd00:244:0:ff::9".parse().unwrap();
+    send(
+        &c.hosts[1].ns,
+        &underlay_ipv6(1),
+        inner_udp6(outside, dst, b"spoofed"),
+    );
+    send(
+        &c.hosts[1].ns,
+        &underlay_ipv6(1),
+        inner_udp6(peer_src, dst, b"genuine"),
+    );
+    let mut buf = [0u8; 64];
+    let n = listener
+        .recv(&mut buf)
+        .expect("the genuine datagram did not arrive");
+    assert_eq!(&buf[..n], b"genuine");
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "a refused datagram reached the pod"
+    );
+    let page = metrics(&c, 0, HEALTH.parse().unwrap());
+    assert_eq!(dropped(&page, "not_a_peer"), 1.0, "{page}");
+    assert_eq!(dropped(&page, "spoofed_source"), 1.0, "{page}");
 }
