@@ -79,6 +79,19 @@ pub fn script(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("cannot make {} executable: {e}", path.display()));
 }
 
+/// The Internet checksum of `data` (16-bit big-endian words, an odd last
+/// byte padded), starting from `init`.
+fn checksum(data: &[u8], init: u64) -> u16 {
+    let mut sum = init;
+    for c in data.chunks(2) {
+        sum += u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// An IPv4/UDP packet `src` -> `dst`:9999 saying `text` (UDP checksum 0:
 /// none, which IPv4 allows), as a tunnel peer would carry it.
 pub fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) -> Vec<u8> {
@@ -87,12 +100,7 @@ pub fn inner_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, text: &[u8]) 
     p[2..4].copy_from_slice(&total.to_be_bytes());
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    let sum = p
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    let sum = checksum(&p, 0);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(&40000u16.to_be_bytes());
     p.extend_from_slice(&9999u16.to_be_bytes());
@@ -116,15 +124,8 @@ pub fn inner_udp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, text: &[u8])
     udp.extend_from_slice(&len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(text);
-    let mut sum: u64 = 17 + u64::from(len);
-    let words = [&src.octets()[..], &dst.octets()[..], &udp[..]].concat();
-    for c in words.chunks(2) {
-        sum += u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let check = match !(sum as u16) {
+    let pseudo = [&src.octets()[..], &dst.octets()[..], &udp[..]].concat();
+    let check = match checksum(&pseudo, 17 + u64::from(len)) {
         0 => 0xffff,
         c => c,
     };
