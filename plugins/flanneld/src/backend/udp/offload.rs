@@ -99,14 +99,20 @@ impl Cut {
     }
 }
 
+/// An IPv4 fragment (more to come, or not the first): never cut or
+/// joined. `p` has a whole IP header.
+fn fragment(p: &[u8]) -> bool {
+    p[0] >> 4 == 4 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0
+}
+
 /// The headers of a TCP packet: IP header length, TCP header length.
 fn tcp_headers(p: &[u8]) -> Option<(usize, usize)> {
     let (ihl, proto) = packet::ip_header(p)?;
     if proto != PROTO_TCP || p.len() < ihl + 20 {
         return None;
     }
-    if p[0] >> 4 == 4 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
-        return None; // a fragment
+    if fragment(p) {
+        return None;
     }
     let thl = usize::from(p[ihl + 12] >> 4) * 4;
     (thl >= 20 && p.len() >= ihl + thl).then_some((ihl, thl))
@@ -247,12 +253,15 @@ impl Default for Joiner {
 fn joinable(p: &[u8], udp: bool) -> Option<(usize, usize, u8)> {
     let (ihl, proto) = packet::ip_header(p)?;
     if proto == PROTO_UDP {
-        let fragment = p[0] >> 4 == 4 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
         let claimed = p
             .get(ihl + 4..ihl + 6)
             .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
         let whole = claimed == Some(p.len() - ihl);
-        return (udp && !fragment && whole && p.len() > ihl + 8 && ihl + 8 + VNET_HDR_LEN <= HEAD)
+        return (udp
+            && !fragment(p)
+            && whole
+            && p.len() > ihl + 8
+            && ihl + 8 + VNET_HDR_LEN <= HEAD)
             .then_some((ihl, 8, PROTO_UDP));
     }
     let (ihl, thl) = tcp_headers(p)?;

@@ -237,8 +237,12 @@ pub struct SendBatch {
     msgs: Vec<Msg>,
     /// (buffer, start, length) of each part.
     parts: Vec<(usize, usize, usize)>,
-    /// Filled at each flush; kept for its allocation.
+    /// Filled in at each flush, allocated once (BATCH entries each but
+    /// `iov`, which grows to the most parts seen).
     iov: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<Cmsg>,
+    hdrs: Vec<libc::mmsghdr>,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -256,6 +260,11 @@ impl SendBatch {
             msgs: Vec::with_capacity(BATCH),
             parts: Vec::with_capacity(4 * BATCH),
             iov: Vec::with_capacity(4 * BATCH),
+            // SAFETY: plain C structs; all-zero is valid for each.
+            names: vec![unsafe { zeroed() }; BATCH],
+            cmsgs: vec![Cmsg([0; CMSG_ROOM]); BATCH],
+            // SAFETY: as above.
+            hdrs: vec![unsafe { zeroed() }; BATCH],
         }
     }
 
@@ -308,23 +317,21 @@ impl SendBatch {
                 iov_len: bytes.len(),
             });
         }
-        // SAFETY: these are plain C structs; all-zero is valid for each.
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-        let mut cmsgs = [Cmsg([0; CMSG_ROOM]); BATCH];
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         let mut segmented = false;
         for (i, m) in self.msgs.iter().enumerate().take(BATCH) {
             let (s, slen) = sockaddr(m.to);
-            names[i] = s;
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            self.names[i] = s;
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = slen;
             h.msg_iov = self.iov[m.first..].as_mut_ptr();
             h.msg_iovlen = m.parts as _;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
             if m.seg > 0 && m.datagrams > 1 {
                 segmented = true;
-                h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+                h.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
                 h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
                 // SAFETY: msg_control points at CMSG_ROOM aligned bytes,
@@ -342,13 +349,13 @@ impl SendBatch {
         let mut done = 0;
         let mut datagrams = 0;
         while done < n {
-            // SAFETY: msgs[done..n] are filled in above and point into
+            // SAFETY: hdrs[done..n] are filled in above and point into
             // names, cmsgs and iov, whose entries point into `bufs`; all
             // stay alive and unchanged across the call.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
-                    msgs[done..].as_mut_ptr(),
+                    self.hdrs[done..].as_mut_ptr(),
                     (n - done) as libc::c_uint,
                     0,
                 )
