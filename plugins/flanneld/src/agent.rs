@@ -13,7 +13,6 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -210,23 +209,16 @@ fn start_udp(
     }
     nl.set_up(tun.index)
         .map_err(|e| err("cannot bring up", e))?;
-    // Before subnet.env, as for the other backends; the resync keeps them.
-    for net in udp_networks(config) {
-        nl.replace_route(&udp::cluster_route(net, tun.index))
-            .map_err(|e| err("cannot route the cluster network through", e))?;
-    }
-    Ok(udp::Plane {
+    let plane = udp::Plane {
         peers,
         tun_index: tun.index,
-    })
-}
-
-/// The cluster networks the udp backend routes through its device.
-pub fn udp_networks(config: &NetConfig) -> impl Iterator<Item = IpNetwork> + '_ {
-    [config.ipv4.as_ref(), config.ipv6.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|f| f.network)
+    };
+    // Before subnet.env, as for the other backends; the resync keeps them.
+    for r in plane.routes(config) {
+        nl.replace_route(&r)
+            .map_err(|e| err("cannot route the cluster network through", e))?;
+    }
+    Ok(plane)
 }
 
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
@@ -549,6 +541,15 @@ impl State {
     }
 
     /// Logs an error, once while it persists between full comparisons.
+    /// A store call failed: logged once while it persists, and counted.
+    pub fn store_failed(&mut self, msg: String) {
+        self.health
+            .metrics
+            .store_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.error_once(msg);
+    }
+
     pub fn error_once(&mut self, msg: String) {
         if self.said_before.contains(&msg) || self.said.contains(&msg) {
             crate::debug!("still: {msg}");
@@ -584,11 +585,7 @@ impl State {
                 crate::info!("renewed lease {}", self.lease.key);
             }
             Err(e) => {
-                self.health
-                    .metrics
-                    .store_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                self.error_once(format!("cannot renew lease {}: {e}", self.lease.key));
+                self.store_failed(format!("cannot renew lease {}: {e}", self.lease.key));
                 // Tried again in a while, not in a loop.
                 self.own = Own::later(crate::own::FIRST_RETRY, true);
             }

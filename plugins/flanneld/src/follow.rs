@@ -50,11 +50,7 @@ impl State {
             }
             StoreEvent::Config(text) => self.config_seen(text.as_deref()),
             StoreEvent::Trouble(why) => {
-                self.health
-                    .metrics
-                    .store_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                self.error_once(format!(
+                self.store_failed(format!(
                     "lease store: {why} (the data plane is kept as it is)"
                 ));
                 self.store_trouble = Some(why);

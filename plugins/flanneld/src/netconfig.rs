@@ -257,6 +257,13 @@ fn backend(raw: Option<&Value>) -> Result<Backend, String> {
 }
 
 impl NetConfig {
+    /// The families in use, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = &Family> {
+        [self.ipv4.as_ref(), self.ipv6.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+
     pub fn parse(text: &str) -> Result<NetConfig, String> {
         let raw: Raw = serde_json::from_str(text)
             .map_err(|e| format!("network config is not valid JSON: {e}"))?;

@@ -71,21 +71,13 @@ fn addresses(a: &LeaseAttrs) -> String {
     parts.join(", ")
 }
 
-/// The lease names this node as we wrote it.
-fn is_ours(theirs: &LeaseAttrs, ours: &LeaseAttrs) -> bool {
-    theirs.public_ip == ours.public_ip
-        && theirs.public_ipv6 == ours.public_ipv6
-        && theirs.backend_type == ours.backend_type
-        && theirs.backend_data == ours.backend_data
-        && theirs.backend_v6_data == ours.backend_v6_data
-}
-
 impl State {
     /// What the store holds under our key now (`None`: nothing).
     pub fn own_seen(&mut self, lease: Option<&Lease>) {
         let key = self.lease.key;
         match lease {
-            Some(l) if is_ours(&l.attrs, &self.attrs) => {
+            // The lease names this node as we wrote it.
+            Some(l) if l.attrs == self.attrs => {
                 match &self.own {
                     Own::Held | Own::Retry { renew: true, .. } => {}
                     _ => crate::info!("lease {key} is this node's again"),

@@ -58,7 +58,8 @@ pub fn of(reach: &Reach<'_>, peer: &Peer) -> Wanted {
     w
 }
 
-fn same_route(a: &Route, b: &Route) -> bool {
+/// The same route, `onlink` included.
+pub fn same_route(a: &Route, b: &Route) -> bool {
     routes::same(a, b) && a.onlink == b.onlink
 }
 

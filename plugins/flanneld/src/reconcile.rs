@@ -26,28 +26,23 @@ use crate::agent::State;
 use crate::backend::udp;
 use crate::follow::reach;
 use crate::own::{FIRST_RETRY, MAX_RETRY};
-use crate::peers::Peer;
 use crate::plan::{self, Wanted};
 use crate::routes::{self, Change};
 
 impl State {
     fn in_cluster(&self, dst: IpAddr) -> bool {
-        [&self.config.ipv4, &self.config.ipv6]
-            .into_iter()
-            .flatten()
-            .any(|f| f.network.contains(dst))
+        self.config.families().any(|f| f.network.contains(dst))
     }
 
     /// The cluster networks and their node subnet lengths.
     fn networks(&self) -> Vec<(IpNetwork, u8)> {
-        [&self.config.ipv4, &self.config.ipv6]
-            .into_iter()
-            .flatten()
+        self.config
+            .families()
             .map(|f| (f.network, f.subnet_len))
             .collect()
     }
 
-    fn repaired(&self) {
+    pub(crate) fn repaired(&self) {
         self.health.metrics.repairs.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -116,8 +111,7 @@ impl State {
         self.dataplane_errors = 0;
         self.health.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
         self.sync_traffic();
-        let peers: Vec<Peer> = self.peers.iter().copied().collect();
-        if let Some((routes, dev)) = self.sync_devices(&peers) {
+        if let Some((routes, dev)) = self.sync_devices() {
             // Leftovers of an earlier version: on the first pass that gets here.
             let first = std::mem::replace(&mut self.first_pass, false);
             self.sync_routes(&routes, dev, first);
@@ -125,7 +119,7 @@ impl State {
         self.flush();
         crate::debug!(
             "full comparison: {} peers, {} errors",
-            peers.len(),
+            self.peers.len(),
             self.dataplane_errors
         );
         // The dumps and plans of thousands of peers are freed now.
@@ -144,6 +138,35 @@ impl State {
             self.full_backoff = None;
             self.next_full = now + crate::store::jittered(self.full_every);
         }
+    }
+
+    /// The vxlan device as configured (made again if need be): its index
+    /// and whether it had to change; `None` when it cannot be made (the
+    /// failure is logged and counted).
+    pub(crate) fn ensure_vxlan(&mut self) -> Option<(u32, bool)> {
+        let v = self.vtep.as_ref()?;
+        match v.ensure_device(&mut self.nl, &self.ext) {
+            Ok((index, changed)) => {
+                self.dev = Some(index);
+                Some((index, changed))
+            }
+            Err(e) => {
+                self.dev = None;
+                self.failed(format!("cannot restore the vxlan device: {e}"));
+                None
+            }
+        }
+    }
+
+    /// What every peer needs on the vxlan device or via the underlay
+    /// (`None` when nothing can be reached: no device).
+    pub(crate) fn all_wanted(&self) -> Option<Wanted> {
+        let reach = reach(&self.vtep, self.dev, &self.ext, false)?;
+        let mut all = Wanted::default();
+        for p in self.peers.iter() {
+            plan::wanted(&reach, p, &mut all);
+        }
+        Some(all)
     }
 
     /// The udp forwarders' peer table, from the peer table.
@@ -170,29 +193,16 @@ impl State {
     /// Brings the backend's devices and per-peer state in line; returns the
     /// routes wanted and the vxlan device, or `None` when the device is
     /// missing and cannot be made (nothing else can be done this pass).
-    fn sync_devices(&mut self, peers: &[Peer]) -> Option<(Vec<Route>, Option<u32>)> {
+    fn sync_devices(&mut self) -> Option<(Vec<Route>, Option<u32>)> {
         if let Some(u) = &self.udp {
-            let routes = crate::agent::udp_networks(&self.config)
-                .map(|net| udp::cluster_route(net, u.tun_index))
-                .collect();
+            let routes = u.routes(&self.config).collect();
             self.sync_udp_peers();
             return Some((routes, None));
         }
-        if let Some(v) = &self.vtep {
-            match v.ensure_device(&mut self.nl, &self.ext) {
-                Ok((index, _)) => self.dev = Some(index),
-                Err(e) => {
-                    self.dev = None;
-                    self.failed(format!("cannot restore the vxlan device: {e}"));
-                    return None;
-                }
-            }
+        if self.vtep.is_some() {
+            self.ensure_vxlan()?;
         }
-        let reach = reach(&self.vtep, self.dev, &self.ext, false)?;
-        let mut all = Wanted::default();
-        for p in peers {
-            plan::wanted(&reach, p, &mut all);
-        }
+        let all = self.all_wanted()?;
         if let Some(dev) = self.dev {
             self.sync_entries(dev, &all.neigh, &all.fdb);
         }

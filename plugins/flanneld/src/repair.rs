@@ -9,7 +9,6 @@
 //! arrives; a lost notification (`Overrun`) means a full comparison.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 
 use ipnetwork::IpNetwork;
 use netkit::batch::Op;
@@ -18,6 +17,7 @@ use netkit::route::Route;
 
 use crate::agent::State;
 use crate::follow::reach;
+use crate::peers::Peer;
 use crate::plan::{self, Wanted};
 use crate::routes;
 
@@ -28,10 +28,6 @@ struct Needs {
     device: bool,
     /// Everything compared (a lost notification, an underlay link back up).
     full: bool,
-}
-
-fn metric(r: &Route) -> u32 {
-    r.priority.unwrap_or(if r.dst.is_ipv4() { 0 } else { 1024 })
 }
 
 impl State {
@@ -60,20 +56,20 @@ impl State {
 
     /// What the peer owning `subnet` needs (empty when no peer does).
     fn wanted_for(&self, subnet: Option<IpNetwork>) -> Wanted {
-        let (Some(sn), Some(reach)) = (
-            subnet,
-            reach(&self.vtep, self.dev, &self.ext, self.udp.is_some()),
-        ) else {
-            return Wanted::default();
-        };
-        self.peers
-            .by_subnet(&sn)
-            .map(|p| plan::of(&reach, p))
+        subnet
+            .and_then(|sn| self.peers.by_subnet(&sn))
+            .map(|p| self.wanted_of(p))
+            .unwrap_or_default()
+    }
+
+    fn wanted_of(&self, p: &Peer) -> Wanted {
+        reach(&self.vtep, self.dev, &self.ext, self.udp.is_some())
+            .map(|reach| plan::of(&reach, p))
             .unwrap_or_default()
     }
 
     fn repair(&mut self, op: Op) {
-        self.health.metrics.repairs.fetch_add(1, Ordering::Relaxed);
+        self.repaired();
         crate::info!("repairing: {}", plan::describe(&op));
         self.pending.push(op);
     }
@@ -108,17 +104,14 @@ impl State {
             Change::NeighbourGone(e) if Some(e.ifindex) == dev => self.neighbour(&e, true),
             Change::Neighbour(e) if Some(e.ifindex) == dev => self.neighbour(&e, false),
             Change::FdbGone(e) if Some(e.ifindex) == dev => {
-                let key = e
+                let want = e
                     .mac
                     .as_slice()
                     .try_into()
                     .ok()
-                    .and_then(|m: [u8; 6]| self.peers.by_mac(&m).map(|p| p.key));
-                if let Some(key) = key {
-                    let want = self.wanted_for(key.ipv4.or(key.ipv6));
-                    if let Some(w) = want.fdb.into_iter().find(|w| *w == e) {
-                        self.repair(Op::SetFdb(w));
-                    }
+                    .and_then(|m: [u8; 6]| self.peers.by_mac(&m).map(|p| self.wanted_of(p)));
+                if let Some(w) = want.and_then(|w| w.fdb.into_iter().find(|w| *w == e)) {
+                    self.repair(Op::SetFdb(w));
                 }
             }
             _ => {}
@@ -151,15 +144,15 @@ impl State {
     /// The route a deleted one was, if we want it.
     fn wanted_route(&self, r: &Route) -> Option<Route> {
         if let Some(u) = &self.udp {
-            return crate::agent::udp_networks(&self.config)
-                .map(|net| crate::backend::udp::cluster_route(net, u.tun_index))
+            return u
+                .routes(&self.config)
                 .find(|want| want.dst == r.dst && want.prefix == r.prefix);
         }
         let sn = IpNetwork::new(r.dst, r.prefix).ok()?;
         self.wanted_for(Some(sn))
             .routes
             .into_iter()
-            .find(|w| w.dst == r.dst && w.prefix == r.prefix && metric(w) == metric(r))
+            .find(|w| routes::same_destination(r, w))
     }
 
     fn route_gone(&mut self, r: &Route) {
@@ -176,7 +169,7 @@ impl State {
     fn route_seen(&mut self, r: &Route) {
         let altered = self
             .wanted_route(r)
-            .filter(|w| !(routes::is_ours(r) && routes::same(r, w) && r.onlink == w.onlink));
+            .filter(|w| !(routes::is_ours(r) && plan::same_route(r, w)));
         if let Some(want) = altered {
             crate::warn!(
                 "route {} replaced ours ({}): restored",
@@ -191,41 +184,32 @@ impl State {
     /// configured, and every peer programmed on it afresh (the kernel drops
     /// a downed link's routes and neighbours without a notification).
     fn restore_device(&mut self) {
-        let Some(v) = &self.vtep else {
+        if self.vtep.is_none() {
+            return;
+        }
+        let before = self.dev;
+        let Some((index, changed)) = self.ensure_vxlan() else {
+            self.full_soon();
             return;
         };
-        match v.ensure_device(&mut self.nl, &self.ext) {
-            Ok((index, changed)) => {
-                let remade = self.dev != Some(index);
-                self.dev = Some(index);
-                // A notification of our own making (the device as we
-                // left it): nothing to do.
-                if !(changed || remade) {
-                    return;
-                }
-                self.health.metrics.repairs.fetch_add(1, Ordering::Relaxed);
-                if remade {
-                    // Queued changes may name the old device.
-                    self.pending.clear();
-                }
-                let Some(reach) = reach(&self.vtep, self.dev, &self.ext, false) else {
-                    return;
-                };
-                let mut all = Wanted::default();
-                for p in self.peers.iter() {
-                    plan::wanted(&reach, p, &mut all);
-                }
-                plan::add(&all, &mut self.pending);
-                crate::info!(
-                    "vxlan device restored: {} peers programmed on it again",
-                    self.peers.len()
-                );
-            }
-            Err(e) => {
-                self.dev = None;
-                self.failed(format!("cannot restore the vxlan device: {e}"));
-                self.full_soon();
-            }
+        let remade = before != Some(index);
+        // A notification of our own making (the device as we left it):
+        // nothing to do.
+        if !(changed || remade) {
+            return;
         }
+        self.repaired();
+        if remade {
+            // Queued changes may name the old device.
+            self.pending.clear();
+        }
+        let Some(all) = self.all_wanted() else {
+            return;
+        };
+        plan::add(&all, &mut self.pending);
+        crate::info!(
+            "vxlan device restored: {} peers programmed on it again",
+            self.peers.len()
+        );
     }
 }

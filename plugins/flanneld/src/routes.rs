@@ -51,7 +51,7 @@ fn metric(r: &Route) -> u32 {
 
 /// A route to the same destination in the main table: a replace of
 /// `want` takes its place.
-fn same_destination(a: &Route, want: &Route) -> bool {
+pub fn same_destination(a: &Route, want: &Route) -> bool {
     a.table == Some(MAIN_TABLE)
         && a.dst == want.dst
         && a.prefix == want.prefix

@@ -196,7 +196,6 @@ pub struct Health {
     dataplane_failing: AtomicBool,
     forwarder_dead: AtomicBool,
     conflict: AtomicBool,
-    config_changed: AtomicBool,
 }
 
 /// A copy of [`Health`] at one instant, for the verdicts.
@@ -243,7 +242,6 @@ impl Health {
             dataplane_failing: AtomicBool::new(false),
             forwarder_dead: AtomicBool::new(false),
             conflict: AtomicBool::new(false),
-            config_changed: AtomicBool::new(false),
         }
     }
 
@@ -278,8 +276,6 @@ impl Health {
         self.dataplane_failing
             .store(pass.dataplane_errors > 0, Ordering::Relaxed);
         self.conflict.store(pass.conflict, Ordering::Relaxed);
-        self.config_changed
-            .store(pass.config_changed, Ordering::Relaxed);
         self.metrics
             .config_changed
             .store(u64::from(pass.config_changed), Ordering::Relaxed);
@@ -299,7 +295,7 @@ impl Health {
             dataplane_failing: self.dataplane_failing.load(Ordering::Relaxed),
             forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
             conflict: self.conflict.load(Ordering::Relaxed),
-            config_changed: self.config_changed.load(Ordering::Relaxed),
+            config_changed: self.metrics.config_changed.load(Ordering::Relaxed) != 0,
         }
     }
 

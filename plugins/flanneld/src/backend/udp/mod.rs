@@ -23,10 +23,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use ipnetwork::IpNetwork;
 use netkit::route::Route;
 
 use crate::health::Health;
+use crate::netconfig::NetConfig;
 use forward::{Ctx, Offloads, Sockets};
 pub use table::{Entry, Refused, Table};
 
@@ -47,11 +47,16 @@ pub struct Plane {
     pub tun_index: u32,
 }
 
-/// A whole cluster network (either family) through the TUN device.
-pub fn cluster_route(network: IpNetwork, tun_index: u32) -> Route {
-    let mut r = crate::routes::new(network.network(), network.prefix());
-    r.oif = Some(tun_index);
-    r
+impl Plane {
+    /// Each cluster network (either family) through the TUN device.
+    pub fn routes<'a>(&self, config: &'a NetConfig) -> impl Iterator<Item = Route> + 'a {
+        let tun = self.tun_index;
+        config.families().map(move |f| {
+            let mut r = crate::routes::new(f.network.network(), f.network.prefix());
+            r.oif = Some(tun);
+            r
+        })
+    }
 }
 
 /// Where this node sends from and listens.
