@@ -113,13 +113,21 @@ impl Family {
             .filter_map(move |v| IpNetwork::new(from_u128(v, v4), self.subnet_len).ok())
     }
 
-    /// A subnet this config could have handed out.
-    pub fn fits(&self, subnet: &IpNetwork) -> bool {
+    /// A node subnet of this network: its SubnetLen, aligned, inside the
+    /// Network (any node's; SubnetMin and SubnetMax bound only what this
+    /// node takes).
+    pub fn holds(&self, subnet: &IpNetwork) -> bool {
         subnet.prefix() == self.subnet_len
             && subnet.is_ipv4() == self.network.is_ipv4()
+            && self.network.contains(subnet.ip())
+            && subnet.network() == subnet.ip()
+    }
+
+    /// A subnet this config could have handed out.
+    pub fn fits(&self, subnet: &IpNetwork) -> bool {
+        self.holds(subnet)
             && to_u128(subnet.ip()) >= to_u128(self.subnet_min)
             && to_u128(subnet.ip()) <= to_u128(self.subnet_max)
-            && subnet.network() == subnet.ip()
     }
 }
 

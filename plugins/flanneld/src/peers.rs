@@ -32,14 +32,7 @@ pub struct Peer {
 /// what this node takes, not what others hold, as upstream).
 fn fits(family: &Option<Family>, subnet: Option<IpNetwork>, name: &str) -> Result<(), String> {
     match (family, subnet) {
-        (Some(f), Some(s))
-            if s.prefix() == f.subnet_len
-                && s.is_ipv4() == f.network.is_ipv4()
-                && f.network.contains(s.ip())
-                && s.network() == s.ip() =>
-        {
-            Ok(())
-        }
+        (Some(f), Some(s)) if f.holds(&s) => Ok(()),
         (Some(f), Some(s)) => Err(format!(
             "its {name} subnet {s} is not one of {} cut into /{}",
             f.network, f.subnet_len
