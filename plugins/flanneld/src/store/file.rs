@@ -197,7 +197,7 @@ mod tests {
     use super::*;
     use crate::store::StoreEvent;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::sync::mpsc::{self, RecvTimeoutError};
     use std::time::Instant;
 
     /// A store directory of its own, removed on drop.
@@ -234,19 +234,7 @@ mod tests {
         }
     }
 
-    use crate::store::probe::{self, channel};
-
-    fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
-        probe::next(rx, limit).unwrap()
-    }
-
-    fn until(
-        rx: &Receiver<StoreEvent>,
-        limit: Duration,
-        want: impl Fn(&StoreEvent) -> bool,
-    ) -> (StoreEvent, Vec<StoreEvent>) {
-        probe::until(rx, limit, want).unwrap()
-    }
+    use crate::store::probe::{channel, next, until};
 
     const SOON: Duration = Duration::from_secs(2);
     const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
