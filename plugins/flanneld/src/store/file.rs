@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, Unreadable};
+use super::{NOT_A_SUBNET_KEY, Store, StoreError, Unreadable};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,7 +141,7 @@ impl Store for FileStore {
                 continue;
             }
             let Some(key) = SubnetKey::parse(&name) else {
-                bad.insert(name, "not a subnet key such as 10.244.3.0-24".into());
+                bad.insert(name, NOT_A_SUBNET_KEY.into());
                 continue;
             };
             match self.load(&key) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::client::{self, Client, ConnectSpec};
-use super::{parse_lease, wire};
+use super::{parse_lease, parse_leases, wire};
 use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
 /// How long connecting, listing or starting the watch may take before
@@ -176,23 +176,15 @@ impl Feed {
     /// The listing as an event; unreadable records are logged (once) and
     /// left out.
     fn listed(&mut self, listing: wire::RangeResponse) -> StoreEvent {
-        let mut leases = Vec::with_capacity(listing.kvs.len());
-        let mut config = None;
-        let mut bad = std::collections::BTreeMap::new();
-        for kv in listing.kvs {
-            if kv.key == self.config.as_bytes() {
-                config = self.config_text(kv.value);
-            } else if kv.key.starts_with(self.subnets.as_bytes()) {
-                match parse_lease(&self.subnets, &kv) {
-                    Ok(lease) => leases.push(lease),
-                    Err(why) => {
-                        bad.insert(String::from_utf8_lossy(&kv.key).into_owned(), why);
-                    }
-                }
-            }
-        }
-        self.unreadable.update(bad);
-        leases.sort_by_key(|l| l.key);
+        let mut kvs = listing.kvs;
+        let config = kvs
+            .iter()
+            .position(|kv| kv.key == self.config.as_bytes())
+            .and_then(|i| self.config_text(kvs.swap_remove(i).value));
+        let subnets = kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with(self.subnets.as_bytes()));
+        let leases = parse_leases(&self.subnets, subnets, &mut self.unreadable);
         StoreEvent::Listed { leases, config }
     }
 

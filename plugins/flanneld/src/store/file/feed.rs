@@ -21,7 +21,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::FileStore;
 use crate::lease::{Lease, SubnetKey};
-use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
+use crate::store::{Backoff, NOT_A_SUBNET_KEY, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
 /// What a record's name can go through: written in place (close), renamed
 /// in (our writes) or out, created, deleted.
@@ -327,8 +327,9 @@ impl Feed {
             if !there {
                 self.store.unreadable.forget(&text);
             } else if !only_created {
-                let why = "not a subnet key such as 10.244.3.0-24";
-                self.store.unreadable.note(text.into_owned(), why);
+                self.store
+                    .unreadable
+                    .note(text.into_owned(), NOT_A_SUBNET_KEY);
             }
             return None;
         };
