@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conformance::netns::in_netns;
@@ -21,7 +21,7 @@ use conformance::{Daemon, TestNetns, wait_for};
 use flanneld::flags::Options;
 use flanneld::lease::{LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
-use flanneld::store::probe::{self, channel};
+use flanneld::store::probe::{channel, next, until};
 use flanneld::store::{Sink, Store, StoreEvent};
 use serde_json::Value;
 
@@ -201,19 +201,6 @@ fn key(s: &str) -> SubnetKey {
 
 fn subnet(k: &str) -> String {
     format!("{PREFIX}/subnets/{k}")
-}
-
-fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
-    probe::next(rx, limit).unwrap()
-}
-
-/// Events until one passes `want`; the ones before it are returned.
-fn until(
-    rx: &Receiver<StoreEvent>,
-    limit: Duration,
-    want: impl Fn(&StoreEvent) -> bool,
-) -> (StoreEvent, Vec<StoreEvent>) {
-    probe::until(rx, limit, want).unwrap()
 }
 
 fn listed(ev: StoreEvent) -> (Vec<flanneld::lease::Lease>, Option<String>) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use flanneld::flags::Options;
 use flanneld::lease::{LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
+use flanneld::store::probe::{channel, next};
 use flanneld::store::{Store, StoreEvent};
 use netkit::NetNs;
 
@@ -152,14 +153,9 @@ fn exercise(etcd: &Etcd, opts: &Options) {
 
     // The feed lists, then its watch sees a change made elsewhere (its
     // other cases, compaction included, are in conformance/tests/flanneld_store.rs).
-    let (tx, rx) = std::sync::mpsc::channel();
-    store
-        .feed(
-            Box::new(move |ev| tx.send(ev).is_ok()),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    match rx.recv_timeout(Duration::from_secs(15)).unwrap() {
+    let (sink, rx) = channel();
+    store.feed(sink, Duration::from_secs(3600)).unwrap();
+    match next(&rx, Duration::from_secs(15)) {
         StoreEvent::Listed { leases, config } => {
             assert_eq!(leases.len(), 2);
             assert!(config.unwrap().contains("10.244.0.0/16"));
@@ -168,7 +164,7 @@ fn exercise(etcd: &Etcd, opts: &Options) {
     }
     assert!(etcd.ctl(&["del", "/coreos.com/network/subnets/10.244.9.0-24"]));
     assert_eq!(
-        rx.recv_timeout(Duration::from_secs(15)).unwrap(),
+        next(&rx, Duration::from_secs(15)),
         StoreEvent::Gone(reserved),
         "the watch missed a delete"
     );

@@ -95,21 +95,24 @@ impl NetNs {
 
     /// A netlink socket bound to this namespace, usable from any thread.
     pub fn socket(&self) -> Result<crate::Netlink, NetnsError> {
-        self.run(crate::Netlink::new)?
-            .map_err(|e| NetnsError::Socket {
-                path: self.path.clone(),
-                source: e,
-            })
+        self.open_socket(crate::Netlink::new)
     }
 
     /// A [`crate::Monitor`] of this namespace's changes, usable from any
     /// thread.
     pub fn monitor(&self) -> Result<crate::Monitor, NetnsError> {
-        self.run(crate::Monitor::new)?
-            .map_err(|e| NetnsError::Socket {
-                path: self.path.clone(),
-                source: e,
-            })
+        self.open_socket(crate::Monitor::new)
+    }
+
+    /// A netlink socket of some kind, opened inside this namespace.
+    fn open_socket<T: Send>(
+        &self,
+        open: fn() -> Result<T, crate::NetlinkError>,
+    ) -> Result<T, NetnsError> {
+        self.run(open)?.map_err(|e| NetnsError::Socket {
+            path: self.path.clone(),
+            source: e,
+        })
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {

@@ -10,20 +10,12 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::veth_pair;
+use common::{ip, private_netns, veth_pair};
 use netkit::link::VxlanSpec;
 use netkit::neigh::Entry;
 use netkit::route::{Route, RouteFilter};
-use netkit::{Change, Monitor, NetNs, Netlink, Op};
+use netkit::{Change, Monitor, Netlink, Op};
 use netlink_packet_route::link::InfoKind;
-
-fn private_netns() -> NetNs {
-    NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// What the monitor hears until `found` matches a change, 5 s at most.
 fn until(mon: &mut Monitor, mut found: impl FnMut(&Change) -> bool) -> Vec<Change> {

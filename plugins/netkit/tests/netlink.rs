@@ -5,24 +5,14 @@
 
 mod common;
 
-use std::net::IpAddr;
-
-use common::veth_pair;
+use common::{ip, private_netns, veth_pair};
 use netkit::link::{VethSpec, VxlanSpec};
 use netkit::neigh::Entry;
 use netkit::route::{Route, RouteFilter};
-use netkit::{NetNs, Netlink, Op};
+use netkit::{Netlink, Op};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-
-fn private_netns() -> NetNs {
-    NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 #[test]
 fn bridge_veth_addresses_and_routes() {

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, Unreadable};
+use super::{NOT_A_SUBNET_KEY, Store, StoreError, Unreadable};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,7 +141,7 @@ impl Store for FileStore {
                 continue;
             }
             let Some(key) = SubnetKey::parse(&name) else {
-                bad.insert(name, "not a subnet key such as 10.244.3.0-24".into());
+                bad.insert(name, NOT_A_SUBNET_KEY.into());
                 continue;
             };
             match self.load(&key) {
@@ -197,7 +197,7 @@ mod tests {
     use super::*;
     use crate::store::StoreEvent;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::sync::mpsc::{self, RecvTimeoutError};
     use std::time::Instant;
 
     /// A store directory of its own, removed on drop.
@@ -234,19 +234,7 @@ mod tests {
         }
     }
 
-    use crate::store::probe::{self, channel};
-
-    fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
-        probe::next(rx, limit).unwrap()
-    }
-
-    fn until(
-        rx: &Receiver<StoreEvent>,
-        limit: Duration,
-        want: impl Fn(&StoreEvent) -> bool,
-    ) -> (StoreEvent, Vec<StoreEvent>) {
-        probe::until(rx, limit, want).unwrap()
-    }
+    use crate::store::probe::{channel, next, until};
 
     const SOON: Duration = Duration::from_secs(2);
     const HOUR: Option<Duration> = Some(Duration::from_secs(3600));

@@ -22,6 +22,9 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// Why a record's name cannot be read, in either store.
+const NOT_A_SUBNET_KEY: &str = "not a subnet key such as 10.244.3.0-24";
+
 /// Lease records that cannot be read (a bad key or value): left out of the
 /// listing, and each named once in the log rather than every resync.
 #[derive(Debug, Default)]

@@ -1,5 +1,7 @@
 //! Reading a feed from a channel, with deadlines: what the store's tests
-//! (and anyone driving a feed by hand) need.
+//! (and anyone driving a feed by hand) need. A missed deadline panics, at
+//! the caller's line: these are test helpers, and a test that waits in
+//! vain has failed.
 
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -13,29 +15,35 @@ pub fn channel() -> (Sink, Receiver<StoreEvent>) {
 }
 
 /// The next event within `limit`.
-pub fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> Result<StoreEvent, String> {
-    rx.recv_timeout(limit)
-        .map_err(|e| format!("no event within {limit:?}: {e}"))
+///
+/// # Panics
+/// When none comes within `limit`.
+#[track_caller]
+pub fn next(rx: &Receiver<StoreEvent>, limit: Duration) -> StoreEvent {
+    match rx.recv_timeout(limit) {
+        Ok(ev) => ev,
+        Err(e) => panic!("no event within {limit:?}: {e}"),
+    }
 }
 
 /// Events until one passes `want` (within `limit`); the ones before it
 /// are returned too.
+///
+/// # Panics
+/// When none passes within `limit`.
+#[track_caller]
 pub fn until(
     rx: &Receiver<StoreEvent>,
     limit: Duration,
     want: impl Fn(&StoreEvent) -> bool,
-) -> Result<(StoreEvent, Vec<StoreEvent>), String> {
+) -> (StoreEvent, Vec<StoreEvent>) {
     let end = Instant::now() + limit;
     let mut before = Vec::new();
     loop {
         match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(ev) if want(&ev) => return Ok((ev, before)),
+            Ok(ev) if want(&ev) => return (ev, before),
             Ok(ev) => before.push(ev),
-            Err(e) => {
-                return Err(format!(
-                    "no matching event within {limit:?} ({e}); saw {before:?}"
-                ));
-            }
+            Err(e) => panic!("no matching event within {limit:?} ({e}); saw {before:?}"),
         }
     }
 }

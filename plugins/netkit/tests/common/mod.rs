@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
+use std::net::IpAddr;
+
 use netkit::link::VethSpec;
 use netkit::{NetNs, Netlink};
 
@@ -20,4 +22,13 @@ pub fn veth_pair(ns: &NetNs, nl: &mut Netlink, a: &str, b: &str) -> (u32, u32) {
     nl.set_up(ia).unwrap();
     nl.set_up(ib).unwrap();
     (ia, ib)
+}
+
+/// A fresh network namespace of our own.
+pub fn private_netns() -> NetNs {
+    NetNs::create().expect("this test needs root (CAP_SYS_ADMIN)")
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }

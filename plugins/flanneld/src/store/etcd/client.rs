@@ -160,6 +160,23 @@ impl Client {
             .map(tonic::Response::into_inner)
     }
 
+    /// `attempt`, made again once after logging in again when etcd says
+    /// the token has expired.
+    async fn with_fresh_token<T>(
+        &mut self,
+        attempt: impl AsyncFn(&Client) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        match attempt(self).await {
+            Err(s) if token_expired(&s) && self.credentials.is_some() => {
+                self.authenticate()
+                    .await
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                attempt(self).await
+            }
+            other => other,
+        }
+    }
+
     /// A unary call with our metadata, logging in again once when etcd
     /// says the token has expired.
     async fn call<Req, Resp>(&mut self, method: &'static str, msg: Req) -> Result<Resp, Status>
@@ -167,15 +184,8 @@ impl Client {
         Req: prost::Message + Clone + 'static,
         Resp: prost::Message + Default + 'static,
     {
-        match self.unary(method, self.request(msg.clone())).await {
-            Err(s) if token_expired(&s) && self.credentials.is_some() => {
-                self.authenticate()
-                    .await
-                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                self.unary(method, self.request(msg)).await
-            }
-            other => other,
-        }
+        self.with_fresh_token(async |c| c.unary(method, c.request(msg.clone())).await)
+            .await
     }
 
     pub async fn range(&mut self, key: &str, prefix: bool) -> Result<wire::RangeResponse, Status> {
@@ -261,15 +271,8 @@ impl Client {
     /// Renews lease `id` once: its TTL in seconds after the renewal, 0 when
     /// the lease is gone (expired or revoked).
     pub async fn lease_keep_alive(&mut self, id: i64) -> Result<i64, Status> {
-        match self.keep_alive_once(id).await {
-            Err(s) if token_expired(&s) && self.credentials.is_some() => {
-                self.authenticate()
-                    .await
-                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                self.keep_alive_once(id).await
-            }
-            other => other,
-        }
+        self.with_fresh_token(async |c| c.keep_alive_once(id).await)
+            .await
     }
 
     /// LeaseKeepAlive is a two-way stream: we send one request and close

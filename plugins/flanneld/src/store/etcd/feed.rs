@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::client::{self, Client, ConnectSpec};
-use super::{parse_lease, wire};
+use super::{parse_lease, parse_leases, wire};
 use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
 /// How long connecting, listing or starting the watch may take before
@@ -67,6 +67,20 @@ struct Feed {
     unreadable: Unreadable,
 }
 
+/// `call`'s value within [`CALL_WAIT`]; when it fails or does not answer
+/// in time, the attempt ends as unreachable, worded `<what>: <why>`.
+async fn within<T, E>(
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+    why: impl FnOnce(&E) -> String,
+) -> Result<T, End> {
+    match tokio::time::timeout(CALL_WAIT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(End::Unreachable(format!("{what}: {}", why(&e)))),
+        Err(_) => Err(End::Unreachable(format!("{what}: no answer in time"))),
+    }
+}
+
 /// How one listing-and-watch ended.
 enum End {
     /// The sink is gone.
@@ -114,19 +128,19 @@ impl Feed {
     async fn cycle(&mut self) -> End {
         let client = match self.client.take() {
             Some(c) => c,
-            None => match tokio::time::timeout(CALL_WAIT, Client::connect(&self.spec)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return End::Unreachable(format!("cannot connect: {e}")),
-                Err(_) => return End::Unreachable("cannot connect: no answer in time".into()),
-            },
+            None => {
+                let connect = Client::connect(&self.spec);
+                match within("cannot connect", connect, ToString::to_string).await {
+                    Ok(c) => c,
+                    Err(end) => return end,
+                }
+            }
         };
         let mut client = self.client.insert(client).clone();
-        let listing = match tokio::time::timeout(CALL_WAIT, client.range(&self.dir, true)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return End::Unreachable(format!("cannot list: {}", client::describe(&e)));
-            }
-            Err(_) => return End::Unreachable("cannot list: no answer in time".into()),
+        let list = client.range(&self.dir, true);
+        let listing = match within("cannot list", list, client::describe).await {
+            Ok(r) => r,
+            Err(end) => return end,
         };
         // Changes after the listing, and none before: from its revision on.
         let revision = listing.header.as_ref().map_or(0, |h| h.revision);
@@ -134,13 +148,10 @@ impl Feed {
         if !(self.sink)(listed) {
             return End::Stop;
         }
-        let watch = tokio::time::timeout(CALL_WAIT, client.watch(&self.dir, revision + 1));
-        let mut stream = match watch.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return End::Unreachable(format!("cannot watch: {}", client::describe(&e)));
-            }
-            Err(_) => return End::Unreachable("cannot watch: no answer in time".into()),
+        let watch = client.watch(&self.dir, revision + 1);
+        let mut stream = match within("cannot watch", watch, client::describe).await {
+            Ok(s) => s,
+            Err(end) => return end,
         };
         let started = Instant::now();
         let tick = started + jittered(self.relist);
@@ -176,23 +187,15 @@ impl Feed {
     /// The listing as an event; unreadable records are logged (once) and
     /// left out.
     fn listed(&mut self, listing: wire::RangeResponse) -> StoreEvent {
-        let mut leases = Vec::with_capacity(listing.kvs.len());
-        let mut config = None;
-        let mut bad = std::collections::BTreeMap::new();
-        for kv in listing.kvs {
-            if kv.key == self.config.as_bytes() {
-                config = self.config_text(kv.value);
-            } else if kv.key.starts_with(self.subnets.as_bytes()) {
-                match parse_lease(&self.subnets, &kv) {
-                    Ok(lease) => leases.push(lease),
-                    Err(why) => {
-                        bad.insert(String::from_utf8_lossy(&kv.key).into_owned(), why);
-                    }
-                }
-            }
-        }
-        self.unreadable.update(bad);
-        leases.sort_by_key(|l| l.key);
+        let mut kvs = listing.kvs;
+        let config = kvs
+            .iter()
+            .position(|kv| kv.key == self.config.as_bytes())
+            .and_then(|i| self.config_text(kvs.swap_remove(i).value));
+        let subnets = kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with(self.subnets.as_bytes()));
+        let leases = parse_leases(&self.subnets, subnets, &mut self.unreadable);
         StoreEvent::Listed { leases, config }
     }
 

@@ -21,7 +21,7 @@ use tonic::Status;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use self::client::{Client, ConnectSpec};
-use super::{Store, StoreError, Unreadable};
+use super::{NOT_A_SUBNET_KEY, Store, StoreError, Unreadable};
 use crate::flags::Options;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
@@ -141,7 +141,7 @@ fn parse_lease(dir: &str, kv: &wire::KeyValue) -> Result<Lease, String> {
     let key = name
         .strip_prefix(dir)
         .and_then(SubnetKey::parse)
-        .ok_or("not a subnet key such as 10.244.3.0-24")?;
+        .ok_or(NOT_A_SUBNET_KEY)?;
     let attrs = serde_json::from_slice::<LeaseAttrs>(&kv.value).map_err(|e| e.to_string())?;
     // The exact expiry would cost a call per key; only our own lease's
     // matters, and the agent tracks that one itself.
@@ -151,6 +151,28 @@ fn parse_lease(dir: &str, kv: &wire::KeyValue) -> Result<Lease, String> {
         attrs,
         expires,
     })
+}
+
+/// The leases among `kvs` (all under `dir`, `<prefix>/subnets/`), by
+/// key; the unreadable ones are left out and handed to `unreadable`.
+fn parse_leases<'a>(
+    dir: &str,
+    kvs: impl IntoIterator<Item = &'a wire::KeyValue>,
+    unreadable: &mut Unreadable,
+) -> Vec<Lease> {
+    let mut out = Vec::new();
+    let mut bad = std::collections::BTreeMap::new();
+    for kv in kvs {
+        match parse_lease(dir, kv) {
+            Ok(lease) => out.push(lease),
+            Err(why) => {
+                bad.insert(String::from_utf8_lossy(&kv.key).into_owned(), why);
+            }
+        }
+    }
+    unreadable.update(bad);
+    out.sort_by_key(|l| l.key);
+    out
 }
 
 /// etcd's answer when a put names a lease that no longer exists.
@@ -365,19 +387,7 @@ impl Store for EtcdStore {
             .rt
             .block_on(self.client.range(&dir, true))
             .map_err(|e| etcd_err("cannot list leases", &self.endpoints, client::describe(&e)))?;
-        let mut out = Vec::with_capacity(resp.kvs.len());
-        let mut bad = std::collections::BTreeMap::new();
-        for kv in &resp.kvs {
-            match parse_lease(&dir, kv) {
-                Ok(lease) => out.push(lease),
-                Err(why) => {
-                    bad.insert(String::from_utf8_lossy(&kv.key).into_owned(), why);
-                }
-            }
-        }
-        self.unreadable.update(bad);
-        out.sort_by_key(|l| l.key);
-        Ok(out)
+        Ok(parse_leases(&dir, &resp.kvs, &mut self.unreadable))
     }
 
     fn create(

@@ -21,7 +21,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::FileStore;
 use crate::lease::{Lease, SubnetKey};
-use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
+use crate::store::{Backoff, NOT_A_SUBNET_KEY, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
 /// What a record's name can go through: written in place (close), renamed
 /// in (our writes) or out, created, deleted.
@@ -187,7 +187,7 @@ impl Feed {
         self.known.clear();
         self.expiry.clear();
         for lease in &leases {
-            self.remember(lease);
+            self.remember(lease.key, Seen::of(lease));
         }
         self.config = self.read_config();
         Ok(StoreEvent::Listed {
@@ -208,12 +208,12 @@ impl Feed {
         }
     }
 
-    fn remember(&mut self, lease: &Lease) {
-        self.forget(&lease.key);
-        if let Some(t) = lease.expires {
-            self.expiry.insert((t, lease.key));
+    fn remember(&mut self, key: SubnetKey, seen: Seen) {
+        self.forget(&key);
+        if let Some(t) = seen.expires {
+            self.expiry.insert((t, key));
         }
-        self.known.insert(lease.key, Seen::of(lease));
+        self.known.insert(key, seen);
     }
 
     /// Drops a known lease; `true` if it was known.
@@ -327,18 +327,20 @@ impl Feed {
             if !there {
                 self.store.unreadable.forget(&text);
             } else if !only_created {
-                let why = "not a subnet key such as 10.244.3.0-24";
-                self.store.unreadable.note(text.into_owned(), why);
+                self.store
+                    .unreadable
+                    .note(text.into_owned(), NOT_A_SUBNET_KEY);
             }
             return None;
         };
         match self.store.load(&key) {
             Ok(Some(lease)) => {
                 self.store.unreadable.forget(&text);
-                if self.known.get(&key) == Some(&Seen::of(&lease)) {
+                let seen = Seen::of(&lease);
+                if self.known.get(&key) == Some(&seen) {
                     return None;
                 }
-                self.remember(&lease);
+                self.remember(key, seen);
                 Some(StoreEvent::Put(lease))
             }
             Ok(None) => {
@@ -363,10 +365,12 @@ impl Feed {
                 break;
             }
             // Read again: it may have been renewed (with its event still
-            // queued) or rewritten badly.
+            // queued) or rewritten badly. `load` already leaves out expired
+            // records; the guard is for a wall clock stepped back since
+            // `now`, which would put this expiry back in front of the loop.
             let event = match self.store.load(&key) {
                 Ok(Some(lease)) if lease.expires.is_none_or(|e| e > now) => {
-                    self.remember(&lease);
+                    self.remember(key, Seen::of(&lease));
                     Some(StoreEvent::Put(lease))
                 }
                 _ => self.forget(&key).then_some(StoreEvent::Gone(key)),
