@@ -104,7 +104,6 @@ pub struct Gateway {
 pub struct Kv {
     pub key: String,
     pub value: String,
-    pub lease: i64,
 }
 
 impl Gateway {
@@ -224,7 +223,6 @@ impl Gateway {
                 Ok(Kv {
                     key: text("key")?,
                     value: text("value")?,
-                    lease: int(&kv["lease"]).unwrap_or(0),
                 })
             })
             .collect()
