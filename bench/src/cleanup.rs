@@ -53,12 +53,7 @@ fn lock<T>(m: &Mutex<T>, wait: bool) -> Option<MutexGuard<'_, T>> {
 /// calling thread, and threads started later inherit that. So would child
 /// processes (a mask survives exec): `process::Proc` clears it in the child.
 pub fn install() -> Result<(), String> {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        eprintln!("bench: panicked; cleaning up before the process ends");
-        sweep_now(false);
-    }));
+    install_panic_hook();
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         set.add(s);
@@ -76,6 +71,18 @@ pub fn install() -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+/// Just the panic hook of [`install`] (the sweep, after the default
+/// report), for programs whose child processes must not inherit blocked
+/// signals.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("bench: panicked; cleaning up before the process ends");
+        sweep_now(false);
+    }));
 }
 
 pub fn register_child(pid: u32) {

@@ -14,7 +14,7 @@
 //! store" is that for every peer, and no such route, neighbour or unicast
 //! fdb entry besides.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use conformance::TestNetns;
@@ -76,7 +76,8 @@ impl ClusterNet {
 /// The expected state, indexed for comparison.
 #[derive(Debug, Default, Clone)]
 pub struct Want {
-    routes: BTreeSet<Ipv4Addr>,
+    /// The subnets (a map, for `compare`).
+    routes: BTreeMap<Ipv4Addr, ()>,
     neigh: BTreeMap<Ipv4Addr, Mac>,
     fdb: BTreeMap<Mac, Ipv4Addr>,
 }
@@ -85,19 +86,11 @@ impl Want {
     pub fn of<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Want {
         let mut w = Want::default();
         for p in peers {
-            w.routes.insert(p.subnet);
+            w.routes.insert(p.subnet, ());
             w.neigh.insert(p.subnet, p.mac);
             w.fdb.insert(p.mac, p.public);
         }
         w
-    }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 }
 
@@ -113,8 +106,6 @@ pub struct Diff {
     pub fdb_missing: usize,
     pub fdb_extra: usize,
     pub examples: Vec<String>,
-    /// Only the first kind that differed was looked at (a cheap poll).
-    pub partial: bool,
 }
 
 impl Diff {
@@ -177,6 +168,34 @@ fn compare<K: Ord + Copy, V: PartialEq + Copy>(
         }
     }
     (missing, extra, example)
+}
+
+/// One kind's dump (with a count of entries that are extra whatever is
+/// wanted) compared with `want`, into its missing and extra counts and the
+/// examples. A dump interrupted by concurrent changes counts as one
+/// missing. Whether to look no further: the dump was interrupted, or the
+/// kind differs and `cheap`.
+fn tally<K: Ord + Copy, V: PartialEq + Copy>(
+    dump: Result<(BTreeMap<K, V>, usize), NetlinkError>,
+    want: &BTreeMap<K, V>,
+    what: &str,
+    show: impl Fn(&K) -> String,
+    cheap: bool,
+    (missing, extra, examples): (&mut usize, &mut usize, &mut Vec<String>),
+) -> Result<bool, String> {
+    let (have, more) = match dump {
+        Ok(d) => d,
+        Err(e) if e.is_interrupted() => {
+            *missing = 1;
+            return Ok(true);
+        }
+        Err(e) => return Err(nl_err(&format!("cannot list {what}"), e)),
+    };
+    let (m, x, ex) = compare(want, &have, show);
+    *missing = m;
+    *extra = x + more;
+    examples.extend(ex);
+    Ok(cheap && m + x + more > 0)
 }
 
 /// A netlink socket inside one node's namespace, and the device to look at.
@@ -269,65 +288,36 @@ impl Kernel {
     /// that differs (routes, then neighbours, then fdb), for polling.
     /// A dump interrupted by concurrent changes counts as a difference.
     pub fn diff(&mut self, want: &Want, cheap: bool) -> Result<Diff, String> {
-        let mut d = Diff {
-            partial: cheap,
-            ..Diff::default()
-        };
+        let mut d = Diff::default();
         let Some(dev) = self.device()? else {
             d.no_device = true;
             return Ok(d);
         };
-        let routes = match self.routes(dev) {
-            Ok(r) => r,
-            Err(e) if e.is_interrupted() => {
-                d.routes_missing = 1;
-                return Ok(d);
-            }
-            Err(e) => return Err(nl_err("cannot list routes", e)),
-        };
-        let shaped: BTreeMap<Ipv4Addr, ()> = routes
-            .iter()
-            .filter(|(_, r)| self.is_peer_route(r))
-            .map(|(k, _)| (*k, ()))
-            .collect();
-        let want_routes: BTreeMap<Ipv4Addr, ()> = want.routes.iter().map(|k| (*k, ())).collect();
-        let (m, mut x, ex) = compare(&want_routes, &shaped, |ip| format!("route {ip}"));
-        // A route into the cluster network of another shape is extra too.
-        x += routes.len() - shaped.len();
-        d.routes_missing = m;
-        d.routes_extra = x;
-        d.examples.extend(ex);
-        if cheap && m + x > 0 {
+        let routes = self.routes(dev).map(|all| {
+            let shaped: BTreeMap<Ipv4Addr, ()> = all
+                .iter()
+                .filter(|(_, r)| self.is_peer_route(r))
+                .map(|(k, _)| (*k, ()))
+                .collect();
+            // A route into the cluster network of another shape is extra too.
+            let other = all.len() - shaped.len();
+            (shaped, other)
+        });
+        let counts = (&mut d.routes_missing, &mut d.routes_extra, &mut d.examples);
+        let show = |ip: &Ipv4Addr| format!("route {ip}");
+        if tally(routes, &want.routes, "routes", show, cheap, counts)? {
             return Ok(d);
         }
-        let neigh = match self.neighbours(dev) {
-            Ok(n) => n,
-            Err(e) if e.is_interrupted() => {
-                d.neigh_missing = 1;
-                return Ok(d);
-            }
-            Err(e) => return Err(nl_err("cannot list neighbours", e)),
-        };
-        let (m, x, ex) = compare(&want.neigh, &neigh, |ip| format!("neighbour {ip}"));
-        d.neigh_missing = m;
-        d.neigh_extra = x;
-        d.examples.extend(ex);
-        if cheap && m + x > 0 {
+        let neigh = self.neighbours(dev).map(|n| (n, 0));
+        let counts = (&mut d.neigh_missing, &mut d.neigh_extra, &mut d.examples);
+        let show = |ip: &Ipv4Addr| format!("neighbour {ip}");
+        if tally(neigh, &want.neigh, "neighbours", show, cheap, counts)? {
             return Ok(d);
         }
-        let fdb = match self.fdb(dev) {
-            Ok(f) => f,
-            Err(e) if e.is_interrupted() => {
-                d.fdb_missing = 1;
-                return Ok(d);
-            }
-            Err(e) => return Err(nl_err("cannot list fdb entries", e)),
-        };
-        let (m, x, ex) = compare(&want.fdb, &fdb, |mac| format!("fdb {}", format_mac(mac)));
-        d.fdb_missing = m;
-        d.fdb_extra = x;
-        d.examples.extend(ex);
-        d.partial = false;
+        let fdb = self.fdb(dev).map(|f| (f, 0));
+        let counts = (&mut d.fdb_missing, &mut d.fdb_extra, &mut d.examples);
+        let show = |mac: &Mac| format!("fdb {}", format_mac(mac));
+        tally(fdb, &want.fdb, "fdb entries", show, cheap, counts)?;
         Ok(d)
     }
 

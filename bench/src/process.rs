@@ -155,6 +155,29 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// Machine-wide busy CPU time since boot, in seconds: /proc/stat's "cpu"
+/// line, user+nice+system+irq+softirq+steal.
+pub fn machine_busy_seconds() -> Result<f64, String> {
+    let stat =
+        fs::read_to_string("/proc/stat").map_err(|e| format!("cannot read /proc/stat: {e}"))?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("/proc/stat has no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("/proc/stat: bad cpu line {line:?}"))?;
+    // user nice system idle iowait irq softirq steal (guest is in user)
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| ticks.get(i).copied().ok_or("/proc/stat: short cpu line"))
+        .sum::<Result<u64, _>>()?;
+    Ok(busy as f64 / clock_ticks_per_second() as f64)
+}
+
 /// utime + stime from /proc/PID/stat (fields 14 and 15, counted after
 /// the command name, which may hold spaces).
 fn stat_ticks(pid: u32) -> Result<u64, String> {

@@ -14,11 +14,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark set-up step that fails ends the run
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bench::cleanup::Scratch;
+use bench::process::machine_busy_seconds;
+use bench::stats::{self, percentile};
 use conformance::util::addresses;
 use conformance::{Daemon, Invocation, TestNetns, Underlay, wait_for};
 use serde_json::{Value, json};
@@ -138,9 +138,9 @@ fn iperf3(net: &Net, server: &str, args: &[&str]) -> Option<(Value, f64)> {
     // `timeout`: a test whose control connection is lost must not hang the run.
     let mut client = vec!["30", "iperf3", "-c", server, "-J"];
     client.extend_from_slice(args);
-    let before = busy_cpu_seconds();
+    let before = machine_busy_seconds().unwrap();
     let out = net.hosts[0].pod.exec("timeout", &client);
-    let cpu = busy_cpu_seconds() - before;
+    let cpu = machine_busy_seconds().unwrap() - before;
     daemon.stop();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if !out.status.success() || v["end"]["sum_received"].is_null() {
@@ -153,28 +153,6 @@ fn iperf3(net: &Net, server: &str, args: &[&str]) -> Option<(Value, f64)> {
         return None;
     }
     Some((v, cpu))
-}
-
-/// Machine-wide busy CPU time since boot, in seconds: /proc/stat's "cpu"
-/// line, user+nice+system+irq+softirq+steal.
-fn busy_cpu_seconds() -> f64 {
-    static TICKS_PER_SECOND: OnceLock<f64> = OnceLock::new();
-    let hz = *TICKS_PER_SECOND.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output();
-        out.ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    });
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).unwrap();
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest is in user)
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().map(|&i| ticks[i]).sum();
-    busy as f64 / hz
 }
 
 /// TCP with `streams` streams: Gbit/s the receiver got, and busy CPU
@@ -407,13 +385,6 @@ fn propagation(hosts: usize) -> Vec<Duration> {
     })
 }
 
-fn pct(v: &[Duration], p: f64) -> f64 {
-    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let rank = ((ms.len() as f64) * p).ceil().max(1.0) as usize;
-    ms[rank.min(ms.len()) - 1]
-}
-
 /// How a row's path is built.
 #[derive(Clone, Copy, Debug)]
 enum Build {
@@ -490,13 +461,10 @@ fn met(ratio: f64, target: f64) -> &'static str {
 fn main() {
     // Release builds abort on a panic, so no Drop would remove what the
     // run made: sweep our namespaces (and what runs in them) and scratch
-    // directories first.
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        eprintln!("bench-flanneld: panicked; cleaning up");
-        bench::cleanup::sweep();
-    }));
+    // directories first. (Not `cleanup::install`: the daemons here are
+    // not started through `process::Proc`, so they would inherit the
+    // signals it blocks.)
+    bench::cleanup::install_panic_hook();
 
     println!(
         "pod to pod across two simulated hosts (client in host 0's pod, server in host 1's), iperf3:"
@@ -551,10 +519,11 @@ fn main() {
         "target: udp (offload) TCP >= 0.5 of hand-built VXLAN: {} (ratio {udp:.3})",
         met(udp, 0.5)
     );
-    let times = propagation(10);
+    let times: Vec<f64> = propagation(10).into_iter().map(stats::ms).collect();
+    let pct = |p: f64| percentile(&times, p).expect("no propagation times");
     println!(
         "new host's pods reachable from the 9 others after (agent start -> ping ok): p50 {:.0} ms, p99 {:.0} ms",
-        pct(&times, 0.5),
-        pct(&times, 0.99)
+        pct(0.5),
+        pct(0.99)
     );
 }

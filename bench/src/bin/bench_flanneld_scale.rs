@@ -30,7 +30,7 @@ use bench::cleanup::{self, Scratch};
 use bench::etcd::{Etcd, Gateway};
 use bench::kernel::{ClusterNet, Kernel, Mac, Peer, Want, format_mac, parse_mac};
 use bench::process::{self, CpuSample, Proc};
-use bench::stats::percentile;
+use bench::stats::{self, percentile};
 use conformance::{TestNetns, Underlay};
 use serde_json::{Value, json};
 
@@ -544,10 +544,10 @@ fn single_phases(agent: &Agent, n: usize, node: &mut Node, fig: &mut Single) -> 
     })?;
     match programmed {
         Some(d) => {
-            fig.programmed_ms = Some(d.as_secs_f64() * 1000.0);
+            fig.programmed_ms = Some(stats::ms(d));
             progress!(
                 "{label} N={n}: all peers programmed after {:.0} ms",
-                d.as_secs_f64() * 1000.0
+                stats::ms(d)
             );
         }
         None => {
@@ -596,8 +596,7 @@ fn single_phases(agent: &Agent, n: usize, node: &mut Node, fig: &mut Single) -> 
         let seen = poll_until(t, CHANGE_LIMIT, FAST_POLL, || {
             Ok(kernel.peer_state(&peer)? == Some(present))
         })?;
-        fig.change_ms
-            .push(seen.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0));
+        fig.change_ms.push(seen.map_or(f64::INFINITY, stats::ms));
     }
     progress!(
         "{label} N={n}: {CHANGES} lease changes, p99 {}",
@@ -661,10 +660,8 @@ fn single_phases(agent: &Agent, n: usize, node: &mut Node, fig: &mut Single) -> 
                 Damage::Device => k.diff(&want, true)?.is_empty(),
             })
         })?;
-        fig.repair_ms.push((
-            kind,
-            back.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0),
-        ));
+        fig.repair_ms
+            .push((kind, back.map_or(f64::INFINITY, stats::ms)));
     }
     let repairs: Vec<f64> = fig.repair_ms.iter().map(|(_, m)| *m).collect();
     progress!(
@@ -732,7 +729,7 @@ fn single_phases(agent: &Agent, n: usize, node: &mut Node, fig: &mut Single) -> 
     let converged = poll_until(t_end, CHURN_SETTLE, POLL, || {
         Ok(k.diff(&want, true)?.is_empty())
     })?;
-    fig.churn_converged_ms = converged.map(|d| d.as_secs_f64() * 1000.0);
+    fig.churn_converged_ms = converged.map(stats::ms);
     if converged.is_none() {
         let diff = k.diff(&want, false)?;
         let later = poll_until(
@@ -850,7 +847,7 @@ fn cluster_phases(agent: &Agent, m: usize, fig: &mut ClusterFigs) -> Result<(), 
             &hdir.join("agent.log"),
         )?);
     }
-    fig.spawn_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    fig.spawn_ms = stats::ms(t0.elapsed());
 
     // Every pair routed: each host holds every other host's lease.
     let mut peers: Vec<Peer> = Vec::new();
@@ -876,7 +873,7 @@ fn cluster_phases(agent: &Agent, m: usize, fig: &mut ClusterFigs) -> Result<(), 
         }
         for h in 0..m {
             if done[h].is_none() && c.kernels[h].diff(&wants[h], true)?.is_empty() {
-                done[h] = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                done[h] = Some(stats::ms(t0.elapsed()));
             }
         }
         Ok(done.iter().all(Option::is_some))
@@ -884,7 +881,7 @@ fn cluster_phases(agent: &Agent, m: usize, fig: &mut ClusterFigs) -> Result<(), 
     let times: Vec<f64> = done.iter().flatten().copied().collect();
     fig.routed_p50_ms = percentile(&times, 0.5);
     match all {
-        Some(d) => fig.routed_ms = Some(d.as_secs_f64() * 1000.0),
+        Some(d) => fig.routed_ms = Some(stats::ms(d)),
         None => {
             fig.routed_ms = Some(f64::INFINITY);
             let missing = done.iter().filter(|d| d.is_none()).count();
@@ -956,14 +953,14 @@ fn cluster_phases(agent: &Agent, m: usize, fig: &mut ClusterFigs) -> Result<(), 
     let all_gone = poll_until(t, DEVICE_LIMIT, FAST_POLL, || {
         for (h, at) in gone_at.iter_mut().enumerate() {
             if at.is_none() && kernels[h].peer_state(&gone)? == Some(false) {
-                *at = Some(t.elapsed().as_secs_f64() * 1000.0);
+                *at = Some(stats::ms(t.elapsed()));
             }
         }
         Ok(gone_at.iter().all(Option::is_some))
     })?;
     let times: Vec<f64> = gone_at.iter().flatten().copied().collect();
     fig.gone_p50_ms = percentile(&times, 0.5);
-    fig.gone_ms = Some(all_gone.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0));
+    fig.gone_ms = Some(all_gone.map_or(f64::INFINITY, stats::ms));
     if all_gone.is_none() {
         fig.notes.push(format!(
             "the removed node was still on {} of {victim} hosts after {} s",
@@ -1083,10 +1080,6 @@ fn print_table(title: &str, rows: &[Row], upstream: bool) {
     }
 }
 
-fn changes_summary(v: &[f64], p: f64) -> Option<f64> {
-    percentile(v, p)
-}
-
 fn missed(v: &[f64]) -> usize {
     v.iter().filter(|x| x.is_infinite()).count()
 }
@@ -1153,7 +1146,7 @@ fn report_single(n: usize, ours: &Single, upstream: Option<&Single>) {
         None,
         show_ms,
     ));
-    let ch = |s: &Single, p: f64| changes_summary(&s.change_ms, p);
+    let ch = |s: &Single, p: f64| percentile(&s.change_ms, p);
     rows.push(row(
         &format!(
             "lease change -> kernel, p50 ({} changes)",
