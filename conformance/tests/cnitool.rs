@@ -546,6 +546,50 @@ fn gc_deletes_stale_attachments_and_tells_plugins_which_to_keep() {
     );
 }
 
+/// A netns path that cannot be checked (here a symlink loop: ELOOP, which
+/// `Path::exists` reads as "gone") is not proof the pod is gone: GC keeps
+/// the attachment, names it to the plugins, and says why.
+#[test]
+fn gc_keeps_an_attachment_whose_netns_cannot_be_checked() {
+    let node = Node::new(1);
+    node.fake("fa", &canned("10.0.0.1/24"));
+    node.conf(
+        "10-loop.conflist",
+        &json!({"cniVersion": "1.1.0", "name": "loopnet", "plugins": [{"type": "fa"}]}),
+    );
+    let fakes = node.fakes();
+    let tool = || node.tool(&[&fakes]);
+    let looped = node.path("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let netns = looped.join("ns");
+    let err = std::fs::exists(&netns).unwrap_err();
+    assert_ne!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(!netns.exists());
+
+    let cid = container_id(&netns);
+    added(&node.run(tool().args(["add", "loopnet"]).arg(&netns)));
+    let cache = node
+        .path("cache")
+        .join("results")
+        .join(format!("loopnet-{cid}-eth0"));
+    assert!(cache.exists());
+
+    let out = node.run(tool().args(["gc", "loopnet"]));
+    out.silent_success();
+    assert_eq!(node.calls(), ["ADD fa", "GC fa"]);
+    assert!(cache.exists());
+    let keep = json!([{"containerID": cid, "ifname": "eth0"}]);
+    assert_eq!(node.seen("GC", "fa")["cni.dev/valid-attachments"], keep);
+    assert!(
+        out.stderr.contains(&format!(
+            "keeping attachment {cid} eth0: cannot tell whether netns {} exists",
+            netns.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn flannel_chain_and_status_before_and_after_subnet_env() {
     let node = Node::new(1);

@@ -411,7 +411,22 @@ pub fn gc(rt: &Runtime, list: &NetworkList, version: Version) -> Result<(), Fail
             ));
             continue;
         }
-        let gone = !entry.netns.is_empty() && !Path::new(&entry.netns).exists();
+        // Only a netns known to be gone makes an attachment stale: a path
+        // that cannot be checked (EACCES, ELOOP, ...) may still be a live
+        // pod's, and a DEL would cut it off.
+        let gone = match entry.netns.as_str() {
+            "" => false,
+            netns => match Path::new(netns).try_exists() {
+                Ok(exists) => !exists,
+                Err(e) => {
+                    note(format_args!(
+                        "keeping attachment {} {}: cannot tell whether netns {netns} exists: {e}",
+                        entry.container_id, entry.ifname
+                    ));
+                    false
+                }
+            },
+        };
         if !gone {
             valid.push(json!({"containerID": entry.container_id, "ifname": entry.ifname}));
             continue;
