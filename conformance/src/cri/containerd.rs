@@ -30,6 +30,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 
+/// Where the machine mounts its cgroup hierarchies.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 #[derive(Debug)]
 pub struct Containerd {
     dir: PathBuf,
@@ -352,12 +355,8 @@ impl Containerd {
                 kill9(pid);
             }
         }
-        let procs = format!("/sys/fs/cgroup/pids/{}", self.cgroup_parent);
-        for entry in walk_dirs(Path::new(&procs)) {
-            let list = std::fs::read_to_string(entry.join("cgroup.procs")).unwrap_or_default();
-            for pid in list.lines().filter_map(|l| l.trim().parse().ok()) {
-                kill9(pid);
-            }
+        for pid in leftover_pids(Path::new(CGROUP_ROOT), &self.cgroup_parent) {
+            kill9(pid);
         }
         // The private mount namespace (and the netns pins in it) goes with
         // its last process.
@@ -373,12 +372,8 @@ impl Containerd {
                 eprintln!("warning: processes are left in containerd's mount namespace {ns}");
             }
         }
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let top = hierarchy.path().join(&self.cgroup_parent);
+        for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
+            let top = hierarchy.join(&self.cgroup_parent);
             if !top.is_dir() {
                 continue;
             }
@@ -398,6 +393,26 @@ impl Containerd {
             eprintln!("warning: cannot remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// The cgroup hierarchies mounted under `root`: one per controller.
+fn hierarchies(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The processes in `parent`'s cgroups, below `root`.
+fn leftover_pids(root: &Path, parent: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for cgroup in walk_dirs(&root.join("pids").join(parent)) {
+        let list = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(list.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    pids
 }
 
 /// `top` and every directory below it, parents before children.
