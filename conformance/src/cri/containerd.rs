@@ -395,23 +395,34 @@ impl Containerd {
     }
 }
 
-/// The cgroup hierarchies mounted under `root`: one per controller.
+/// The cgroup hierarchies mounted under `root`. cgroup v2 (unified) has
+/// one, `root` itself, known by its `cgroup.controllers`; v1 has one
+/// directory per controller (and, on hybrid machines, `unified`).
 fn hierarchies(root: &Path) -> Vec<PathBuf> {
+    if root.join("cgroup.controllers").is_file() {
+        return vec![root.to_path_buf()];
+    }
     std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .collect()
 }
 
-/// The processes in `parent`'s cgroups, below `root`.
+/// The processes in `parent`'s cgroups in every hierarchy below `root`
+/// (each at most once): any one hierarchy may lack a process's cgroup.
 fn leftover_pids(root: &Path, parent: &str) -> Vec<u32> {
     let mut pids = Vec::new();
-    for cgroup in walk_dirs(&root.join("pids").join(parent)) {
-        let list = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-        pids.extend(list.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    for hierarchy in hierarchies(root) {
+        for cgroup in walk_dirs(&hierarchy.join(parent)) {
+            let list = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(list.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
     }
+    pids.sort_unstable();
+    pids.dedup();
     pids
 }
 
@@ -438,5 +449,69 @@ fn walk_dirs(top: &Path) -> Vec<PathBuf> {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed step fails the test
+
+    use super::*;
+    use crate::TempDir;
+
+    /// A fixture cgroup tree: `(relative path, cgroup.procs)` for each
+    /// cgroup, plus any plain files.
+    fn tree(cgroups: &[(&str, &str)], files: &[&str]) -> TempDir {
+        let dir = TempDir::new("cgroups");
+        for (cgroup, procs) in cgroups {
+            let d = dir.path().join(cgroup);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), procs).unwrap();
+        }
+        for file in files {
+            std::fs::write(dir.path().join(file), "cpu memory pids\n").unwrap();
+        }
+        dir
+    }
+
+    fn sorted(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn v1_one_hierarchy_per_controller() {
+        let dir = tree(
+            &[
+                ("pids/pod-parent", ""),
+                ("pids/pod-parent/sandbox", "41\n42\n"),
+                ("memory/pod-parent/sandbox", "41\n"),
+                ("unified/pod-parent/sandbox", "41\n"),
+                ("pids/other", "7\n"),
+            ],
+            &[],
+        );
+        let root = dir.path();
+        assert_eq!(
+            sorted(hierarchies(root)),
+            [root.join("memory"), root.join("pids"), root.join("unified")]
+        );
+        assert_eq!(leftover_pids(root, "pod-parent"), [41, 42]);
+    }
+
+    #[test]
+    fn v2_one_unified_hierarchy_at_the_root() {
+        let dir = tree(
+            &[
+                ("", "1\n"),
+                ("pod-parent", ""),
+                ("pod-parent/sandbox", "51\n52\n"),
+                ("system.slice", "9\n"),
+            ],
+            &["cgroup.controllers"],
+        );
+        let root = dir.path();
+        assert_eq!(hierarchies(root), [root.to_path_buf()]);
+        assert_eq!(leftover_pids(root, "pod-parent"), [51, 52]);
     }
 }
