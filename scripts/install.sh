@@ -25,12 +25,14 @@
 #                       we installed them; with --uninstall, remove changed
 #                       files too
 #   --uninstall         remove what the install put there (per the manifest):
-#                       files still as installed, then the manifest and the
-#                       directories the install created, when empty
+#                       files still as installed, then the directories the
+#                       install created, when empty, and the manifest; a
+#                       changed file is kept and stays in the manifest
 #   -h, --help          this text
 #
 # Re-running is safe: identical files are left alone ("unchanged"), our own
-# unchanged files are updated, edits to files under /etc are kept. A file
+# unchanged files are updated, edits to files under /etc are kept (--force
+# replaces them). A file
 # that is not ours is never overwritten without --force, and when there is
 # such a conflict nothing at all is installed. On the node itself (no
 # --root) it runs `systemctl daemon-reload` when systemd runs, and never
@@ -155,6 +157,28 @@ put() {
 
 report() { printf '  %-10s %s\n' "$1" "$2"; }
 
+# write_manifest: the manifest from FILES (node path -> sha256) and DIRS.
+declare -A FILES=()
+DIRS=()
+# An unchanged manifest is not touched (nor its directory, by a temp file).
+write_manifest() {
+  local m text tmp
+  m=$(at "$MANIFEST")
+  text=$(
+    echo "# cni-rs: what scripts/install.sh installed; scripts/install.sh --uninstall removes it."
+    echo "# dir PATH: a directory the install created; file SHA256 PATH: a file as installed."
+    for d in "${DIRS[@]}"; do [ -z "$d" ] || echo "dir $d"; done | sort -u
+    for path in "${!FILES[@]}"; do echo "file ${FILES[$path]} $path"; done | sort -k3
+  )
+  if [ -f "$m" ] && printf '%s\n' "$text" | cmp -s -- - "$m"; then
+    return 0
+  fi
+  tmp=$(mktemp "$(dirname -- "$m")/.install-manifest.XXXXXX")
+  TMP_FILES+=("$tmp")
+  printf '%s\n' "$text" >"$tmp"
+  put "$tmp" "$m" 644
+}
+
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
 
 # ---------------------------------------------------------------- uninstall
@@ -187,12 +211,16 @@ if [ -n "$UNINSTALL" ]; then
     else
       echo "warning: kept $f: changed since it was installed (--force removes it)" >&2
       kept=$((kept + 1))
+      FILES[$path]=${OLD_FILES[$path]}
       continue
     fi
     if [[ "$path" == */flanneld.service ]]; then unit_removed=1; fi
   done
-  rm -f -- "$m"
-  report removed "$m"
+  # With nothing kept the manifest goes first, so its directory can go too.
+  if [ "$kept" -eq 0 ]; then
+    rm -f -- "$m"
+    report removed "$m"
+  fi
   # Directories we created, deepest first, when nothing else is in them.
   while IFS= read -r dir; do
     [ -n "$dir" ] || continue
@@ -205,7 +233,16 @@ if [ -n "$UNINSTALL" ]; then
     systemctl daemon-reload
     report reloaded "systemd (daemon-reload)"
   fi
-  [ "$kept" -eq 0 ] || echo "$kept changed file(s) kept; remove them by hand or re-run with --uninstall --force"
+  if [ "$kept" -gt 0 ]; then
+    # The kept files stay listed (with the directories still there), so
+    # that --uninstall --force can find them later.
+    for d in "${OLD_DIRS[@]}"; do
+      if [ -d "$(at "$d")" ]; then DIRS+=("$d"); fi
+    done
+    write_manifest
+    report kept "$m (lists the $kept kept file(s))"
+    echo "$kept changed file(s) kept; remove them by hand or re-run with --uninstall --force"
+  fi
   echo "uninstalled"
   exit 0
 fi
@@ -244,7 +281,7 @@ load_manifest
 #   unchanged  same content and mode (recorded only if we installed it)
 #   mode       ours, same content, another mode: chmod
 #   update     ours and as we installed it: replaced by the new version
-#   keep       ours under /etc, edited since: left alone
+#   keep       ours under /etc, edited since: left alone (without --force)
 #   replace    anything else, with --force; without it, a conflict.
 ACTION=()
 conflicts=()
@@ -271,7 +308,7 @@ for i in "${!DEST[@]}"; do
     fi
   elif [ -n "$ours" ] && [ "$(sha "$f")" = "$ours" ]; then
     action=update
-  elif [ -n "$ours" ] && [[ "$path" == /etc/* ]]; then
+  elif [ -n "$ours" ] && [[ "$path" == /etc/* ]] && [ -z "$FORCE" ]; then
     action=keep
   else
     action=conflict
@@ -303,26 +340,8 @@ done
 # The manifest: earlier entries kept (a file installed before under another
 # --cni-bin-dir is still ours), rewritten after every change so that it is
 # right also when the install stops half-way.
-declare -A FILES=()
 for path in "${!OLD_FILES[@]}"; do FILES[$path]=${OLD_FILES[$path]}; done
 DIRS=("${OLD_DIRS[@]}" "${NEW_DIRS[@]}")
-write_manifest() {
-  local m tmp
-  m=$(at "$MANIFEST")
-  tmp=$(mktemp "$(dirname -- "$m")/.install-manifest.XXXXXX")
-  TMP_FILES+=("$tmp")
-  {
-    echo "# cni-rs: what scripts/install.sh installed; scripts/install.sh --uninstall removes it."
-    echo "# dir PATH: a directory the install created; file SHA256 PATH: a file as installed."
-    for d in "${DIRS[@]}"; do [ -z "$d" ] || echo "dir $d"; done | sort -u
-    for path in "${!FILES[@]}"; do echo "file ${FILES[$path]} $path"; done | sort -k3
-  } >"$tmp"
-  if [ -f "$m" ] && cmp -s -- "$tmp" "$m"; then
-    rm -f -- "$tmp"
-  else
-    put "$tmp" "$m" 644
-  fi
-}
 
 step "installing under ${ROOT:-/} (binaries from $BIN_FROM)"
 umask 022

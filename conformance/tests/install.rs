@@ -543,34 +543,60 @@ fn uninstall_removes_exactly_what_was_installed() {
         "the edited file is kept with a warning: {run:#?}"
     );
     let t = tree(&root);
+    // The manifest stays, listing only the kept file.
     assert_eq!(
         files(&t),
         set(&[
             "etc/default/flanneld",
             "opt/cni/bin/portmap",
-            "usr/local/bin/other"
+            "usr/local/bin/other",
+            MANIFEST
         ])
     );
-    // Directories we made are gone where empty, kept where not.
+    let (mdirs, mfiles) = manifest(&root);
     assert_eq!(
-        dirs(&t),
-        set(&[
-            "etc",
-            "etc/default",
-            "opt",
-            "opt/cni",
-            "opt/cni/bin",
-            "usr",
-            "usr/local",
-            "usr/local/bin"
-        ])
+        mfiles.into_keys().collect::<Vec<_>>(),
+        ["/etc/default/flanneld"]
+    );
+    // Directories we made are gone where empty, kept where not (and those
+    // still there stay listed).
+    let left = [
+        "etc",
+        "etc/default",
+        "opt",
+        "opt/cni",
+        "opt/cni/bin",
+        "usr",
+        "usr/local",
+        "usr/local/bin",
+        "var",
+        "var/lib",
+        "var/lib/cni-rs",
+    ];
+    assert_eq!(dirs(&t), set(&left));
+    assert_eq!(
+        mdirs,
+        left.iter()
+            .map(|d| format!("/{d}"))
+            .collect::<BTreeSet<_>>()
     );
     assert_eq!(read(&env_file), edited);
 
-    // Nothing left to do: still a success.
+    // Again: the edit is kept again, nothing else changes.
     let again = uninstall(&root, &[]);
-    assert!(again.stdout.contains("nothing to uninstall"), "{again:#?}");
+    assert!(
+        again
+            .stderr
+            .contains(&format!("kept {}", env_file.display())),
+        "{again:#?}"
+    );
     assert_eq!(tree(&root), t);
+
+    // A root with no manifest: nothing to do, still a success.
+    let empty = dir.path().join("empty");
+    let none = uninstall(&empty, &[]);
+    assert!(none.stdout.contains("nothing to uninstall"), "{none:#?}");
+    assert!(!empty.exists());
 }
 
 #[test]
@@ -581,6 +607,64 @@ fn uninstall_force_also_removes_edited_files() {
     std::fs::write(root.join("etc/default/flanneld"), "FLANNELD_IFACE=eth1\n").unwrap();
     std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), "{}\n").unwrap();
     let run = uninstall(&root, &["--force"]);
+    assert!(
+        tree(&root).is_empty(),
+        "left behind: {:?} {run:#?}",
+        tree(&root)
+    );
+}
+
+#[test]
+fn force_installs_over_an_edited_conflist() {
+    let dir = TempDir::new("install-force-edit");
+    let root = dir.path().join("root");
+    install(&root, &[]);
+    let conflist = "etc/cni/net.d/10-flannel.conflist";
+    let file = root.join(conflist);
+    let edited = b"{\"name\": \"edited\"}\n";
+    std::fs::write(&file, edited).unwrap();
+
+    // Without --force the edit stays, and the way to replace it is named.
+    let run = install(&root, &[]);
+    assert!(said(&run, "kept", &root, conflist), "{run:#?}");
+    assert!(run.stdout.contains("--force installs it"), "{run:#?}");
+    assert_eq!(read(&file), edited);
+
+    // --force does what it said: the dist version, recorded as ours.
+    let run = install(&root, &["--force"]);
+    assert!(said(&run, "replaced", &root, conflist), "{run:#?}");
+    assert_eq!(read(&file), read(repo().join("dist/10-flannel.conflist")));
+    assert_eq!(manifest(&root).1[&format!("/{conflist}")], sha256(&file));
+    let run = install(&root, &[]);
+    assert!(said(&run, "unchanged", &root, conflist), "{run:#?}");
+}
+
+#[test]
+fn uninstall_force_after_an_uninstall_that_kept_an_edit() {
+    let dir = TempDir::new("install-uninstall-kept");
+    let root = dir.path().join("root");
+    install(&root, &[]);
+    let env_file = root.join("etc/default/flanneld");
+    std::fs::write(&env_file, "FLANNELD_IFACE=eth1\n").unwrap();
+
+    let run = uninstall(&root, &[]);
+    assert!(
+        run.stderr.contains(&format!("kept {}", env_file.display())),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains("re-run with --uninstall --force"),
+        "{run:#?}"
+    );
+    // The manifest still lists what was kept, so that advice can work.
+    let listed: Vec<String> = manifest(&root).1.into_keys().collect();
+    assert_eq!(listed, ["/etc/default/flanneld"]);
+
+    let run = uninstall(&root, &["--force"]);
+    assert!(
+        !run.stdout.contains("nothing to uninstall"),
+        "the kept file was forgotten: {run:#?}"
+    );
     assert!(
         tree(&root).is_empty(),
         "left behind: {:?} {run:#?}",
