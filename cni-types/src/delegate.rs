@@ -10,8 +10,10 @@ use crate::result::CniResult;
 use crate::skel::Command;
 use crate::version::Version;
 
-/// Finds `plugin` in the `CNI_PATH` directories, first match wins.
-pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+/// The rule `find_in_path` applies to a plugin name: a plain file name in
+/// `CNI_PATH`, never a path out of it. Public so that a plugin can refuse a
+/// delegate type before it does anything else.
+pub fn check_plugin_name(plugin: &str) -> Result<(), CniError> {
     if plugin.is_empty() {
         return Err(CniError::invalid_config("no plugin name provided"));
     }
@@ -20,6 +22,12 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError>
             "invalid plugin name {plugin:?}: it must be a file name, not a path"
         )));
     }
+    Ok(())
+}
+
+/// Finds `plugin` in the `CNI_PATH` directories, first match wins.
+pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    check_plugin_name(plugin)?;
     path.iter()
         .map(|dir| dir.join(plugin))
         .find(|candidate| candidate.is_file())

@@ -345,6 +345,36 @@ fn a_delegate_that_cannot_undo_its_add_is_reported_and_its_config_kept() {
     assert!(node.saved(0).is_some());
 }
 
+/// A delegate `type` that is a path (or empty) can never be run: refused as
+/// invalid config before the delegate config is saved, so nothing is left
+/// in dataDir (a rollback DEL would be refused for the same reason).
+#[test]
+fn a_delegate_type_that_is_a_path_is_refused_before_anything_is_saved() {
+    let node = Node::new(1, Some(V4_ENV));
+    let cache_files = || -> Vec<String> {
+        std::fs::read_dir(node.cache())
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for kind in ["../../bin/true", "/bin/true", "..", ""] {
+        let mut conf = node.conf("1.0.0");
+        conf["delegate"] = json!({"type": kind});
+        let err = node.run(node.call("ADD", 0, &conf)).error(7);
+        let msg = err["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("'delegate' field 'type'") && msg.contains("plugin name"),
+            "{kind:?}: {err}"
+        );
+        assert!(err.get("details").is_none(), "{kind:?}: {err}");
+        assert_eq!(cache_files(), Vec::<String>::new(), "{kind:?}");
+        assert_eq!(node.reservations(), 0);
+        assert_eq!(node.host_links(), 1, "only lo");
+    }
+}
+
 #[test]
 fn an_inconsistent_subnet_env_is_refused_and_leaves_nothing() {
     let node = Node::new(1, None);

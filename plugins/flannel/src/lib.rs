@@ -116,6 +116,9 @@ impl Plugin for Flannel {
             .and_then(Value::as_str)
             .unwrap_or("bridge")
             .to_string();
+        // Before the save: a type delegation refuses would also refuse the
+        // rollback DEL, leaving the saved config behind.
+        delegate::check_plugin_name(&kind).map_err(|e| e.context("'delegate' field 'type'"))?;
         let bytes = serde_json::to_vec(&d).map_err(|e| CniError::new(ERR_CACHE, e.to_string()))?;
         // Saved first: a DEL after a crash mid-ADD must find it.
         conf.cache
