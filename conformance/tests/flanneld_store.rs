@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use conformance::netns::in_netns;
 use conformance::{Daemon, TestNetns, wait_for};
 use flanneld::flags::Options;
-use flanneld::lease::{LeaseAttrs, SubnetKey};
+use flanneld::lease::{Lease, LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
 use flanneld::store::probe::{channel, next, until};
-use flanneld::store::{Sink, Store, StoreEvent};
+use flanneld::store::{Records, Sink, Store, StoreError, StoreEvent, Written};
 use serde_json::Value;
 
 const URL: &str = "http://127.0.0.1:2379";
@@ -203,6 +203,15 @@ fn subnet(k: &str) -> String {
     format!("{PREFIX}/subnets/{k}")
 }
 
+/// The lease a write made; the test fails if it was not made.
+#[track_caller]
+fn made(w: Result<Written, StoreError>) -> Lease {
+    match w.unwrap() {
+        Written::Ours(l) => l,
+        Written::NotOurs(now) => panic!("not written; etcd holds {now:?}"),
+    }
+}
+
 fn listed(ev: StoreEvent) -> (Vec<flanneld::lease::Lease>, Option<String>) {
     match ev {
         StoreEvent::Listed { leases, config } => (leases, config),
@@ -218,41 +227,44 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
         let name = subnet("10.244.7.0-24");
         let ttl = Some(Duration::from_secs(60));
         let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
-        assert!(store.create(&k, &attrs("192.0.2.7"), ttl).unwrap());
+        let l = made(store.create(&k, &attrs("192.0.2.7"), ttl));
         let (first, rev) = etcd.key(&name);
         assert_ne!(first, 0, "a lease with a TTL has an etcd lease");
         assert_eq!(etcd.leases(), [first]);
+        assert_eq!(l.rev, rev as u64);
 
         // (a) Renewals keep that lease alive; an unchanged value is not
         // written again (no new revision).
+        let mut l = l;
         for _ in 0..3 {
-            store.update(&k, &attrs("192.0.2.7"), ttl).unwrap();
+            l = made(store.replace(&l, &attrs("192.0.2.7"), ttl));
         }
         assert_eq!(etcd.leases(), [first]);
         assert_eq!(etcd.key(&name), (first, rev), "a renewal rewrote the value");
         // A changed value is written, on the same lease.
-        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
         let (lease, rev2) = etcd.key(&name);
         assert_eq!(lease, first);
         assert!(rev2 > rev);
+        assert_eq!(l.rev, rev2 as u64);
         assert_eq!(etcd.leases(), [first]);
 
         // (b) Deleted by someone, then created again: the earlier grant is
         // revoked, not left to expire.
         etcd.ctl(&["del", &name]);
-        assert!(store.create(&k, &attrs("192.0.2.70"), ttl).unwrap());
+        let l = made(store.create(&k, &attrs("192.0.2.70"), ttl));
         let (second, _) = etcd.key(&name);
         assert_ne!(second, first);
         assert_eq!(etcd.leases(), [second]);
 
         // (c) A restarted agent: a new store learns the key's lease from
-        // etcd and keeps that one alive.
+        // etcd (at the revision it knows) and keeps that one alive.
         drop(store);
         // Let the lease run down a little, to see the renewal.
         std::thread::sleep(Duration::from_secs(2));
         let before = etcd.remaining(second);
         let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
-        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
         assert_eq!(etcd.key(&name).0, second);
         assert_eq!(etcd.leases(), [second]);
         let after = etcd.remaining(second);
@@ -262,9 +274,7 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
         );
 
         // Another TTL asked for: a new lease replaces the old one.
-        store
-            .update(&k, &attrs("192.0.2.70"), Some(Duration::from_secs(120)))
-            .unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.70"), Some(Duration::from_secs(120))));
         let (third, _) = etcd.key(&name);
         assert_ne!(third, second);
         assert_eq!(etcd.leases(), [third]);
@@ -272,18 +282,106 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
 
         // A reservation has no etcd lease; back to a lease, then deleted:
         // nothing is left behind.
-        store.update(&k, &attrs("192.0.2.70"), None).unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.70"), None));
         assert_eq!(etcd.key(&name).0, 0);
         assert!(etcd.leases().is_empty());
-        store.update(&k, &attrs("192.0.2.70"), ttl).unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
         assert_eq!(etcd.leases().len(), 1);
-        store.delete(&k).unwrap();
+        assert!(store.delete(&l).unwrap());
         assert!(etcd.leases().is_empty());
 
-        // A lost race leaves no grant behind either.
+        // A lost race leaves no grant behind either, and names the holder.
         etcd.ctl(&["put", &name, &json("192.0.2.99")]);
-        assert!(!store.create(&k, &attrs("192.0.2.70"), ttl).unwrap());
+        match store.create(&k, &attrs("192.0.2.70"), ttl).unwrap() {
+            Written::NotOurs(Some(now)) => assert_eq!(now.attrs, attrs("192.0.2.99")),
+            w => panic!("{w:?}"),
+        }
         assert!(etcd.leases().is_empty());
+    });
+}
+
+/// Issue 18, defect 5: our lease lapsed and another node took the subnet
+/// between our last read and our renewal: the renewal must lose, name the
+/// holder, and leave its lease alone (before, it read, then put, keeping
+/// alive whatever etcd lease the key had).
+#[test]
+fn a_renewal_loses_to_another_writer_and_never_overwrites_it() {
+    let etcd = Etcd::start("store-cas");
+    in_netns(&etcd.ns.path(), || {
+        let k = key("10.244.9.0-24");
+        let name = subnet("10.244.9.0-24");
+        let ttl = Some(Duration::from_secs(60));
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let ours = made(store.create(&k, &attrs("192.0.2.9"), ttl));
+        let (our_grant, _) = etcd.key(&name);
+        // The other node writes under a lease of its own.
+        let grant = etcd.ctl(&["lease", "grant", "600"]);
+        let theirs = grant.split_whitespace().nth(1).unwrap().to_string();
+        etcd.ctl(&["put", "--lease", &theirs, &name, &json("192.0.2.99")]);
+        let before = etcd.key(&name);
+        for attempt in [attrs("192.0.2.9"), attrs("192.0.2.10")] {
+            match store.replace(&ours, &attempt, ttl).unwrap() {
+                Written::NotOurs(Some(now)) => assert_eq!(now.attrs, attrs("192.0.2.99")),
+                w => panic!("our renewal went through: {w:?}"),
+            }
+        }
+        assert!(!store.delete(&ours).unwrap(), "nor may we delete it");
+        assert_eq!(etcd.key(&name), before, "their lease was rewritten");
+        let value = etcd.ctl(&["get", &name, "--print-value-only"]);
+        assert_eq!(value.trim(), json("192.0.2.99"));
+        let held = etcd.leases();
+        assert!(
+            !held.contains(&our_grant),
+            "our unused grant lives on: {held:?}"
+        );
+        assert_eq!(held.len(), 1, "{held:?}");
+    });
+}
+
+/// Creation races, reservations, and the watch seeing a delete.
+#[test]
+fn creation_races_reservations_and_the_watch() {
+    let etcd = Etcd::start("store-races");
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    in_netns(&etcd.ns.path(), || {
+        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        assert!(store.network_config().unwrap().contains("10.244.0.0/16"));
+        let k = key("10.244.7.0-24");
+        let ttl = Some(Duration::from_secs(60));
+        made(store.create(&k, &attrs("192.0.2.1"), ttl));
+        assert!(
+            matches!(
+                store.create(&k, &attrs("192.0.2.2"), ttl).unwrap(),
+                Written::NotOurs(Some(_))
+            ),
+            "a lost race is not ours"
+        );
+        let reserved = key("10.244.9.0-24");
+        made(store.create(&reserved, &attrs("192.0.2.3"), None));
+        let leases = store.list().unwrap().leases;
+        assert_eq!(leases.len(), 2);
+        let lease = |k: &SubnetKey| leases.iter().find(|l| l.key == *k).unwrap().clone();
+        assert_eq!(
+            lease(&k).attrs.public_ip,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert!(lease(&k).expires.is_some());
+        assert!(
+            lease(&reserved).expires.is_none(),
+            "no etcd lease: a reservation"
+        );
+
+        let (sink, rx) = channel();
+        store.feed(sink, HOUR).unwrap();
+        let (leases, config) = listed(next(&rx, Duration::from_secs(15)));
+        assert_eq!(leases.len(), 2);
+        assert!(config.unwrap().contains("10.244.0.0/16"));
+        etcd.ctl(&["del", &subnet("10.244.9.0-24")]);
+        assert_eq!(
+            next(&rx, PROMPT),
+            StoreEvent::Gone(reserved),
+            "the watch missed a delete"
+        );
     });
 }
 
@@ -358,19 +456,19 @@ fn feed_reports_etcdctl_writes_within_a_second() {
 
         // Our own write, timed without a process start in between.
         let mut worst = Duration::ZERO;
+        let mut ours = made(store.create(&key("10.244.6.0-24"), &attrs("192.0.2.99"), Some(HOUR)));
+        assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(_)));
         for i in 0..10 {
             let ip = format!("192.0.2.{}", 100 + i);
             let start = Instant::now();
-            store
-                .update(&key("10.244.6.0-24"), &attrs(&ip), Some(HOUR))
-                .unwrap();
+            ours = made(store.replace(&ours, &attrs(&ip), Some(HOUR)));
             match next(&rx, PROMPT) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 other => panic!("expected our write, got {other:?}"),
             }
             worst = worst.max(start.elapsed());
         }
-        took.push(("store.update (worst of 10)", worst));
+        took.push(("store.replace (worst of 10)", worst));
         for (what, t) in took {
             eprintln!("etcd feed: {what} -> event in {t:?}");
         }
@@ -491,13 +589,13 @@ fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
     let ns = etcd.ns.path();
     in_netns(&ns, || {
         let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
-        let made = Instant::now();
+        let began = Instant::now();
         for i in 0..5000u32 {
             let k = key(&format!("10.{}.{}.0-24", 100 + i / 256, i % 256));
             let ip = format!("192.0.{}.{}", 2 + i / 250, 1 + i % 250);
-            assert!(store.create(&k, &attrs(&ip), None).unwrap());
+            made(store.create(&k, &attrs(&ip), None));
         }
-        eprintln!("etcd: wrote 5000 leases in {:?}", made.elapsed());
+        eprintln!("etcd: wrote 5000 leases in {:?}", began.elapsed());
 
         let (sink, rx) = channel();
         let start = Instant::now();
@@ -508,12 +606,15 @@ fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
 
         // A write among 5,000: its event.
         let mut worst = Duration::ZERO;
+        let mut l = leases
+            .iter()
+            .find(|l| l.key == key("10.100.0.0-24"))
+            .unwrap()
+            .clone();
         for i in 0..10 {
             let ip = format!("198.51.100.{}", 1 + i);
             let start = Instant::now();
-            store
-                .update(&key("10.100.0.0-24"), &attrs(&ip), None)
-                .unwrap();
+            l = made(store.replace(&l, &attrs(&ip), None));
             match next(&rx, PROMPT) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 other => panic!("expected the write, got {other:?}"),
@@ -570,17 +671,17 @@ fn a_user_with_a_password_renews_revokes_and_feeds() {
         assert!(listed(next(&rx, Duration::from_secs(15))).0.is_empty());
         let k = key("10.244.8.0-24");
         let ttl = Some(Duration::from_secs(60));
-        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        let l = made(store.create(&k, &attrs("192.0.2.8"), ttl));
         assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.key == k));
-        store.update(&k, &attrs("192.0.2.8"), ttl).unwrap();
-        store.update(&k, &attrs("192.0.2.80"), ttl).unwrap();
+        let l = made(store.replace(&l, &attrs("192.0.2.8"), ttl));
+        made(store.replace(&l, &attrs("192.0.2.80"), ttl));
         assert!(matches!(next(&rx, PROMPT), StoreEvent::Put(l) if l.attrs == attrs("192.0.2.80")));
         assert_eq!(lease_count(), 1);
         root(&["del", &subnet("10.244.8.0-24")]);
         assert_eq!(next(&rx, PROMPT), StoreEvent::Gone(k));
-        assert!(store.create(&k, &attrs("192.0.2.8"), ttl).unwrap());
+        let l = made(store.create(&k, &attrs("192.0.2.8"), ttl));
         assert_eq!(lease_count(), 1, "the earlier grant was not revoked");
-        store.delete(&k).unwrap();
+        assert!(store.delete(&l).unwrap());
         assert_eq!(lease_count(), 0);
     });
 }

@@ -20,6 +20,15 @@ pub struct ExtIface {
 }
 
 impl ExtIface {
+    /// The interface with `ip` as its address of that family.
+    pub fn with_address(mut self, ip: IpAddr) -> ExtIface {
+        match ip {
+            IpAddr::V4(v4) => self.ipv4 = Some(v4),
+            IpAddr::V6(v6) => self.ipv6 = Some(v6),
+        }
+        self
+    }
+
     /// `ip` is on one of the interface's networks (no router in between).
     pub fn on_link(&self, ip: IpAddr) -> bool {
         self.networks.iter().any(|n| n.contains(ip))
@@ -65,20 +74,28 @@ fn describe(nl: &mut Netlink, index: u32) -> Result<ExtIface, String> {
 /// the default route.
 pub fn choose(nl: &mut Netlink, opts: &Options) -> Result<ExtIface, String> {
     for want in &opts.ifaces {
-        let index = match want.parse::<IpAddr>() {
-            Ok(ip) => nl
-                .addresses(None)
-                .map_err(|e| format!("cannot list addresses: {e}"))?
-                .into_iter()
-                .find(|a| a.addr == ip)
-                .map(|a| a.index),
-            Err(_) => nl
-                .link_by_name(want)
-                .map_err(|e| format!("cannot look up {want}: {e}"))?
-                .map(|l| l.index),
-        };
-        if let Some(index) = index {
-            return describe(nl, index);
+        match want.parse::<IpAddr>() {
+            Ok(ip) => {
+                let index = nl
+                    .addresses(None)
+                    .map_err(|e| format!("cannot list addresses: {e}"))?
+                    .into_iter()
+                    .find(|a| a.addr == ip)
+                    .map(|a| a.index);
+                if let Some(index) = index {
+                    // As upstream: that address, not the interface's first.
+                    return describe(nl, index).map(|ext| ext.with_address(ip));
+                }
+            }
+            Err(_) => {
+                let index = nl
+                    .link_by_name(want)
+                    .map_err(|e| format!("cannot look up {want}: {e}"))?
+                    .map(|l| l.index);
+                if let Some(index) = index {
+                    return describe(nl, index);
+                }
+            }
         }
     }
     // As upstream: each pattern against the addresses first, then the names.

@@ -49,10 +49,18 @@ impl SubnetKey {
     }
 }
 
-/// The lease value, field for field as upstream's `lease.LeaseAttrs` JSON.
+/// The lease value, field for field and byte for byte as upstream's
+/// `lease.LeaseAttrs` JSON (upstream's `PublicIP` is not optional: a lease
+/// without an IPv4 address says `"0.0.0.0"`, and `null` would fail its
+/// decoder).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
-    #[serde(rename = "PublicIP", default, deserialize_with = "ipv4_or_null")]
+    #[serde(
+        rename = "PublicIP",
+        default,
+        deserialize_with = "ipv4_or_null",
+        serialize_with = "ipv4_or_zero"
+    )]
     pub public_ip: Option<Ipv4Addr>,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
@@ -82,6 +90,16 @@ fn ipv4_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Add
         .filter(|ip: &Ipv4Addr| !ip.is_unspecified()))
 }
 
+fn ipv4_or_zero<S: serde::Serializer>(ip: &Option<Ipv4Addr>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&ip.unwrap_or(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Which version of a record a store holds (etcd: the key's
+/// `mod_revision`; the embedded store: a digest of the record). A write of
+/// our own lease names the version it replaces and fails if the record
+/// changed since: another writer won.
+pub type Revision = u64;
+
 /// A lease as read from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
@@ -89,6 +107,8 @@ pub struct Lease {
     pub attrs: LeaseAttrs,
     /// `None` for a reservation (no TTL).
     pub expires: Option<SystemTime>,
+    /// The version read or written (0: unknown).
+    pub rev: Revision,
 }
 
 #[cfg(test)]
@@ -122,5 +142,17 @@ mod tests {
         let attrs: LeaseAttrs = serde_json::from_str(text).unwrap();
         assert_eq!(attrs.public_ip, Some("192.168.64.3".parse().unwrap()));
         assert_eq!(serde_json::to_string(&attrs).unwrap(), text);
+        // Dual stack, as upstream's vxlan writes it: a VTEP per family.
+        let text = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+        let attrs: LeaseAttrs = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&attrs).unwrap(), text);
+        // IPv6 only: upstream's IPv4 field is never null.
+        let text = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::3","BackendType":"host-gw"}"#;
+        let attrs: LeaseAttrs = serde_json::from_str(text).unwrap();
+        assert_eq!(attrs.public_ip, None);
+        assert_eq!(serde_json::to_string(&attrs).unwrap(), text);
+        let old: LeaseAttrs =
+            serde_json::from_str(r#"{"PublicIP":null,"PublicIPv6":"fd00::3"}"#).unwrap();
+        assert_eq!(old.public_ip, None, "our earlier versions wrote null");
     }
 }

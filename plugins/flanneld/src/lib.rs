@@ -1,21 +1,24 @@
 //! flanneld: leases this node's pod subnet from a store, writes subnet.env
 //! for the CNI plugin, and programs the data plane to every other node.
+//!
+//! - `agent/`: start-up and the event loop (event -> plan -> apply);
+//! - `store/`: where leases live (embedded files, etcd), each on threads
+//!   of its own behind the `Store` trait;
+//! - `backend/`: the data planes (vxlan, host-gw, udp) behind the
+//!   `Backend` trait: what the kernel must hold for a set of peers;
+//! - `diff`: the one comparison of wanted and actual kernel state;
+//! - `peers`: the valid peers, from the leases.
 
 pub mod agent;
-pub mod alloc;
 pub mod backend;
+pub mod diff;
 pub mod flags;
-pub mod follow;
 pub mod health;
 pub mod iface;
 pub mod lease;
 pub mod log;
 pub mod netconfig;
-pub mod own;
 pub mod peers;
-pub mod plan;
-pub mod reconcile;
-pub mod repair;
 pub mod routes;
 pub mod store;
 pub mod subnet_env;

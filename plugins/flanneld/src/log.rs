@@ -74,6 +74,13 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Text from outside (a store's keys, what a peer wrote) as it may be
+/// logged: line breaks and other control characters escaped, so that no
+/// writer to the store can forge a log line.
+pub fn escape(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
 /// One whole line, written at once so lines of threads never interleave.
 pub fn line(level: Level, t: SystemTime, args: fmt::Arguments<'_>) -> String {
     format!("{} {} {args}\n", timestamp(t), level.letter())
@@ -136,6 +143,13 @@ mod tests {
         assert!(line(Level::Warn, t, format_args!("w")).contains("Z W w"));
         assert!(line(Level::Info, t, format_args!("i")).contains("Z I i"));
         assert!(line(Level::Debug, t, format_args!("d")).contains("Z D d"));
+    }
+
+    #[test]
+    fn outside_text_cannot_make_a_line_of_its_own() {
+        let forged = "10.244.9.0-24\n2025-06-01T12:00:00.000Z E forged";
+        assert_eq!(escape(forged).lines().count(), 1);
+        assert_eq!(escape("10.244.9.0-24"), "10.244.9.0-24");
     }
 
     #[test]

@@ -174,7 +174,8 @@ fn family(
     };
     let step = 1u128 << ((if v4 { 32 } else { 128 }) - u32::from(subnet_len));
     let base = to_u128(network.ip());
-    let last = to_u128(network.broadcast()) + 1 - step;
+    // The last subnet's first address, without overflow on `::/0`.
+    let last = to_u128(network.broadcast()) - (step - 1);
     let parse_bound = |name: &str, text: Option<&str>, default: u128| -> Result<IpAddr, String> {
         let Some(text) = text else {
             return Ok(from_u128(default, v4));
@@ -418,6 +419,23 @@ mod tests {
         );
         assert!(err(r#"{"Network":"10.1.0.0/16","Backend":{"VNI":"x"}}"#).contains("Backend.VNI"));
         assert!(err(r#"{"Network":"10.1.0.0/16","EnableIPv6":true}"#).starts_with("IPv6Network"));
+    }
+
+    #[test]
+    fn the_whole_address_space_is_a_network_like_any_other() {
+        let v6 = NetConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/0","IPv6SubnetLen":64}"#,
+        )
+        .unwrap()
+        .ipv6
+        .unwrap();
+        assert_eq!(v6.subnet_min.to_string(), "0:0:0:1::");
+        assert_eq!(v6.subnet_max.to_string(), "ffff:ffff:ffff:ffff::");
+        let v4 = NetConfig::parse(r#"{"Network":"0.0.0.0/0"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap();
+        assert_eq!(v4.subnet_max.to_string(), "255.255.255.0");
     }
 
     #[test]

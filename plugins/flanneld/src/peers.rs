@@ -13,10 +13,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use netkit::link::parse_mac;
 
+use crate::backend::{Backend, PeerData};
 use crate::lease::{Lease, SubnetKey};
-use crate::netconfig::{BackendType, Family, NetConfig};
+use crate::netconfig::{Family, NetConfig};
 
 /// What the data plane needs of one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,8 @@ pub struct Peer {
     pub key: SubnetKey,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
-    /// Its VTEP's MAC (vxlan only).
-    pub mac: Option<[u8; 6]>,
+    /// What its backend publishes (VTEP MACs).
+    pub data: PeerData,
 }
 
 /// Inside the Network with its SubnetLen (SubnetMin and SubnetMax bound
@@ -46,45 +46,22 @@ fn fits(family: &Option<Family>, subnet: Option<IpNetwork>, name: &str) -> Resul
 
 /// The peer a lease describes, or why it cannot be one. Overlaps are
 /// checked by [`Table`], which knows the others.
-pub fn validate(lease: &Lease, config: &NetConfig) -> Result<Peer, String> {
+pub fn validate(lease: &Lease, config: &NetConfig, backend: &dyn Backend) -> Result<Peer, String> {
     fits(&config.ipv4, lease.key.ipv4, "IPv4")?;
     fits(&config.ipv6, lease.key.ipv6, "IPv6")?;
     let a = &lease.attrs;
-    let kind = config.backend.kind.as_str();
-    if a.backend_type != kind {
-        return Err(format!(
-            "its backend is {:?}, this network's is {kind:?}",
-            a.backend_type
-        ));
-    }
-    // Each subnet is reached through a public address of its family,
-    // except that vxlan carries both over one underlay.
-    let vxlan = config.backend.kind == BackendType::Vxlan;
-    if lease.key.ipv4.is_some() && a.public_ip.is_none() && !(vxlan && a.public_ipv6.is_some()) {
+    // Each subnet is reached at a public address of its own family.
+    if lease.key.ipv4.is_some() && a.public_ip.is_none() {
         return Err("it has an IPv4 subnet but no PublicIP".into());
     }
-    if lease.key.ipv6.is_some() && a.public_ipv6.is_none() && !(vxlan && a.public_ip.is_some()) {
+    if lease.key.ipv6.is_some() && a.public_ipv6.is_none() {
         return Err("it has an IPv6 subnet but no PublicIPv6".into());
     }
-    let mac = if vxlan {
-        let data = a.backend_data.as_ref().or(a.backend_v6_data.as_ref());
-        let text = data
-            .and_then(|d| d.get("VtepMAC"))
-            .and_then(|m| m.as_str())
-            .ok_or("its BackendData has no VtepMAC")?;
-        let mac = parse_mac(text).ok_or_else(|| format!("its VtepMAC {text:?} is not a MAC"))?;
-        if mac[0] & 1 == 1 || mac == [0; 6] {
-            return Err(format!("its VtepMAC {text} is not a unicast address"));
-        }
-        Some(mac)
-    } else {
-        None
-    };
     Ok(Peer {
         key: lease.key,
         public_ip: a.public_ip,
         public_ipv6: a.public_ipv6,
-        mac,
+        data: backend.peer_data(lease)?,
     })
 }
 
@@ -166,11 +143,12 @@ impl Table {
                 return Some(format!("its subnet {sn} is held by lease {k}"));
             }
         }
-        let mac = peer.mac?;
-        self.by_mac
-            .get(&mac)
-            .filter(|k| **k != peer.key)
-            .map(|k| format!("its VtepMAC is lease {k}'s"))
+        peer.data.macs().find_map(|mac| {
+            self.by_mac
+                .get(&mac)
+                .filter(|k| **k != peer.key)
+                .map(|k| format!("its VtepMAC is lease {k}'s"))
+        })
     }
 
     fn insert(&mut self, peer: Peer) -> Option<Peer> {
@@ -179,10 +157,12 @@ impl Table {
         }
         self.absent.remove(&peer.key);
         let old = self.peers.insert(peer.key, peer);
-        if let Some(mac) = old.and_then(|o| o.mac).filter(|m| Some(*m) != peer.mac) {
-            self.by_mac.remove(&mac);
+        if let Some(old) = old {
+            for mac in old.data.macs() {
+                self.by_mac.remove(&mac);
+            }
         }
-        if let Some(mac) = peer.mac {
+        for mac in peer.data.macs() {
             self.by_mac.insert(mac, peer.key);
         }
         old
@@ -194,15 +174,21 @@ impl Table {
         for sn in Self::subnets(key) {
             self.by_subnet.remove(&sn);
         }
-        if let Some(mac) = peer.mac {
+        for mac in peer.data.macs() {
             self.by_mac.remove(&mac);
         }
         Some(peer)
     }
 
     /// A lease as the store has it now (never our own).
-    pub fn put(&mut self, lease: &Lease, config: &NetConfig, own: &SubnetKey) -> Update {
-        let checked = validate(lease, config).and_then(|p| match self.clash(&p, own) {
+    pub fn put(
+        &mut self,
+        lease: &Lease,
+        config: &NetConfig,
+        backend: &dyn Backend,
+        own: &SubnetKey,
+    ) -> Update {
+        let checked = validate(lease, config, backend).and_then(|p| match self.clash(&p, own) {
             Some(why) => Err(why),
             None => Ok(p),
         });
@@ -242,6 +228,7 @@ impl Table {
         &mut self,
         key: &SubnetKey,
         config: &NetConfig,
+        backend: &dyn Backend,
         own: &SubnetKey,
     ) -> (Option<Peer>, Vec<Update>) {
         self.invalid.remove(key);
@@ -250,7 +237,7 @@ impl Table {
         if gone.is_some() {
             let waiting: Vec<Lease> = self.invalid.values().map(|(l, _)| l.clone()).collect();
             for lease in waiting {
-                if let u @ Update::Changed { .. } = self.put(&lease, config, own) {
+                if let u @ Update::Changed { .. } = self.put(&lease, config, backend, own) {
                     retried.push(u);
                 }
             }
@@ -308,7 +295,29 @@ mod tests {
                 backend_v6_data: None,
             },
             expires: None,
+            rev: 0,
         }
+    }
+
+    /// The vxlan backend these leases are checked by.
+    fn vx(c: &NetConfig) -> Box<dyn Backend> {
+        let ext = crate::iface::ExtIface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            ipv4: Some("192.168.1.1".parse().unwrap()),
+            ipv6: None,
+            networks: vec![],
+        };
+        crate::backend::new(crate::backend::Setup {
+            config: c,
+            ext: &ext,
+            public_ip: ext.ipv4,
+            public_ipv6: None,
+            udp_offload: false,
+            health: std::sync::Arc::new(crate::health::Health::new(Duration::from_secs(1))),
+        })
+        .unwrap()
     }
 
     fn own() -> SubnetKey {
@@ -318,10 +327,11 @@ mod tests {
     #[test]
     fn hostile_leases_are_refused() {
         let c = config();
+        let be = vx(&c);
         let mut t = Table::default();
         let good = lease("10.244.2.0-24", "192.168.1.2", "02:00:00:00:00:02");
         assert!(matches!(
-            t.put(&good, &c, &own()),
+            t.put(&good, &c, &*be, &own()),
             Update::Changed { old: None, .. }
         ));
         for (bad, why) in [
@@ -347,7 +357,7 @@ mod tests {
                 "VtepMAC is lease 10.244.2.0-24's",
             ),
         ] {
-            match t.put(&bad, &c, &own()) {
+            match t.put(&bad, &c, &*be, &own()) {
                 Update::Invalid { why: w, first, .. } => {
                     assert!(w.contains(why), "{w}");
                     assert!(first);
@@ -358,64 +368,85 @@ mod tests {
         // Reported once while the reason stays.
         let again = lease("10.244.0.0-16", "192.168.1.9", "02:00:00:00:00:09");
         assert!(matches!(
-            t.put(&again, &c, &own()),
+            t.put(&again, &c, &*be, &own()),
             Update::Invalid { first: false, .. }
         ));
         assert_eq!(t.len(), 1);
         let mut other = good.clone();
         other.attrs.backend_type = "host-gw".into();
         other.key = SubnetKey::parse("10.244.4.0-24").unwrap();
-        assert!(matches!(t.put(&other, &c, &own()), Update::Invalid { .. }));
+        assert!(matches!(
+            t.put(&other, &c, &*be, &own()),
+            Update::Invalid { .. }
+        ));
     }
 
     #[test]
     fn a_refused_lease_is_looked_at_again_when_its_clash_goes() {
         let c = config();
+        let be = vx(&c);
         let mut t = Table::default();
         let a = lease("10.244.2.0-24", "192.168.1.2", "02:00:00:00:00:02");
         let b = lease("10.244.3.0-24", "192.168.1.3", "02:00:00:00:00:02");
-        t.put(&a, &c, &own());
-        assert!(matches!(t.put(&b, &c, &own()), Update::Invalid { .. }));
+        t.put(&a, &c, &*be, &own());
+        assert!(matches!(
+            t.put(&b, &c, &*be, &own()),
+            Update::Invalid { .. }
+        ));
         assert_eq!(t.invalid(), 1);
-        let (gone, retried) = t.remove(&a.key, &c, &own());
+        let (gone, retried) = t.remove(&a.key, &c, &*be, &own());
         assert_eq!(gone.map(|p| p.key), Some(a.key));
         assert_eq!(retried.len(), 1);
         assert_eq!(t.invalid(), 0);
         assert!(t.get(&b.key).is_some());
-        let (gone, _) = t.remove(&a.key, &c, &own());
+        let (gone, _) = t.remove(&a.key, &c, &*be, &own());
         assert!(gone.is_none(), "removing twice is harmless");
     }
 
     #[test]
     fn our_own_subnet_is_never_a_peer() {
         let c = config();
+        let be = vx(&c);
         let mut t = Table::default();
         let mine = lease("10.244.1.0-24", "192.168.1.9", "02:00:00:00:00:09");
-        assert!(matches!(t.put(&mine, &c, &own()), Update::Invalid { .. }));
+        assert!(matches!(
+            t.put(&mine, &c, &*be, &own()),
+            Update::Invalid { .. }
+        ));
     }
 
     #[test]
     fn a_changed_lease_reports_the_old_peer_and_the_same_one_nothing() {
         let c = config();
+        let be = vx(&c);
         let mut t = Table::default();
         let a = lease("10.244.2.0-24", "192.168.1.2", "02:00:00:00:00:02");
-        t.put(&a, &c, &own());
-        assert_eq!(t.put(&a, &c, &own()), Update::Same);
+        t.put(&a, &c, &*be, &own());
+        assert_eq!(t.put(&a, &c, &*be, &own()), Update::Same);
         let moved = lease("10.244.2.0-24", "192.168.1.22", "02:00:00:00:00:22");
-        match t.put(&moved, &c, &own()) {
+        match t.put(&moved, &c, &*be, &own()) {
             Update::Changed { old: Some(o), new } => {
                 assert_eq!(o.public_ip, Some("192.168.1.2".parse().unwrap()));
-                assert_eq!(new.mac, Some([2, 0, 0, 0, 0, 0x22]));
+                assert_eq!(
+                    new.data,
+                    PeerData::Vxlan {
+                        v4: Some([2, 0, 0, 0, 0, 0x22]),
+                        v6: None
+                    }
+                );
             }
             other => panic!("{other:?}"),
         }
         // The old MAC is free again.
         let reuse = lease("10.244.3.0-24", "192.168.1.3", "02:00:00:00:00:02");
-        assert!(matches!(t.put(&reuse, &c, &own()), Update::Changed { .. }));
+        assert!(matches!(
+            t.put(&reuse, &c, &*be, &own()),
+            Update::Changed { .. }
+        ));
         // A lease turning bad takes its peer away.
         let broken = lease("10.244.3.0-24", "192.168.1.3", "zz");
         assert!(matches!(
-            t.put(&broken, &c, &own()),
+            t.put(&broken, &c, &*be, &own()),
             Update::Invalid { old: Some(_), .. }
         ));
     }
@@ -423,11 +454,12 @@ mod tests {
     #[test]
     fn absence_from_a_listing_waits_out_the_grace_period() {
         let c = config();
+        let be = vx(&c);
         let mut t = Table::default();
         let a = lease("10.244.2.0-24", "192.168.1.2", "02:00:00:00:00:02");
         let b = lease("10.244.3.0-24", "192.168.1.3", "02:00:00:00:00:03");
-        t.put(&a, &c, &own());
-        t.put(&b, &c, &own());
+        t.put(&a, &c, &*be, &own());
+        t.put(&b, &c, &*be, &own());
         let t0 = Instant::now();
         let grace = Duration::from_secs(60);
         t.listed(&[a.key].into_iter().collect(), t0);
@@ -438,7 +470,7 @@ mod tests {
         t.listed(&[a.key].into_iter().collect(), t0 + Duration::from_secs(30));
         assert_eq!(t.expired(grace, t0 + grace), [b.key]);
         // It came back: no longer absent.
-        t.put(&b, &c, &own());
+        t.put(&b, &c, &*be, &own());
         assert_eq!(t.absent(), 0);
         assert_eq!(t.next_expiry(grace), None);
     }

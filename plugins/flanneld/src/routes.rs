@@ -9,9 +9,8 @@
 //! <subnet address> dev flannel.N onlink`, a shape only flannel makes) that
 //! nobody wants any more are removed; other `boot` routes stay.
 //!
-//! Everything here is pure: the caller dumps, plans, then applies.
+//! Everything here is pure; `diff` compares, the agent dumps and applies.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -34,28 +33,25 @@ pub fn new(dst: IpAddr, prefix: u8) -> Route {
     r
 }
 
-/// Made by this agent.
+/// Made by this agent (a route we program names no table: the main one).
 pub fn is_ours(r: &Route) -> bool {
-    r.protocol == Some(PROTOCOL) && r.table == Some(MAIN_TABLE)
-}
-
-/// The same forwarding decision (who made it aside).
-pub fn same(a: &Route, b: &Route) -> bool {
-    a.dst == b.dst && a.prefix == b.prefix && a.gateway == b.gateway && a.oif == b.oif
+    r.protocol == Some(PROTOCOL) && r.table.is_none_or(|t| t == MAIN_TABLE)
 }
 
 /// The metric the kernel gives a route made without one.
-fn metric(r: &Route) -> u32 {
+pub fn metric(r: &Route) -> u32 {
     r.priority.unwrap_or(if r.dst.is_ipv4() { 0 } else { 1024 })
 }
 
-/// A route to the same destination in the main table: a replace of
-/// `want` takes its place.
-pub fn same_destination(a: &Route, want: &Route) -> bool {
-    a.table == Some(MAIN_TABLE)
-        && a.dst == want.dst
-        && a.prefix == want.prefix
-        && metric(a) == metric(want)
+/// In the same place in the main table: a replace of one takes the
+/// other's place.
+pub fn same_place(a: &Route, b: &Route) -> bool {
+    a.dst == b.dst && a.prefix == b.prefix && metric(a) == metric(b)
+}
+
+/// The same route (who made it aside): the same place and forwarding.
+pub fn same(a: &Route, b: &Route) -> bool {
+    same_place(a, b) && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }
 
 /// A route an earlier version made on the vxlan device `dev` to a node
@@ -89,93 +85,41 @@ pub fn suspects<'a>(
                 && r.oif.is_some()
                 && oifs.contains(&r.oif)
                 && in_cluster(r.dst)
-                && !desired.iter().any(|d| same_destination(r, d))
+                && !desired.iter().any(|d| same_place(r, d))
         })
         .collect()
 }
 
-/// One change to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Program `want` (a replace). `over`: a route not ours that it takes
-    /// the place of (the same route, when adopting an earlier version's).
-    Add { want: Route, over: Option<Route> },
-    /// One of ours that nothing wants.
-    Remove(Route),
-    /// An earlier version's route that nothing wants (at start only).
-    RemoveLegacy(Route),
-}
-
-/// Routes by destination, for look-ups in linear time (a full comparison
-/// at thousands of peers).
-fn by_destination(routes: &[Route]) -> HashMap<(IpAddr, u8), Vec<&Route>> {
-    let mut map: HashMap<(IpAddr, u8), Vec<&Route>> = HashMap::with_capacity(routes.len());
-    for r in routes {
-        map.entry((r.dst, r.prefix)).or_default().push(r);
-    }
-    map
-}
-
-/// What makes one family's `current` routes hold `desired`. `legacy`: at
-/// start, which `boot` routes are an earlier version's.
-pub fn plan(
-    current: &[Route],
+/// Routes an earlier version left for peers that are gone: in the old
+/// vxlan pattern (`is_legacy`) where nothing is wanted. At start only.
+pub fn legacy<'a>(
+    current: &'a [Route],
     desired: &[Route],
-    legacy: Option<&dyn Fn(&Route) -> bool>,
-) -> Vec<Change> {
-    let have = by_destination(current);
-    let want = by_destination(desired);
-    let none = Vec::new();
-    let mut out = Vec::new();
-    for w in desired {
-        let there = have.get(&(w.dst, w.prefix)).unwrap_or(&none);
-        if there.iter().any(|r| is_ours(r) && same(r, w)) {
-            continue;
-        }
-        let over = there
-            .iter()
-            .find(|r| !is_ours(r) && same_destination(r, w))
-            .map(|r| (*r).clone());
-        out.push(Change::Add {
-            want: w.clone(),
-            over,
-        });
-    }
-    for r in current.iter().filter(|r| is_ours(r)) {
-        let wanted = want.get(&(r.dst, r.prefix)).unwrap_or(&none);
-        if !wanted.iter().any(|d| same(d, r)) {
-            out.push(Change::Remove(r.clone()));
-        }
-    }
-    if let Some(is_legacy) = legacy {
-        for r in current {
-            let wanted = want
-                .get(&(r.dst, r.prefix))
-                .unwrap_or(&none)
-                .iter()
-                .any(|d| same_destination(r, d));
-            if !wanted && is_legacy(r) {
-                out.push(Change::RemoveLegacy(r.clone()));
-            }
-        }
-    }
-    out
+    is_legacy: impl Fn(&Route) -> bool,
+) -> Vec<&'a Route> {
+    current
+        .iter()
+        .filter(|r| is_legacy(r) && !desired.iter().any(|d| same_place(r, d)))
+        .collect()
 }
 
-/// `10.244.3.0/24 via 192.168.1.3 dev 2` for the log.
-pub fn describe(r: &Route) -> String {
+/// `10.244.3.0/24 via 192.168.1.3 dev eth0 onlink` for the log; `name`
+/// gives a device's name from its index.
+pub fn describe(r: &Route, name: &dyn Fn(u32) -> String) -> String {
     let mut s = format!("{}/{}", r.dst, r.prefix);
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
     }
     if let Some(oif) = r.oif {
-        s.push_str(&format!(" dev #{oif}"));
+        s.push_str(&format!(" dev {}", name(oif)));
     }
     if r.onlink {
         s.push_str(" onlink");
     }
-    if let Some(p) = r.protocol {
-        s.push_str(&format!(" proto {p}"));
+    match r.protocol {
+        Some(PROTOCOL) | None => {}
+        Some(BOOT) => s.push_str(" proto boot"),
+        Some(p) => s.push_str(&format!(" proto {p}")),
     }
     s
 }
@@ -183,6 +127,7 @@ pub fn describe(r: &Route) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diff::{self, Change, Item, Set};
 
     fn route(dst: &str, prefix: u8, gw: &str, oif: u32, proto: u8) -> Route {
         let mut r = Route::new(dst.parse().unwrap(), prefix);
@@ -200,6 +145,13 @@ mod tests {
         r
     }
 
+    fn routes(r: &[Route]) -> Set {
+        Set {
+            routes: r.to_vec(),
+            ..Set::default()
+        }
+    }
+
     #[test]
     fn an_operators_route_in_the_cluster_range_is_left_alone() {
         let current = [
@@ -208,41 +160,15 @@ mod tests {
             route("10.244.250.0", 24, "192.168.1.9", 2, BOOT),
         ];
         let desired = [want("10.244.2.0", "192.168.1.2", 2)];
-        assert!(plan(&current, &desired, None).is_empty());
+        assert!(diff::diff(&routes(&current), &routes(&desired)).is_empty());
         // Not even at start: it is not in the old vxlan pattern.
-        let legacy = |r: &Route| legacy_vxlan(r, 7, &[("10.244.0.0/16".parse().unwrap(), 24)]);
-        assert!(plan(&current, &desired, Some(&legacy)).is_empty());
+        let is_legacy = |r: &Route| legacy_vxlan(r, 7, &[("10.244.0.0/16".parse().unwrap(), 24)]);
+        assert!(legacy(&current, &desired, is_legacy).is_empty());
         // Named at start, as possibly a leftover.
         let in_cluster = |ip: IpAddr| "10.244.0.0/16".parse::<IpNetwork>().unwrap().contains(ip);
         let named = suspects(&current, &desired, &[Some(2)], in_cluster);
         assert_eq!(named, [&current[1]]);
         assert!(suspects(&current, &desired, &[Some(3)], in_cluster).is_empty());
-    }
-
-    #[test]
-    fn ours_are_added_and_removed() {
-        let current = [
-            route("10.244.2.0", 24, "192.168.1.2", 2, PROTOCOL),
-            route("10.244.3.0", 24, "192.168.1.3", 2, PROTOCOL),
-        ];
-        let desired = [
-            want("10.244.2.0", "192.168.1.2", 2),
-            want("10.244.4.0", "192.168.1.4", 2),
-        ];
-        assert_eq!(
-            plan(&current, &desired, None),
-            [
-                Change::Add {
-                    want: desired[1].clone(),
-                    over: None
-                },
-                Change::Remove(current[1].clone())
-            ]
-        );
-        // A route of ours whose gateway moved: re-added, the old one goes.
-        let moved = [want("10.244.2.0", "192.168.1.22", 2)];
-        let changes = plan(&current[..1], &moved, None);
-        assert_eq!(changes.len(), 2, "{changes:?}");
     }
 
     #[test]
@@ -260,21 +186,16 @@ mod tests {
         ];
         let mut w = want("10.244.2.0", "10.244.2.0", vx);
         w.onlink = true;
-        let legacy = |r: &Route| legacy_vxlan(r, vx, &net);
-        let changes = plan(&current, std::slice::from_ref(&w), Some(&legacy));
+        let is_legacy = |r: &Route| legacy_vxlan(r, vx, &net);
+        let desired = std::slice::from_ref(&w);
         assert_eq!(
-            changes,
-            [
-                Change::Add {
-                    want: w.clone(),
-                    over: Some(current[0].clone())
-                },
-                Change::RemoveLegacy(current[1].clone())
-            ]
+            diff::diff(&routes(&current), &routes(desired)),
+            [Change::Set {
+                want: Item::Route(w.clone()),
+                over: Some(Item::Route(current[0].clone()))
+            }]
         );
-        // In the steady state, nothing but ours is touched.
-        let changes = plan(&current, std::slice::from_ref(&w), None);
-        assert_eq!(changes.len(), 1);
+        assert_eq!(legacy(&current, desired, is_legacy), [&current[1]]);
         // IPv6 dumps carry the kernel's default metric (1024).
         let mut v6 = route("fd00:244:0:2::", 64, "fd00:244:0:2::", vx, BOOT);
         v6.priority = Some(1024);
@@ -282,18 +203,34 @@ mod tests {
         w6.gateway = v6.gateway;
         w6.oif = Some(vx);
         let net6 = [("fd00:244::/56".parse().unwrap(), 64)];
-        let legacy6 = |r: &Route| legacy_vxlan(r, vx, &net6);
-        let changes = plan(
-            std::slice::from_ref(&v6),
-            std::slice::from_ref(&w6),
-            Some(&legacy6),
-        );
+        let current6 = std::slice::from_ref(&v6);
+        let desired6 = std::slice::from_ref(&w6);
+        assert!(legacy(current6, desired6, |r: &Route| legacy_vxlan(r, vx, &net6)).is_empty());
         assert_eq!(
-            changes,
-            [Change::Add {
-                want: w6,
-                over: Some(v6)
+            diff::diff(&routes(current6), &routes(desired6)),
+            [Change::Set {
+                want: Item::Route(w6),
+                over: Some(Item::Route(v6))
             }]
         );
+    }
+
+    #[test]
+    fn descriptions_name_devices_and_hide_our_own_protocol() {
+        let mut r = want("10.244.2.0", "10.244.2.0", 7);
+        r.onlink = true;
+        let name = |i: u32| {
+            if i == 7 {
+                "flannel.1".to_string()
+            } else {
+                format!("#{i}")
+            }
+        };
+        assert_eq!(
+            describe(&r, &name),
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+        );
+        r.protocol = Some(BOOT);
+        assert!(describe(&r, &name).ends_with(" proto boot"));
     }
 }

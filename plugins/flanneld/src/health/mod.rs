@@ -17,6 +17,7 @@
 
 pub mod http;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -193,6 +194,8 @@ pub struct Health {
     last_pass: AtomicU64,
     last_success: AtomicU64,
     store_failing: AtomicBool,
+    /// Why, for `/readyz` (written by the loop, read by the server).
+    store_why: Mutex<Option<String>>,
     dataplane_failing: AtomicBool,
     forwarder_dead: AtomicBool,
     conflict: AtomicBool,
@@ -207,6 +210,7 @@ pub struct Snapshot {
     pub last_pass: Option<Duration>,
     pub last_success: Option<Duration>,
     pub store_failing: bool,
+    pub store_why: Option<String>,
     pub dataplane_failing: bool,
     pub forwarder_dead: bool,
     pub conflict: bool,
@@ -215,11 +219,13 @@ pub struct Snapshot {
 
 /// Where the agent stands after handling what happened (events, ticks,
 /// a full comparison).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pass {
     /// The store is reachable, our lease is ours and in place, and the
     /// peers were listed at least once.
     pub store_ok: bool,
+    /// Why not, when not.
+    pub store_why: Option<String>,
     /// Kernel changes that failed and are not yet repaired.
     pub dataplane_errors: usize,
     /// Our key holds another node's lease.
@@ -239,6 +245,7 @@ impl Health {
             last_pass: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
             store_failing: AtomicBool::new(false),
+            store_why: Mutex::new(None),
             dataplane_failing: AtomicBool::new(false),
             forwarder_dead: AtomicBool::new(false),
             conflict: AtomicBool::new(false),
@@ -273,6 +280,11 @@ impl Health {
         let now = self.stamp();
         self.last_pass.store(now, Ordering::Relaxed);
         self.store_failing.store(!pass.store_ok, Ordering::Relaxed);
+        if let Ok(mut why) = self.store_why.lock()
+            && *why != pass.store_why
+        {
+            *why = pass.store_why;
+        }
         self.dataplane_failing
             .store(pass.dataplane_errors > 0, Ordering::Relaxed);
         self.conflict.store(pass.conflict, Ordering::Relaxed);
@@ -292,6 +304,7 @@ impl Health {
             last_pass: Self::at(self.last_pass.load(Ordering::Relaxed)),
             last_success: Self::at(self.last_success.load(Ordering::Relaxed)),
             store_failing: self.store_failing.load(Ordering::Relaxed),
+            store_why: self.store_why.lock().ok().and_then(|w| w.clone()),
             dataplane_failing: self.dataplane_failing.load(Ordering::Relaxed),
             forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
             conflict: self.conflict.load(Ordering::Relaxed),
@@ -326,26 +339,29 @@ pub fn healthz(s: &Snapshot, stale_after: Duration) -> Result<String, String> {
 
 /// `/readyz`: `Ok(body)` for 200, `Err(body)` for 503.
 pub fn readyz(s: &Snapshot) -> Result<String, String> {
-    let mut why = Vec::new();
+    let mut why: Vec<String> = Vec::new();
     if !s.subnet_env {
-        why.push("subnet.env not written yet");
+        why.push("subnet.env not written yet".into());
     } else if s.last_success.is_none() {
-        why.push("no successful resync yet");
+        why.push("no successful resync yet".into());
     }
     if s.conflict {
-        why.push("this node's lease is held by another node (see the log)");
+        why.push("this node's lease is held by another node (see the log)".into());
     }
     if s.config_changed {
-        why.push("the network config in the store changed: restart flanneld to apply it");
+        why.push("the network config in the store changed: restart flanneld to apply it".into());
     }
     if s.store_failing {
-        why.push("the lease store is failing");
+        why.push(match &s.store_why {
+            Some(w) => format!("the lease store is failing: {w}"),
+            None => "the lease store is failing".into(),
+        });
     }
     if s.dataplane_failing {
-        why.push("the data plane could not be programmed");
+        why.push("the data plane could not be programmed".into());
     }
     if s.forwarder_dead {
-        why.push("the udp forwarding threads stopped");
+        why.push("the udp forwarding threads stopped".into());
     }
     if why.is_empty() {
         Ok("ready\n".into())

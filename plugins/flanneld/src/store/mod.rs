@@ -1,14 +1,22 @@
 //! Where leases live: an embedded file store (no server needed), and etcd
-//! v3 with upstream's layout.
+//! v3 with upstream's layout, behind one [`Store`] trait. A store runs on
+//! threads of its own: its feed (list, then watch) reports what changes as
+//! [`StoreEvent`]s, and the agent's requests to write its own lease go to
+//! the store's task ([`task`]) as messages, answered the same way. The
+//! agent's loop never waits on the network.
 
+pub mod alloc;
 pub mod etcd;
 pub mod file;
 pub mod probe;
+pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::netconfig::NetConfig;
+use alloc::AllocError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,6 +28,67 @@ pub enum StoreError {
     },
     #[error("lease store: {0}")]
     Invalid(String),
+}
+
+/// What a write of our own lease came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// Written: the lease as it now is (with its new revision).
+    Ours(Lease),
+    /// Not written: the record was not as we last saw it (another writer
+    /// won); what the store holds there now, if anything readable.
+    NotOurs(Option<Lease>),
+}
+
+impl Written {
+    /// The lease written, if it was.
+    pub fn ours(self) -> Option<Lease> {
+        match self {
+            Written::Ours(l) => Some(l),
+            Written::NotOurs(_) => None,
+        }
+    }
+}
+
+/// What this node asks for when it takes its lease.
+#[derive(Debug)]
+pub struct Acquire<'a> {
+    pub config: &'a NetConfig,
+    pub attrs: &'a LeaseAttrs,
+    /// The subnets of an earlier run (from subnet.env), asked for again.
+    pub previous: Option<SubnetKey>,
+    pub ttl: Duration,
+}
+
+/// Every lease record at one moment.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub leases: Vec<Lease>,
+    /// Keys whose records cannot be read: taken, for allocation.
+    pub unreadable: Vec<SubnetKey>,
+}
+
+/// A store of lease records under their keys (the embedded store, etcd):
+/// what allocation is built on. Every write names what it expects to find.
+pub trait Records {
+    fn list(&mut self) -> Result<Listing, StoreError>;
+    /// Writes a lease only if nobody holds the key.
+    fn create(
+        &mut self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<Written, StoreError>;
+    /// Rewrites `lease` only if its record is still the revision we saw.
+    fn replace(
+        &mut self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<Written, StoreError>;
+    /// Deletes `lease` only if its record is still the revision we saw;
+    /// `false` when it was not.
+    fn delete(&mut self, lease: &Lease) -> Result<bool, StoreError>;
 }
 
 /// Why a record's name cannot be read, in either store.
@@ -35,7 +104,7 @@ impl Unreadable {
     pub fn update(&mut self, now: BTreeMap<String, String>) {
         for (key, why) in &now {
             if !self.0.contains(key) {
-                crate::warn!("lease record {key} cannot be read, so it is ignored: {why}");
+                Self::say(key, why);
             }
         }
         self.0 = now.into_keys().collect();
@@ -45,9 +114,18 @@ impl Unreadable {
     /// already was.
     pub fn note(&mut self, key: String, why: &str) {
         if !self.0.contains(&key) {
-            crate::warn!("lease record {key} cannot be read, so it is ignored: {why}");
+            Self::say(&key, why);
             self.0.insert(key);
         }
+    }
+
+    fn say(key: &str, why: &str) {
+        use crate::log::escape;
+        crate::warn!(
+            "lease record {} cannot be read, so it is ignored: {}",
+            escape(key),
+            escape(why)
+        );
     }
 
     /// A record that was read fine (or is gone): a later bad write to it
@@ -127,26 +205,24 @@ pub enum StoreEvent {
 /// ends the feed.
 pub type Sink = Box<dyn FnMut(StoreEvent) -> bool + Send>;
 
-pub trait Store: std::fmt::Debug {
+/// A lease store.
+pub trait Store: std::fmt::Debug + Send {
     /// The network config JSON.
     fn network_config(&mut self) -> Result<String, StoreError>;
-    /// Every live lease (expired ones are not returned).
-    fn leases(&mut self) -> Result<Vec<Lease>, StoreError>;
-    /// Creates a lease if nobody holds the key; `false` when taken.
-    fn create(
+    /// Takes this node's lease: the one it holds, else the subnet it had
+    /// before, else a free one.
+    fn acquire(&mut self, want: &Acquire<'_>) -> Result<Lease, AllocError>;
+    /// Writes our lease again (renewal, new attributes), only if the store
+    /// still holds it as we last saw it.
+    fn renew(
         &mut self,
-        key: &SubnetKey,
+        lease: &Lease,
         attrs: &LeaseAttrs,
         ttl: Option<Duration>,
-    ) -> Result<bool, StoreError>;
-    /// Rewrites (renews) a lease.
-    fn update(
-        &mut self,
-        key: &SubnetKey,
-        attrs: &LeaseAttrs,
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError>;
-    fn delete(&mut self, key: &SubnetKey) -> Result<(), StoreError>;
+    ) -> Result<Written, StoreError>;
+    /// Writes our lease again under its key after it was deleted, only if
+    /// the key is free.
+    fn recreate(&mut self, lease: &Lease, ttl: Option<Duration>) -> Result<Written, StoreError>;
     /// Starts a thread that reports the store's changes to `sink`: a
     /// `Listed` first, then each change as it happens (etcd: a watch; the
     /// embedded store: inotify, plus expiry of leases as it comes due),

@@ -13,6 +13,7 @@
 //! `SO_REUSEPORT`), sends and receives batched (`sendmmsg`/`recvmmsg`).
 //! Whatever the kernel lacks is done without, and said once.
 
+mod backend;
 mod forward;
 pub mod offload;
 pub mod packet;
@@ -23,10 +24,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use netkit::route::Route;
-
 use crate::health::Health;
-use crate::netconfig::NetConfig;
+pub use backend::Udp;
 use forward::{Ctx, Offloads, Sockets};
 pub use table::{Entry, Refused, Table};
 
@@ -37,26 +36,6 @@ pub const DEFAULT_PORT: u16 = 8285;
 /// Outer IP and UDP headers: the tunnel's MTU is the underlay's less this.
 pub fn overhead(ipv6_underlay: bool) -> u32 {
     if ipv6_underlay { 48 } else { 28 }
-}
-
-/// The running backend as the agent sees it.
-#[derive(Debug)]
-pub struct Plane {
-    /// Shared with the forwarding threads.
-    pub peers: Arc<Table>,
-    pub tun_index: u32,
-}
-
-impl Plane {
-    /// Each cluster network (either family) through the TUN device.
-    pub fn routes<'a>(&self, config: &'a NetConfig) -> impl Iterator<Item = Route> + 'a {
-        let tun = self.tun_index;
-        config.families().map(move |f| {
-            let mut r = crate::routes::new(f.network.network(), f.network.prefix());
-            r.oif = Some(tun);
-            r
-        })
-    }
 }
 
 /// Where this node sends from and listens.

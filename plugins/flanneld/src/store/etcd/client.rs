@@ -203,48 +203,9 @@ impl Client {
         self.call(path::RANGE, req).await
     }
 
-    pub async fn put(
-        &mut self,
-        key: &str,
-        value: Vec<u8>,
-        lease: i64,
-    ) -> Result<wire::PutResponse, Status> {
-        let req = wire::PutRequest {
-            key: key.as_bytes().to_vec(),
-            value,
-            lease,
-        };
-        self.call(path::PUT, req).await
-    }
-
-    /// Deletes `key`; the answer holds the deleted pair (with its lease).
-    pub async fn delete(&mut self, key: &str) -> Result<wire::DeleteRangeResponse, Status> {
-        let req = wire::DeleteRangeRequest {
-            key: key.as_bytes().to_vec(),
-            range_end: Vec::new(),
-            prev_kv: true,
-        };
-        self.call(path::DELETE_RANGE, req).await
-    }
-
-    /// Puts `value` under `key` only if the key does not exist; `false`
-    /// when someone holds it.
-    pub async fn create(&mut self, key: &str, value: Vec<u8>, lease: i64) -> Result<bool, Status> {
-        let key = key.as_bytes().to_vec();
-        let req = wire::TxnRequest {
-            compare: vec![wire::Compare {
-                result: wire::CompareResult::Equal as i32,
-                target: wire::CompareTarget::Version as i32,
-                key: key.clone(),
-                target_union: Some(wire::CompareUnion::Version(0)),
-            }],
-            success: vec![wire::RequestOp {
-                request: Some(wire::Request::Put(wire::PutRequest { key, value, lease })),
-            }],
-            failure: Vec::new(),
-        };
-        let resp: wire::TxnResponse = self.call(path::TXN, req).await?;
-        Ok(resp.succeeded)
+    /// A transaction: its compares, then its success or failure ops.
+    pub async fn txn(&mut self, req: wire::TxnRequest) -> Result<wire::TxnResponse, Status> {
+        self.call(path::TXN, req).await
     }
 
     /// A new lease of `ttl`: its ID, and the TTL etcd gave it (it raises

@@ -195,7 +195,7 @@ impl Feed {
         let subnets = kvs
             .iter()
             .filter(|kv| kv.key.starts_with(self.subnets.as_bytes()));
-        let leases = parse_leases(&self.subnets, subnets, &mut self.unreadable);
+        let leases = parse_leases(&self.subnets, subnets, &mut self.unreadable).leases;
         StoreEvent::Listed { leases, config }
     }
 
@@ -235,7 +235,7 @@ impl Feed {
                 self.unreadable.forget(&name);
                 Some(StoreEvent::Put(lease))
             }
-            Err(why) => {
+            Err((_, why)) => {
                 self.unreadable.note(name, &why);
                 None
             }

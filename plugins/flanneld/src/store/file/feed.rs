@@ -21,6 +21,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::FileStore;
 use crate::lease::{Lease, SubnetKey};
+use crate::store::Records as _;
 use crate::store::{Backoff, NOT_A_SUBNET_KEY, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
 /// What a record's name can go through: written in place (close), renamed
@@ -182,8 +183,7 @@ impl Feed {
 
     /// Every live lease and the config, as they are now.
     fn list(&mut self) -> Result<StoreEvent, StoreError> {
-        use crate::store::Store as _;
-        let leases = self.store.leases()?;
+        let leases = self.store.list()?.leases;
         self.known.clear();
         self.expiry.clear();
         for lease in &leases {

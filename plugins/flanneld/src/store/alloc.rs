@@ -2,13 +2,13 @@
 //! before a restart, else a random free one. A lost race is retried.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::netconfig::{Family, NetConfig};
-use crate::store::{Store, StoreError};
+use crate::store::{Acquire, Records, StoreError, Written};
 
 /// Upstream's lease time.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -66,37 +66,38 @@ fn same_node(a: &LeaseAttrs, b: &LeaseAttrs) -> bool {
         || (a.public_ip.is_none() && a.public_ipv6.is_some() && a.public_ipv6 == b.public_ipv6)
 }
 
-/// Acquires (or renews) this node's lease. `previous` is the subnet pair
-/// from the subnet.env of an earlier run.
-pub fn acquire(
-    store: &mut dyn Store,
-    config: &NetConfig,
-    attrs: &LeaseAttrs,
-    previous: Option<SubnetKey>,
-    lease_ttl: Duration,
-) -> Result<Lease, AllocError> {
+/// Acquires (or renews) this node's lease in a store of records.
+pub fn acquire(store: &mut dyn Records, want: &Acquire<'_>) -> Result<Lease, AllocError> {
+    let (config, attrs) = (want.config, want.attrs);
     for _ in 0..RACE_RETRIES {
-        let leases = store.leases()?;
+        let listing = store.list()?;
+        let leases = &listing.leases;
         // 1. The node's own lease, if the config still allows it.
         if let Some(own) = leases.iter().find(|l| same_node(&l.attrs, attrs)) {
             if fits(config, &own.key) {
                 // A reservation (no TTL) stays one.
-                let ttl = own.expires.map(|_| lease_ttl);
-                store.update(&own.key, attrs, ttl)?;
-                let expires = ttl.map(|t| SystemTime::now() + t);
-                return Ok(Lease {
-                    key: own.key,
-                    attrs: attrs.clone(),
-                    expires,
-                });
+                let ttl = own.expires.map(|_| want.ttl);
+                match store.replace(own, attrs, ttl)? {
+                    Written::Ours(lease) => return Ok(lease),
+                    // Changed between our listing and our write: look again.
+                    Written::NotOurs(_) => continue,
+                }
             }
-            store.delete(&own.key)?;
+            store.delete(own)?;
             continue;
         }
-        let taken4: Vec<IpNetwork> = leases.iter().filter_map(|l| l.key.ipv4).collect();
-        let taken6: Vec<IpNetwork> = leases.iter().filter_map(|l| l.key.ipv6).collect();
+        // Unreadable records are somebody's: never handed out.
+        let taken = |v4: bool| -> Vec<IpNetwork> {
+            let keys = leases
+                .iter()
+                .map(|l| l.key)
+                .chain(listing.unreadable.iter().copied());
+            keys.filter_map(|k| if v4 { k.ipv4 } else { k.ipv6 })
+                .collect()
+        };
+        let (taken4, taken6) = (taken(true), taken(false));
         // 2. The subnet this node had before, if free and still valid.
-        let key = match previous.filter(|p| fits(config, p)).filter(|p| {
+        let key = match want.previous.filter(|p| fits(config, p)).filter(|p| {
             !p.ipv4
                 .is_some_and(|s| taken4.iter().any(|t| overlaps(&s, t)))
                 && !p
@@ -123,12 +124,8 @@ pub fn acquire(
                 SubnetKey { ipv4, ipv6 }
             }
         };
-        if store.create(&key, attrs, Some(lease_ttl))? {
-            return Ok(Lease {
-                key,
-                attrs: attrs.clone(),
-                expires: Some(SystemTime::now() + lease_ttl),
-            });
+        if let Written::Ours(lease) = store.create(&key, attrs, Some(want.ttl))? {
+            return Ok(lease);
         }
         // Someone took it between our read and our write: look again.
     }

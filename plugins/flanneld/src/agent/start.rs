@@ -1,0 +1,292 @@
+//! Start-up, in upstream's order: health endpoints, the store, the network
+//! config, the interface, the backend, the lease, the devices, the
+//! nftables rules, subnet.env; then the threads (the store's feed and
+//! task, the kernel's notifications) and the loop.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
+
+use netkit::Netlink;
+use netkit::monitor::Monitor;
+
+use super::kernel::Kernel;
+use super::own::Own;
+use super::{Agent, Event, Feed, TICK, TRAFFIC_CHECK, Timers};
+use crate::backend::{self, Setup};
+use crate::flags::Options;
+use crate::health::{self, Health};
+use crate::iface;
+use crate::lease::Lease;
+use crate::log::escape;
+use crate::netconfig::NetConfig;
+use crate::peers::Table;
+use crate::store::alloc::AllocError;
+use crate::store::etcd::EtcdStore;
+use crate::store::file::FileStore;
+use crate::store::task::Task;
+use crate::store::{Acquire, Backoff, Store};
+use crate::subnet_env;
+use crate::traffic::Traffic;
+
+/// One malloc arena for all threads: the feed and notification threads
+/// make records the main thread frees, and per-thread arenas would each
+/// keep their own high-water mark. Nothing here contends for the heap.
+fn one_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc setting; called before any
+    // thread but the main one exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Sleeps up to `d`, waking early when asked to stop.
+fn pause(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tries `attempt` until it answers, waiting with backoff and logging each
+/// new reason once; `None` when asked to stop meanwhile.
+fn until_it_answers<T>(
+    what: &str,
+    stop: &AtomicBool,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Option<T> {
+    let mut backoff = Backoff::new();
+    let mut said = String::new();
+    loop {
+        match attempt() {
+            Ok(v) => return Some(v),
+            Err(e) if e != said => {
+                crate::warn!("{what}: {e} (trying again)");
+                said = e;
+            }
+            Err(e) => crate::debug!("{what}: {e}"),
+        }
+        pause(backoff.next_wait(), stop);
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+    }
+}
+
+/// The embedded store with `--store-dir`, else etcd (retried until it
+/// answers, as upstream does).
+fn open_store(opts: &Options, stop: &AtomicBool) -> Result<Option<Box<dyn Store>>, String> {
+    if let Some(dir) = &opts.store_dir {
+        return Ok(Some(Box::new(
+            FileStore::open(dir).map_err(|e| e.to_string())?,
+        )));
+    }
+    Ok(until_it_answers("waiting for etcd", stop, || {
+        EtcdStore::connect(opts)
+            .map(|s| Box::new(s) as Box<dyn Store>)
+            .map_err(|e| e.to_string())
+    }))
+}
+
+/// The lease, retried while the store fails; a config that leaves no
+/// subnet free is an error for a person to act on.
+fn acquire(
+    store: &mut dyn Store,
+    want: &Acquire<'_>,
+    stop: &AtomicBool,
+) -> Result<Option<Lease>, String> {
+    let mut fatal = None;
+    let lease = until_it_answers("cannot acquire a lease", stop, || {
+        match store.acquire(want) {
+            Ok(l) => Ok(Some(l)),
+            Err(e @ AllocError::Exhausted(_)) => {
+                fatal = Some(e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match (fatal, lease) {
+        (Some(e), _) => Err(e),
+        (None, lease) => Ok(lease.flatten()),
+    }
+}
+
+/// A thread that passes the kernel's notifications on.
+fn start_kernel_events(tx: Sender<Event>) -> Result<(), String> {
+    // Opened here, in the agent's namespace; read on the thread.
+    let mut monitor =
+        Monitor::new().map_err(|e| format!("cannot listen to the kernel's notifications: {e}"))?;
+    std::thread::Builder::new()
+        .name("kernel-events".into())
+        .spawn(move || {
+            loop {
+                let ev = match monitor.next() {
+                    Ok(changes) if changes.is_empty() => continue,
+                    Ok(changes) => Event::Kernel(changes),
+                    Err(e) => {
+                        // Not a busy loop on a socket that keeps failing.
+                        std::thread::sleep(Duration::from_secs(1));
+                        Event::KernelTrouble(e.to_string())
+                    }
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the kernel notification thread: {e}"))
+}
+
+/// `203.0.113.2 (from 10.0.0.2)`: a public address, and the local one
+/// when they differ (NAT).
+fn reached_at(public: Option<IpAddr>, local: Option<IpAddr>) -> Option<String> {
+    let public = public?;
+    Some(match local {
+        Some(l) if l != public => format!("{public} (sent from {l})"),
+        _ => public.to_string(),
+    })
+}
+
+pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
+    let renew_margin = Duration::from_secs(opts.renew_margin_minutes * 60);
+    let lease_ttl = Duration::from_secs(opts.lease_ttl_seconds);
+    if lease_ttl <= renew_margin {
+        return Err(format!(
+            "--subnet-lease-ttl ({} s) must be longer than --subnet-lease-renew-margin ({} min)",
+            opts.lease_ttl_seconds, opts.renew_margin_minutes
+        ));
+    }
+    // From the start, as upstream: /healthz answers while we wait for the store.
+    one_arena();
+    let health = Arc::new(Health::new(TICK));
+    if opts.healthz_port > 0 {
+        let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
+        health::http::serve(&addr, health.clone())
+            .map_err(|e| format!("cannot serve health on {addr}: {e}"))?;
+    }
+    let Some(mut store) = open_store(opts, stop)? else {
+        return Ok(());
+    };
+    let Some(text) = until_it_answers("waiting for the network config", stop, || {
+        store.network_config().map_err(|e| escape(&e.to_string()))
+    }) else {
+        return Ok(());
+    };
+    let config = NetConfig::parse(&text).map_err(|e| escape(&e))?;
+    let mut nl = Netlink::new().map_err(|e| format!("cannot open netlink: {e}"))?;
+    let ext = iface::choose(&mut nl, opts)?;
+    // What the lease publishes: --public-ip(v6), else the interface's own.
+    let public_ip = config.ipv4.as_ref().and(opts.public_ip.or(ext.ipv4));
+    let public_ipv6 = config.ipv6.as_ref().and(opts.public_ipv6.or(ext.ipv6));
+    if config.ipv4.is_some() && public_ip.is_none() {
+        return Err(format!(
+            "{} has no IPv4 address and --public-ip is not set",
+            ext.name
+        ));
+    }
+    if config.ipv6.is_some() && public_ipv6.is_none() {
+        return Err(format!(
+            "{} has no IPv6 address and --public-ipv6 is not set",
+            ext.name
+        ));
+    }
+    let mut backend = backend::new(Setup {
+        config: &config,
+        ext: &ext,
+        public_ip,
+        public_ipv6,
+        udp_offload: opts.udp_offload,
+        health: health.clone(),
+    })?;
+    let attrs = backend.attrs();
+    let want = Acquire {
+        config: &config,
+        attrs: &attrs,
+        previous: subnet_env::previous(&opts.subnet_file),
+        ttl: lease_ttl,
+    };
+    let Some(lease) = acquire(store.as_mut(), &want, stop)? else {
+        return Ok(());
+    };
+    let at: Vec<String> = [
+        reached_at(public_ip.map(IpAddr::V4), ext.ipv4.map(IpAddr::V4)),
+        reached_at(public_ipv6.map(IpAddr::V6), ext.ipv6.map(IpAddr::V6)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    crate::info!(
+        "acquired lease {} on {}, reached at {}",
+        lease.key,
+        ext.name,
+        at.join(" and ")
+    );
+    backend.start(&mut nl, &lease.key)?;
+    // Before subnet.env, as upstream: pods made from it get their NAT.
+    let mut traffic = Traffic::new(opts.ip_masq, opts.iptables_forward_rules);
+    match traffic.setup(&config, &lease.key) {
+        Ok(done) => {
+            for d in done {
+                crate::info!("nftables: {d}");
+            }
+        }
+        // Upstream stops when it cannot masquerade, and only logs forward rules.
+        Err(e) if opts.ip_masq => return Err(e.to_string()),
+        Err(e) => crate::error!("{e} (tried again every resync)"),
+    }
+    subnet_env::write(
+        &opts.subnet_file,
+        &subnet_env::render(&config, &lease.key, backend.mtu(), opts.ip_masq),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", opts.subnet_file.display()))?;
+    health.subnet_env_written();
+    let (tx, rx) = mpsc::channel();
+    start_kernel_events(tx.clone())?;
+    let full_every = Duration::from_secs(opts.full_resync_seconds);
+    let sink = tx.clone();
+    store
+        .feed(
+            Box::new(move |ev| sink.send(Event::Store(ev)).is_ok()),
+            full_every,
+        )
+        .map_err(|e| format!("cannot follow the lease store: {e}"))?;
+    let replies = tx.clone();
+    let task = Task::spawn(store, move |r| {
+        replies.send(Event::Reply(Box::new(r))).is_ok()
+    })?;
+    drop(tx);
+    let now = Instant::now();
+    let mut agent = Agent {
+        config,
+        ext,
+        backend,
+        kernel: Kernel::new(nl, health.clone()),
+        own: Own::new(lease, lease_ttl, renew_margin, health.clone()),
+        store: task,
+        feed: Feed::default(),
+        peers: Table::default(),
+        grace: Duration::from_secs(opts.peer_grace_seconds),
+        peers_dirty: false,
+        traffic,
+        health,
+        timers: Timers {
+            full_every,
+            // The first full comparison follows the first listing.
+            next_full: now + full_every,
+            full_backoff: None,
+            next_traffic: now + TRAFFIC_CHECK,
+        },
+        ext_up: true,
+        first_pass: true,
+    };
+    agent.health.loop_started();
+    agent.run(&rx, stop);
+    // The data plane stays: pods keep working while the agent restarts.
+    crate::info!("stopping; the data plane is left in place");
+    Ok(())
+}
