@@ -836,3 +836,103 @@ fn udp_ipv6_datagrams_enter_only_from_a_peer_and_its_subnet() {
     assert_eq!(dropped(&page, "not_a_peer"), 1.0, "{page}");
     assert_eq!(dropped(&page, "spoofed_source"), 1.0, "{page}");
 }
+
+/// Holds an agent frozen (SIGSTOP) until dropped, also when the test
+/// fails: what reaches its device meanwhile waits there, and is read and
+/// sent in full batches once it goes on.
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(c: &Cluster, h: usize) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(c.agent(h).pid().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A peer whose public address host 0 has no route to (every datagram to
+/// it fails, ENETUNREACH) costs only its own datagrams: those to a real
+/// peer sent in the same batches all arrive, and the failures are counted
+/// one per datagram lost.
+#[test]
+fn udp_a_peer_out_of_reach_costs_only_its_own_datagrams() {
+    const HEALTH: &str = "18207";
+    /// Datagrams to each peer, from as many sockets (flows, spread over
+    /// the device's queues) each.
+    const EACH: usize = 96;
+    const FLOWS: usize = 8;
+    let port: u16 = HEALTH.parse().unwrap();
+    let c = Cluster::with_args(2, 1, &udp4(), &["--healthz-port", HEALTH]);
+    // A documentation address: no host has a route to it.
+    std::fs::write(
+        c.store().join("subnets/10.244.250.0-24"),
+        r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"udp"}}"#,
+    )
+    .unwrap();
+    c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    assert_reaches(&c, 0, &b);
+    let errors = || metric(&metrics(&c, 0, port), "flannel_udp_forward_errors_total").unwrap();
+    let lost: SocketAddr = "10.244.250.9:9999".parse().unwrap();
+    let to = SocketAddr::new(b.parse().unwrap(), 5300);
+    let pod = &c.hosts[0].pods[0];
+    let socks: Vec<UdpSocket> = (0..FLOWS)
+        .map(|_| pod.run(|| UdpSocket::bind("0.0.0.0:0").unwrap()))
+        .collect();
+    // Host 0 knows the peer once a datagram for it fails to go.
+    let mut before = 0.0;
+    assert!(
+        wait_for(REACH, || {
+            let e = errors();
+            socks[0].send_to(b"probe", lost).unwrap();
+            wait_for(Duration::from_secs(1), || {
+                before = errors();
+                before > e
+            })
+        }),
+        "host 0 never tried the unreachable peer: {}",
+        tail(&c.log(0), 20)
+    );
+    let rx = c.hosts[1].pods[0].run(|| UdpSocket::bind(to).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    {
+        let _frozen = Frozen::new(&c, 0);
+        for i in 0..EACH {
+            let s = &socks[i % FLOWS];
+            s.send_to(&(i as u32).to_be_bytes(), lost).unwrap();
+            s.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+        }
+    }
+    let mut seen = [false; EACH];
+    let mut buf = [0u8; 16];
+    for got in 0..EACH {
+        let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "only {got} of {EACH} datagrams reached the real peer: {e}\nhost 0's agent:\n{}",
+                tail(&c.log(0), 20)
+            )
+        });
+        let i = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        assert!(
+            n == 4 && i < EACH && !seen[i],
+            "datagram {i} unexpected or twice"
+        );
+        seen[i] = true;
+    }
+    let mut now = before;
+    wait_for(Duration::from_secs(5), || {
+        now = errors();
+        now >= before + EACH as f64
+    });
+    assert_eq!(
+        now,
+        before + EACH as f64,
+        "each datagram to the unreachable peer counts once"
+    );
+}

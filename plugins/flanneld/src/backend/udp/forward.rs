@@ -40,7 +40,7 @@ const HDR_ROOM: usize = 128 << 10;
 
 /// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
 /// 8th... so a persistent failure shows without flooding the log.
-fn forward_failed(health: &Health, what: &str, e: &io::Error, n: u64) {
+fn forward_failed(health: &Health, what: std::fmt::Arguments<'_>, e: &io::Error, n: u64) {
     let before = health
         .metrics
         .udp_forward_errors
@@ -163,24 +163,27 @@ impl Sender {
             batch.clear();
             return;
         };
-        let queued = batch.len() as u64;
         let mut bufs: [&[u8]; 1 + RING] = [&[]; 1 + RING];
         bufs[OUT] = out;
         for (slot, r) in bufs[1..].iter_mut().zip(ring.iter()) {
             *slot = r;
         }
-        if let Err((e, segmented)) = batch.flush(sock, &bufs) {
-            // Some devices refuse segmentation (EIO): without it from now.
-            if segmented
-                && e.raw_os_error() == Some(nix::libc::EIO)
-                && ctx.off.gso.swap(false, Ordering::Relaxed)
-            {
-                crate::warn!(
-                    "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
-                );
-            } else {
-                forward_failed(&ctx.health, "cannot send", &e, queued);
-            }
+        let done = batch.flush(sock, &bufs);
+        // Some devices refuse segmentation (EIO): without it from now.
+        if let Some(e) = &done.unsegmented
+            && ctx.off.gso.swap(false, Ordering::Relaxed)
+        {
+            crate::warn!(
+                "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
+            );
+        }
+        if let Some((e, to)) = &done.error {
+            forward_failed(
+                &ctx.health,
+                format_args!("cannot send to {to}"),
+                e,
+                done.lost as u64,
+            );
         }
     }
 
@@ -303,7 +306,12 @@ fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
         tun.write(&reply)
     };
     if let Err(e) = r {
-        forward_failed(&ctx.health, "cannot answer net unreachable", &e, 1);
+        forward_failed(
+            &ctx.health,
+            format_args!("cannot answer net unreachable"),
+            &e,
+            1,
+        );
     }
 }
 
@@ -421,7 +429,12 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
                     "udp: {TUN_NAME} refused a joined run of UDP datagrams ({e}): written one by one from now on"
                 );
             }
-            forward_failed(&ctx.health, &format!("cannot write {TUN_NAME}"), &e, lost);
+            forward_failed(
+                &ctx.health,
+                format_args!("cannot write {TUN_NAME}"),
+                &e,
+                lost,
+            );
             lost = 0;
         }
     }
