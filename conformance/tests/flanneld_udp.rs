@@ -765,19 +765,91 @@ fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
 /// Makes every send on `s` a run of datagrams of `size` bytes, cut by the
 /// kernel (`UDP_SEGMENT`).
 fn set_udp_segment(s: &UdpSocket, size: u16) {
+    set_udp_option(s, nix::libc::UDP_SEGMENT, size.into());
+}
+
+/// Lets `s` receive runs of datagrams that arrive whole (`UDP_GRO`): one
+/// read returns the run, all of it.
+fn set_udp_gro(s: &UdpSocket) {
+    set_udp_option(s, nix::libc::UDP_GRO, 1);
+}
+
+fn set_udp_option(s: &UdpSocket, opt: nix::libc::c_int, v: nix::libc::c_int) {
     use std::os::fd::AsRawFd;
-    let v = nix::libc::c_int::from(size);
     // SAFETY: a plain setsockopt with an int that outlives the call.
     let r = unsafe {
         nix::libc::setsockopt(
             s.as_raw_fd(),
             nix::libc::SOL_UDP,
-            nix::libc::UDP_SEGMENT,
+            opt,
             (&v as *const nix::libc::c_int).cast(),
             std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
         )
     };
-    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "UDP option {opt}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A malformed inner packet from a real peer's address (an IPv4 total
+/// length of 0, shorter than its own header) is dropped and counted as
+/// malformed, and the receiving agent still joins runs of UDP datagrams:
+/// nothing a peer sends changes how the device is written.
+#[test]
+fn udp_a_malformed_packet_from_a_peer_leaves_joining_on() {
+    const HEALTH: &str = "18208";
+    /// From as many ports: host 1 spreads senders over its sockets (one a
+    /// core), each with its own joiner.
+    const SENDERS: usize = 16;
+    const RUN: usize = 16 * 1200 + 300;
+    let port: u16 = HEALTH.parse().unwrap();
+    let (c, server) = tcp_pair(&udp4(), HEALTH, &[], &[]);
+    let net = c.subnet(0);
+    let net: std::net::Ipv4Addr = net.split('/').next().unwrap().parse().unwrap();
+    let src = std::net::Ipv4Addr::from(u32::from(net) + 7);
+    let dst = server[0].parse().unwrap();
+    let mut bad = inner_udp(src, dst, b"malformed");
+    bad[2..4].copy_from_slice(&[0, 0]);
+    let peer: IpAddr = c.hosts[0].underlay_ip.parse().unwrap();
+    let to = SocketAddr::new(c.hosts[1].underlay_ip.parse().unwrap(), PORT);
+    for _ in 0..SENDERS {
+        let s = c.hosts[0].ns.run(|| UdpSocket::bind((peer, 0)).unwrap());
+        s.send_to(&bad, to).unwrap();
+    }
+    let malformed = || dropped(&metrics(&c, 1, port), "malformed");
+    wait_for(Duration::from_secs(5), || {
+        malformed() >= SENDERS as f64 || c.log(1).contains("refused")
+    });
+    assert!(
+        !c.log(1).contains("refused a joined run"),
+        "a peer's packet turned joining off:\n{}",
+        tail(&c.log(1), 20)
+    );
+    assert_eq!(malformed(), SENDERS as f64, "{}", metrics(&c, 1, port));
+    // Runs still arrive joined: a receiver that takes them whole gets each
+    // in one read.
+    let addr = SocketAddr::new(dst.into(), 5301);
+    let rx = c.hosts[1].pods[0].run(|| UdpSocket::bind(addr).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    set_udp_gro(&rx);
+    let tx = c.hosts[0].pods[0].run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    set_udp_segment(&tx, 1200);
+    let run: Vec<u8> = (0..RUN).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 1 << 16];
+    for r in 0..5 {
+        tx.send_to(&run, addr).unwrap();
+        let n = rx.recv(&mut buf).unwrap_or_else(|e| panic!("run {r}: {e}"));
+        assert_eq!(
+            n,
+            RUN,
+            "run {r} arrived in pieces, not joined:\n{}",
+            tail(&c.log(1), 20)
+        );
+        assert_eq!(&buf[..n], &run[..]);
+    }
 }
 
 /// Anti-spoofing over the IPv6 underlay: an IPv6 datagram reaches a pod

@@ -249,6 +249,10 @@ mod tests {
         let mut short = p.clone();
         short[3] += 1;
         assert_eq!(s.admit(peer, &short), Err(Refused::Malformed));
+        // Claims fewer bytes than its own header.
+        let mut empty = p.clone();
+        empty[2..4].copy_from_slice(&[0, 0]);
+        assert_eq!(s.admit(peer, &empty), Err(Refused::Malformed));
     }
 
     #[test]
