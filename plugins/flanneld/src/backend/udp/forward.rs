@@ -8,9 +8,11 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
+    Wrote,
 };
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
 use super::table::{self, Reader, Refused};
@@ -364,6 +366,13 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
     }
 }
 
+/// After the kernel refused a joined run of UDP datagrams that it took
+/// one by one, how long such runs are written one by one before joining
+/// is tried again: a kernel without them costs a refused write (its
+/// datagrams then written alone) a minute, and no single event turns
+/// joining off for good.
+const UDP_REJOIN: Duration = Duration::from_secs(60);
+
 /// Receives datagrams in batches, admits them, and writes them to the
 /// device, consecutive TCP segments joined into one write.
 pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx: Ctx) {
@@ -373,17 +382,37 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
     let mut tally = Tally::default();
     let mut failed: Option<io::Error> = None;
     let mut lost = 0u64;
+    let mut rejoin: Option<Instant> = None;
+    let mut said = false;
     loop {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
             Err(e) => return stopped("cannot receive", &e),
         };
+        if let Some(at) = rejoin
+            && Instant::now() >= at
+        {
+            joiner.udp = true;
+            rejoin = None;
+        }
         let snap = reader.get();
         let bytes = batch.bytes();
-        let mut write = |s: &[IoSlice<'_>]| {
-            if let Err(e) = tun.write_vectored(s) {
-                lost += 1;
-                failed = Some(e);
+        let mut write = |s: &[IoSlice<'_>]| match tun.write_vectored(s) {
+            Ok(_) => Wrote::Taken,
+            Err(e) => {
+                let invalid = e.raw_os_error() == Some(nix::libc::EINVAL);
+                // A joined write refused as invalid is the joiner's to
+                // write again, packet by packet.
+                if !(invalid && offload::joined(s)) {
+                    // A packet for each payload behind the header.
+                    lost += s.len().saturating_sub(1).max(1) as u64;
+                    failed = Some(e);
+                }
+                if invalid {
+                    Wrote::Invalid
+                } else {
+                    Wrote::Failed
+                }
             }
         };
         for i in 0..n {
@@ -417,17 +446,20 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
         joiner.flush(bytes, &mut write);
         let m = &ctx.health.metrics;
         tally.add_to(&m.udp_rx_packets, &m.udp_rx_bytes, &ctx.health);
+        if joiner.udp_refused() {
+            rejoin = Some(Instant::now() + UDP_REJOIN);
+            if !said {
+                said = true;
+                crate::warn!(
+                    "udp: {TUN_NAME} refused a joined run of UDP datagrams it takes one by one (a kernel before 6.2): written one by one, joined again every {}s to try",
+                    UDP_REJOIN.as_secs()
+                );
+            }
+        }
         if let Some(e) = failed.take() {
             // The device is gone: nothing will ever be written again.
             if e.raw_os_error() == Some(nix::libc::EBADFD) {
                 return stopped(&format!("cannot write {TUN_NAME}"), &e);
-            }
-            // An older kernel that takes TCP super-packets but not UDP ones.
-            if e.raw_os_error() == Some(nix::libc::EINVAL) && joiner.udp {
-                joiner.udp = false;
-                crate::warn!(
-                    "udp: {TUN_NAME} refused a joined run of UDP datagrams ({e}): written one by one from now on"
-                );
             }
             forward_failed(
                 &ctx.health,
