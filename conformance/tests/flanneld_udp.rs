@@ -12,7 +12,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use conformance::cluster::{Cluster, http_get, metric};
-use conformance::util::{inner_udp, inner_udp6};
+use conformance::util::{inner_echo, inner_udp, inner_udp6};
 use conformance::{TestNetns, wait_for};
 use serde_json::{Value, json};
 
@@ -209,6 +209,23 @@ fn udp_counters(ns: &TestNetns) -> UdpCounters {
         v6_in: v6("Udp6InDatagrams"),
         v6_out: v6("Udp6OutDatagrams"),
     }
+}
+
+/// Counter `name` of protocol `proto` (`Icmp`, `Udp`...) in `ns`'s
+/// /proc/net/snmp (read by a process inside it: the counters are per
+/// network namespace).
+fn snmp(ns: &TestNetns, proto: &str, name: &str) -> u64 {
+    let out = ns.exec("cat", &["/proc/net/snmp"]);
+    assert!(out.status.success(), "cat /proc/net/snmp: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{proto}: ");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (rows.next().unwrap(), rows.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|w| w == name)
+        .unwrap_or_else(|| panic!("no {proto} {name} in /proc/net/snmp"));
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
 /// The UDP counters of host `h` around a burst of 20 quick pings from its
@@ -1007,4 +1024,54 @@ fn udp_a_peer_out_of_reach_costs_only_its_own_datagrams() {
         before + EACH as f64,
         "each datagram to the unreachable peer counts once"
     );
+}
+
+/// A datagram from a peer, its inner source in that peer's subnet, enters
+/// only when addressed into this node's subnet: forged echo requests for
+/// host 0's own underlay address are neither delivered nor answered, a
+/// packet for an address outside the cluster is not passed on, and all
+/// are counted as not_for_this_node.
+#[test]
+fn udp_datagrams_from_a_peer_enter_only_for_this_nodes_subnet() {
+    const HEALTH: &str = "18209";
+    const FORGED: u16 = 5;
+    let port: u16 = HEALTH.parse().unwrap();
+    let c = Cluster::with_args(2, 1, &udp4(), &["--healthz-port", HEALTH]);
+    let a = c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    // Host 0 admits host 1's pod's packets.
+    assert_reaches(&c, 0, &b);
+    let host0 = &c.hosts[0];
+    let echos = || snmp(&host0.ns, "Icmp", "InEchos");
+    let before = echos();
+    let node: std::net::Ipv4Addr = host0.underlay_ip.parse().unwrap();
+    let src: std::net::Ipv4Addr = b.parse().unwrap();
+    let peer: IpAddr = c.hosts[1].underlay_ip.parse().unwrap();
+    let to = SocketAddr::new(node.into(), PORT);
+    let s = c.hosts[1].ns.run(|| UdpSocket::bind((peer, 0)).unwrap());
+    for seq in 0..FORGED {
+        s.send_to(&inner_echo(src, node, 0x4242, seq), to).unwrap();
+    }
+    let outside = "198.51.100.7".parse().unwrap();
+    s.send_to(&inner_udp(src, outside, b"out via masquerade"), to)
+        .unwrap();
+    let refused = || {
+        metric(
+            &metrics(&c, 0, port),
+            "flannel_udp_dropped_total{reason=\"not_for_this_node\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let sent = f64::from(FORGED + 1);
+    wait_for(Duration::from_secs(5), || {
+        refused() >= sent || echos() > before
+    });
+    assert_eq!(
+        echos() - before,
+        0,
+        "forged echo requests for host 0's own address were delivered"
+    );
+    assert_eq!(refused(), sent, "{}", metrics(&c, 0, port));
+    // Pod traffic still enters.
+    assert_reaches(&c, 1, &a);
 }

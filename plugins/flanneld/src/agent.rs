@@ -191,6 +191,7 @@ fn start_udp(
         local.port,
         local.v4.is_some(),
         local.v6.is_some(),
+        [lease.key.ipv4, lease.key.ipv6].into_iter().flatten(),
     ));
     udp::start(local, peers.clone(), health)?;
     let err = |what: &str, e: netkit::NetlinkError| format!("{what} {}: {e}", udp::TUN_NAME);

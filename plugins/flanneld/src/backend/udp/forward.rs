@@ -15,7 +15,7 @@ use super::offload::{
     Wrote,
 };
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
-use super::table::{self, Reader, Refused};
+use super::table::{Reader, Refused};
 use super::{TUN_NAME, packet};
 use crate::health::Health;
 
@@ -76,6 +76,7 @@ struct Tally {
     malformed: u64,
     not_peer: u64,
     spoofed: u64,
+    not_ours: u64,
 }
 
 impl Tally {
@@ -84,6 +85,7 @@ impl Tally {
             Refused::Malformed => self.malformed += n,
             Refused::NotAPeer => self.not_peer += n,
             Refused::Spoofed => self.spoofed += n,
+            Refused::NotForThisNode => self.not_ours += n,
         }
     }
 
@@ -95,6 +97,7 @@ impl Tally {
             (&m.udp_drop_malformed, self.malformed),
             (&m.udp_drop_not_peer, self.not_peer),
             (&m.udp_drop_spoofed, self.spoofed),
+            (&m.udp_drop_not_ours, self.not_ours),
         ] {
             if v > 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -428,7 +431,7 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
             let mut at = start;
             while at < start + len {
                 let d = seg.min(start + len - at);
-                match table::admit_from(peer, &bytes[at..at + d]) {
+                match snap.admit_from(peer, &bytes[at..at + d]) {
                     Ok(()) => {
                         tally.packets += 1;
                         tally.bytes += d as u64;
