@@ -39,6 +39,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id, while it has not been stopped.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
     /// Still running?
     pub fn alive(&mut self) -> bool {
         self.child

@@ -138,3 +138,23 @@ pub fn inner_udp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, text: &[u8])
     p.extend_from_slice(&udp);
     p
 }
+
+/// An ICMP echo request `src` -> `dst` (identifier `id`, sequence `seq`,
+/// 8 bytes of data), as a tunnel peer would carry it.
+pub fn inner_echo(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(b"forged!!");
+    let sum = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let total = u16::try_from(20 + icmp.len()).unwrap_or(u16::MAX);
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 1, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let sum = checksum(&p, 0);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&icmp);
+    p
+}

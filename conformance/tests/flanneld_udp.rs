@@ -12,7 +12,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use conformance::cluster::{Cluster, http_get, metric};
-use conformance::util::{inner_udp, inner_udp6};
+use conformance::util::{inner_echo, inner_udp, inner_udp6};
 use conformance::{TestNetns, wait_for};
 use serde_json::{Value, json};
 
@@ -209,6 +209,23 @@ fn udp_counters(ns: &TestNetns) -> UdpCounters {
         v6_in: v6("Udp6InDatagrams"),
         v6_out: v6("Udp6OutDatagrams"),
     }
+}
+
+/// Counter `name` of protocol `proto` (`Icmp`, `Udp`...) in `ns`'s
+/// /proc/net/snmp (read by a process inside it: the counters are per
+/// network namespace).
+fn snmp(ns: &TestNetns, proto: &str, name: &str) -> u64 {
+    let out = ns.exec("cat", &["/proc/net/snmp"]);
+    assert!(out.status.success(), "cat /proc/net/snmp: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{proto}: ");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (rows.next().unwrap(), rows.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|w| w == name)
+        .unwrap_or_else(|| panic!("no {proto} {name} in /proc/net/snmp"));
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
 /// The UDP counters of host `h` around a burst of 20 quick pings from its
@@ -765,19 +782,91 @@ fn udp_datagram_runs_arrive_whole_each_in_its_own_size() {
 /// Makes every send on `s` a run of datagrams of `size` bytes, cut by the
 /// kernel (`UDP_SEGMENT`).
 fn set_udp_segment(s: &UdpSocket, size: u16) {
+    set_udp_option(s, nix::libc::UDP_SEGMENT, size.into());
+}
+
+/// Lets `s` receive runs of datagrams that arrive whole (`UDP_GRO`): one
+/// read returns the run, all of it.
+fn set_udp_gro(s: &UdpSocket) {
+    set_udp_option(s, nix::libc::UDP_GRO, 1);
+}
+
+fn set_udp_option(s: &UdpSocket, opt: nix::libc::c_int, v: nix::libc::c_int) {
     use std::os::fd::AsRawFd;
-    let v = nix::libc::c_int::from(size);
     // SAFETY: a plain setsockopt with an int that outlives the call.
     let r = unsafe {
         nix::libc::setsockopt(
             s.as_raw_fd(),
             nix::libc::SOL_UDP,
-            nix::libc::UDP_SEGMENT,
+            opt,
             (&v as *const nix::libc::c_int).cast(),
             std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
         )
     };
-    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "UDP option {opt}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A malformed inner packet from a real peer's address (an IPv4 total
+/// length of 0, shorter than its own header) is dropped and counted as
+/// malformed, and the receiving agent still joins runs of UDP datagrams:
+/// nothing a peer sends changes how the device is written.
+#[test]
+fn udp_a_malformed_packet_from_a_peer_leaves_joining_on() {
+    const HEALTH: &str = "18208";
+    /// From as many ports: host 1 spreads senders over its sockets (one a
+    /// core), each with its own joiner.
+    const SENDERS: usize = 16;
+    const RUN: usize = 16 * 1200 + 300;
+    let port: u16 = HEALTH.parse().unwrap();
+    let (c, server) = tcp_pair(&udp4(), HEALTH, &[], &[]);
+    let net = c.subnet(0);
+    let net: std::net::Ipv4Addr = net.split('/').next().unwrap().parse().unwrap();
+    let src = std::net::Ipv4Addr::from(u32::from(net) + 7);
+    let dst = server[0].parse().unwrap();
+    let mut bad = inner_udp(src, dst, b"malformed");
+    bad[2..4].copy_from_slice(&[0, 0]);
+    let peer: IpAddr = c.hosts[0].underlay_ip.parse().unwrap();
+    let to = SocketAddr::new(c.hosts[1].underlay_ip.parse().unwrap(), PORT);
+    for _ in 0..SENDERS {
+        let s = c.hosts[0].ns.run(|| UdpSocket::bind((peer, 0)).unwrap());
+        s.send_to(&bad, to).unwrap();
+    }
+    let malformed = || dropped(&metrics(&c, 1, port), "malformed");
+    wait_for(Duration::from_secs(5), || {
+        malformed() >= SENDERS as f64 || c.log(1).contains("refused")
+    });
+    assert!(
+        !c.log(1).contains("refused a joined run"),
+        "a peer's packet turned joining off:\n{}",
+        tail(&c.log(1), 20)
+    );
+    assert_eq!(malformed(), SENDERS as f64, "{}", metrics(&c, 1, port));
+    // Runs still arrive joined: a receiver that takes them whole gets each
+    // in one read.
+    let addr = SocketAddr::new(dst.into(), 5301);
+    let rx = c.hosts[1].pods[0].run(|| UdpSocket::bind(addr).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    set_udp_gro(&rx);
+    let tx = c.hosts[0].pods[0].run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    set_udp_segment(&tx, 1200);
+    let run: Vec<u8> = (0..RUN).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 1 << 16];
+    for r in 0..5 {
+        tx.send_to(&run, addr).unwrap();
+        let n = rx.recv(&mut buf).unwrap_or_else(|e| panic!("run {r}: {e}"));
+        assert_eq!(
+            n,
+            RUN,
+            "run {r} arrived in pieces, not joined:\n{}",
+            tail(&c.log(1), 20)
+        );
+        assert_eq!(&buf[..n], &run[..]);
+    }
 }
 
 /// Anti-spoofing over the IPv6 underlay: an IPv6 datagram reaches a pod
@@ -835,4 +924,154 @@ fn udp_ipv6_datagrams_enter_only_from_a_peer_and_its_subnet() {
     let page = metrics(&c, 0, HEALTH.parse().unwrap());
     assert_eq!(dropped(&page, "not_a_peer"), 1.0, "{page}");
     assert_eq!(dropped(&page, "spoofed_source"), 1.0, "{page}");
+}
+
+/// Holds an agent frozen (SIGSTOP) until dropped, also when the test
+/// fails: what reaches its device meanwhile waits there, and is read and
+/// sent in full batches once it goes on.
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(c: &Cluster, h: usize) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(c.agent(h).pid().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A peer whose public address host 0 has no route to (every datagram to
+/// it fails, ENETUNREACH) costs only its own datagrams: those to a real
+/// peer sent in the same batches all arrive, and the failures are counted
+/// one per datagram lost.
+#[test]
+fn udp_a_peer_out_of_reach_costs_only_its_own_datagrams() {
+    const HEALTH: &str = "18207";
+    /// Datagrams to each peer, from as many sockets (flows, spread over
+    /// the device's queues) each.
+    const EACH: usize = 96;
+    const FLOWS: usize = 8;
+    let port: u16 = HEALTH.parse().unwrap();
+    let c = Cluster::with_args(2, 1, &udp4(), &["--healthz-port", HEALTH]);
+    // A documentation address: no host has a route to it.
+    std::fs::write(
+        c.store().join("subnets/10.244.250.0-24"),
+        r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"udp"}}"#,
+    )
+    .unwrap();
+    c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    assert_reaches(&c, 0, &b);
+    let errors = || metric(&metrics(&c, 0, port), "flannel_udp_forward_errors_total").unwrap();
+    let lost: SocketAddr = "10.244.250.9:9999".parse().unwrap();
+    let to = SocketAddr::new(b.parse().unwrap(), 5300);
+    let pod = &c.hosts[0].pods[0];
+    let socks: Vec<UdpSocket> = (0..FLOWS)
+        .map(|_| pod.run(|| UdpSocket::bind("0.0.0.0:0").unwrap()))
+        .collect();
+    // Host 0 knows the peer once a datagram for it fails to go.
+    let mut before = 0.0;
+    assert!(
+        wait_for(REACH, || {
+            let e = errors();
+            socks[0].send_to(b"probe", lost).unwrap();
+            wait_for(Duration::from_secs(1), || {
+                before = errors();
+                before > e
+            })
+        }),
+        "host 0 never tried the unreachable peer: {}",
+        tail(&c.log(0), 20)
+    );
+    let rx = c.hosts[1].pods[0].run(|| UdpSocket::bind(to).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    {
+        let _frozen = Frozen::new(&c, 0);
+        for i in 0..EACH {
+            let s = &socks[i % FLOWS];
+            s.send_to(&(i as u32).to_be_bytes(), lost).unwrap();
+            s.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+        }
+    }
+    let mut seen = [false; EACH];
+    let mut buf = [0u8; 16];
+    for got in 0..EACH {
+        let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "only {got} of {EACH} datagrams reached the real peer: {e}\nhost 0's agent:\n{}",
+                tail(&c.log(0), 20)
+            )
+        });
+        let i = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        assert!(
+            n == 4 && i < EACH && !seen[i],
+            "datagram {i} unexpected or twice"
+        );
+        seen[i] = true;
+    }
+    let mut now = before;
+    wait_for(Duration::from_secs(5), || {
+        now = errors();
+        now >= before + EACH as f64
+    });
+    assert_eq!(
+        now,
+        before + EACH as f64,
+        "each datagram to the unreachable peer counts once"
+    );
+}
+
+/// A datagram from a peer, its inner source in that peer's subnet, enters
+/// only when addressed into this node's subnet: forged echo requests for
+/// host 0's own underlay address are neither delivered nor answered, a
+/// packet for an address outside the cluster is not passed on, and all
+/// are counted as not_for_this_node.
+#[test]
+fn udp_datagrams_from_a_peer_enter_only_for_this_nodes_subnet() {
+    const HEALTH: &str = "18209";
+    const FORGED: u16 = 5;
+    let port: u16 = HEALTH.parse().unwrap();
+    let c = Cluster::with_args(2, 1, &udp4(), &["--healthz-port", HEALTH]);
+    let a = c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    // Host 0 admits host 1's pod's packets.
+    assert_reaches(&c, 0, &b);
+    let host0 = &c.hosts[0];
+    let echos = || snmp(&host0.ns, "Icmp", "InEchos");
+    let before = echos();
+    let node: std::net::Ipv4Addr = host0.underlay_ip.parse().unwrap();
+    let src: std::net::Ipv4Addr = b.parse().unwrap();
+    let peer: IpAddr = c.hosts[1].underlay_ip.parse().unwrap();
+    let to = SocketAddr::new(node.into(), PORT);
+    let s = c.hosts[1].ns.run(|| UdpSocket::bind((peer, 0)).unwrap());
+    for seq in 0..FORGED {
+        s.send_to(&inner_echo(src, node, 0x4242, seq), to).unwrap();
+    }
+    let outside = "198.51.100.7".parse().unwrap();
+    s.send_to(&inner_udp(src, outside, b"out via masquerade"), to)
+        .unwrap();
+    let refused = || {
+        metric(
+            &metrics(&c, 0, port),
+            "flannel_udp_dropped_total{reason=\"not_for_this_node\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let sent = f64::from(FORGED + 1);
+    wait_for(Duration::from_secs(5), || {
+        refused() >= sent || echos() > before
+    });
+    assert_eq!(
+        echos() - before,
+        0,
+        "forged echo requests for host 0's own address were delivered"
+    );
+    assert_eq!(refused(), sent, "{}", metrics(&c, 0, port));
+    // Pod traffic still enters.
+    assert_reaches(&c, 1, &a);
 }

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub udp_drop_malformed: AtomicU64,
     pub udp_drop_not_peer: AtomicU64,
     pub udp_drop_spoofed: AtomicU64,
+    pub udp_drop_not_ours: AtomicU64,
 }
 
 impl Metrics {
@@ -166,6 +167,7 @@ impl Metrics {
                     ("reason=\"malformed\"", &self.udp_drop_malformed),
                     ("reason=\"not_a_peer\"", &self.udp_drop_not_peer),
                     ("reason=\"spoofed_source\"", &self.udp_drop_spoofed),
+                    ("reason=\"not_for_this_node\"", &self.udp_drop_not_ours),
                 ],
             ),
         ];

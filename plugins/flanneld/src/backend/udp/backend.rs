@@ -24,9 +24,10 @@ pub struct Udp {
     public_ipv6: Option<Ipv6Addr>,
     mtu: u32,
     health: Arc<Health>,
-    /// Shared with the forwarding threads.
-    peers: Arc<Table>,
-    /// This node's addresses on the device.
+    /// Shared with the forwarding threads, once started.
+    peers: Option<Arc<Table>>,
+    /// This node's subnets: the device's addresses, and where peers' packets
+    /// may go.
     own: Vec<ipnetwork::IpNetwork>,
     /// The device, once started.
     tun: Option<u32>,
@@ -57,11 +58,6 @@ impl Udp {
             port: setup.config.backend.port,
             offload: setup.udp_offload,
         };
-        let peers = Arc::new(Table::new(
-            local.port,
-            local.v4.is_some(),
-            local.v6.is_some(),
-        ));
         Ok(Udp {
             config: setup.config.clone(),
             local,
@@ -71,7 +67,7 @@ impl Udp {
                 .underlay_mtu()
                 .saturating_sub(overhead(local.v6.is_some())),
             health: setup.health.clone(),
-            peers,
+            peers: None,
             own: Vec::new(),
             tun: None,
         })
@@ -127,12 +123,20 @@ impl Backend for Udp {
     }
 
     fn start(&mut self, nl: &mut Netlink, own: &SubnetKey) -> Result<(), String> {
-        super::start(self.local, self.peers.clone(), self.health.clone())?;
+        self.own = [own.ipv4, own.ipv6].into_iter().flatten().collect();
+        let local = self.local;
+        let peers = Arc::new(Table::new(
+            local.port,
+            local.v4.is_some(),
+            local.v6.is_some(),
+            self.own.iter().copied(),
+        ));
+        super::start(local, peers.clone(), self.health.clone())?;
+        self.peers = Some(peers);
         let tun = nl
             .link_by_name(TUN_NAME)
             .map_err(|e| format!("cannot look up {TUN_NAME}: {e}"))?
             .ok_or_else(|| format!("{TUN_NAME} vanished right after it was made"))?;
-        self.own = [own.ipv4, own.ipv6].into_iter().flatten().collect();
         self.tun = Some(tun.index);
         self.ensure(nl, tun.index)?;
         Ok(())
@@ -164,6 +168,9 @@ impl Backend for Udp {
     }
 
     fn peers_changed(&mut self, peers: &Peers) -> Result<(), String> {
+        let Some(table) = &self.peers else {
+            return Ok(());
+        };
         let entries = peers
             .iter()
             .map(|p| Entry {
@@ -174,7 +181,7 @@ impl Backend for Udp {
             })
             .collect();
         // Only a forwarding thread that panicked poisons it.
-        if self.peers.set(entries) {
+        if table.set(entries) {
             Ok(())
         } else {
             Err("udp: the peer table is poisoned".into())

@@ -8,12 +8,14 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
+    Wrote,
 };
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
-use super::table::{self, Reader, Refused};
+use super::table::{Reader, Refused};
 use super::{TUN_NAME, packet};
 use crate::health::Health;
 
@@ -40,7 +42,7 @@ const HDR_ROOM: usize = 128 << 10;
 
 /// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
 /// 8th... so a persistent failure shows without flooding the log.
-fn forward_failed(health: &Health, what: &str, e: &io::Error, n: u64) {
+fn forward_failed(health: &Health, what: std::fmt::Arguments<'_>, e: &io::Error, n: u64) {
     let before = health
         .metrics
         .udp_forward_errors
@@ -74,6 +76,7 @@ struct Tally {
     malformed: u64,
     not_peer: u64,
     spoofed: u64,
+    not_ours: u64,
 }
 
 impl Tally {
@@ -82,6 +85,7 @@ impl Tally {
             Refused::Malformed => self.malformed += n,
             Refused::NotAPeer => self.not_peer += n,
             Refused::Spoofed => self.spoofed += n,
+            Refused::NotForThisNode => self.not_ours += n,
         }
     }
 
@@ -93,6 +97,7 @@ impl Tally {
             (&m.udp_drop_malformed, self.malformed),
             (&m.udp_drop_not_peer, self.not_peer),
             (&m.udp_drop_spoofed, self.spoofed),
+            (&m.udp_drop_not_ours, self.not_ours),
         ] {
             if v > 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -163,24 +168,27 @@ impl Sender {
             batch.clear();
             return;
         };
-        let queued = batch.len() as u64;
         let mut bufs: [&[u8]; 1 + RING] = [&[]; 1 + RING];
         bufs[OUT] = out;
         for (slot, r) in bufs[1..].iter_mut().zip(ring.iter()) {
             *slot = r;
         }
-        if let Err((e, segmented)) = batch.flush(sock, &bufs) {
-            // Some devices refuse segmentation (EIO): without it from now.
-            if segmented
-                && e.raw_os_error() == Some(nix::libc::EIO)
-                && ctx.off.gso.swap(false, Ordering::Relaxed)
-            {
-                crate::warn!(
-                    "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
-                );
-            } else {
-                forward_failed(&ctx.health, "cannot send", &e, queued);
-            }
+        let done = batch.flush(sock, &bufs);
+        // Some devices refuse segmentation (EIO): without it from now.
+        if let Some(e) = &done.unsegmented
+            && ctx.off.gso.swap(false, Ordering::Relaxed)
+        {
+            crate::warn!(
+                "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
+            );
+        }
+        if let Some((e, to)) = &done.error {
+            forward_failed(
+                &ctx.health,
+                format_args!("cannot send to {to}"),
+                e,
+                done.lost as u64,
+            );
         }
     }
 
@@ -303,7 +311,12 @@ fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
         tun.write(&reply)
     };
     if let Err(e) = r {
-        forward_failed(&ctx.health, "cannot answer net unreachable", &e, 1);
+        forward_failed(
+            &ctx.health,
+            format_args!("cannot answer net unreachable"),
+            &e,
+            1,
+        );
     }
 }
 
@@ -356,6 +369,13 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
     }
 }
 
+/// After the kernel refused a joined run of UDP datagrams that it took
+/// one by one, how long such runs are written one by one before joining
+/// is tried again: a kernel without them costs a refused write (its
+/// datagrams then written alone) a minute, and no single event turns
+/// joining off for good.
+const UDP_REJOIN: Duration = Duration::from_secs(60);
+
 /// Receives datagrams in batches, admits them, and writes them to the
 /// device, consecutive TCP segments joined into one write.
 pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx: Ctx) {
@@ -365,17 +385,37 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
     let mut tally = Tally::default();
     let mut failed: Option<io::Error> = None;
     let mut lost = 0u64;
+    let mut rejoin: Option<Instant> = None;
+    let mut said = false;
     loop {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
             Err(e) => return stopped("cannot receive", &e),
         };
+        if let Some(at) = rejoin
+            && Instant::now() >= at
+        {
+            joiner.udp = true;
+            rejoin = None;
+        }
         let snap = reader.get();
         let bytes = batch.bytes();
-        let mut write = |s: &[IoSlice<'_>]| {
-            if let Err(e) = tun.write_vectored(s) {
-                lost += 1;
-                failed = Some(e);
+        let mut write = |s: &[IoSlice<'_>]| match tun.write_vectored(s) {
+            Ok(_) => Wrote::Taken,
+            Err(e) => {
+                let invalid = e.raw_os_error() == Some(nix::libc::EINVAL);
+                // A joined write refused as invalid is the joiner's to
+                // write again, packet by packet.
+                if !(invalid && offload::joined(s)) {
+                    // A packet for each payload behind the header.
+                    lost += s.len().saturating_sub(1).max(1) as u64;
+                    failed = Some(e);
+                }
+                if invalid {
+                    Wrote::Invalid
+                } else {
+                    Wrote::Failed
+                }
             }
         };
         for i in 0..n {
@@ -391,7 +431,7 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
             let mut at = start;
             while at < start + len {
                 let d = seg.min(start + len - at);
-                match table::admit_from(peer, &bytes[at..at + d]) {
+                match snap.admit_from(peer, &bytes[at..at + d]) {
                     Ok(()) => {
                         tally.packets += 1;
                         tally.bytes += d as u64;
@@ -409,19 +449,27 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
         joiner.flush(bytes, &mut write);
         let m = &ctx.health.metrics;
         tally.add_to(&m.udp_rx_packets, &m.udp_rx_bytes, &ctx.health);
+        if joiner.udp_refused() {
+            rejoin = Some(Instant::now() + UDP_REJOIN);
+            if !said {
+                said = true;
+                crate::warn!(
+                    "udp: {TUN_NAME} refused a joined run of UDP datagrams it takes one by one (a kernel before 6.2): written one by one, joined again every {}s to try",
+                    UDP_REJOIN.as_secs()
+                );
+            }
+        }
         if let Some(e) = failed.take() {
             // The device is gone: nothing will ever be written again.
             if e.raw_os_error() == Some(nix::libc::EBADFD) {
                 return stopped(&format!("cannot write {TUN_NAME}"), &e);
             }
-            // An older kernel that takes TCP super-packets but not UDP ones.
-            if e.raw_os_error() == Some(nix::libc::EINVAL) && joiner.udp {
-                joiner.udp = false;
-                crate::warn!(
-                    "udp: {TUN_NAME} refused a joined run of UDP datagrams ({e}): written one by one from now on"
-                );
-            }
-            forward_failed(&ctx.health, &format!("cannot write {TUN_NAME}"), &e, lost);
+            forward_failed(
+                &ctx.health,
+                format_args!("cannot write {TUN_NAME}"),
+                &e,
+                lost,
+            );
             lost = 0;
         }
     }

@@ -197,6 +197,26 @@ const HEAD: usize = VNET_HDR_LEN + 60 + 60;
 /// The header of a packet written alone.
 static PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
+/// What became of a write to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    Taken,
+    /// Refused as invalid (EINVAL).
+    Invalid,
+    /// Failed otherwise.
+    Failed,
+}
+
+/// Whether `s`, a write for the device, is a joined one (its virtio-net
+/// header asks the kernel to cut it). A writer counts every failed write
+/// but a joined one refused as invalid: the joiner writes that again
+/// packet by packet.
+pub fn joined(s: &[IoSlice<'_>]) -> bool {
+    s.first()
+        .and_then(|h| h.get(1))
+        .is_some_and(|&t| t & !GSO_ECN != GSO_NONE)
+}
+
 /// Joins consecutive segments of one TCP stream into a super-packet for
 /// the device, behind a virtio-net header. Only the headers are copied:
 /// the write gathers the payloads from the receive buffer, which must stay
@@ -221,8 +241,13 @@ pub struct Joiner {
     len: usize,
     next_seq: u32,
     /// Runs of same-size UDP datagrams are joined too (the kernel cuts
-    /// them apart again on delivery); off if the kernel refuses them.
+    /// them apart again on delivery); off while the kernel refuses them.
     pub udp: bool,
+    /// The device took a joined UDP run: the kernel can, and a refusal
+    /// later is about those packets, never a reason to stop joining.
+    udp_taken: bool,
+    /// `udp` went off: see [`Joiner::udp_refused`].
+    udp_refused: bool,
 }
 
 impl Default for Joiner {
@@ -240,6 +265,8 @@ impl Default for Joiner {
             len: 0,
             next_seq: 0,
             udp: true,
+            udp_taken: false,
+            udp_refused: false,
         }
     }
 }
@@ -278,13 +305,13 @@ fn seq_of(p: &[u8], ihl: usize) -> u32 {
 impl Joiner {
     /// Takes the inner packet at `bufs[start..start + len]`; `emit`
     /// receives each finished packet as slices to write at once, header
-    /// included.
+    /// included, and says what became of it (see [`joined`]).
     pub fn push(
         &mut self,
         bufs: &[u8],
         start: usize,
         len: usize,
-        emit: &mut impl FnMut(&[IoSlice<'_>]),
+        emit: &mut impl FnMut(&[IoSlice<'_>]) -> Wrote,
     ) {
         let Some(p) = bufs.get(start..start + len) else {
             return;
@@ -359,8 +386,16 @@ impl Joiner {
                 && p[t + 18..t + thl] == held[t + 18..t + thl])
     }
 
+    /// Whether UDP joining went off since the last call: a joined UDP run
+    /// was refused although the device took each of its datagrams alone,
+    /// and none had been taken before (a kernel without UDP super-packets
+    /// on TUN, before 6.2).
+    pub fn udp_refused(&mut self) -> bool {
+        std::mem::take(&mut self.udp_refused)
+    }
+
     /// Sends on what is held.
-    pub fn flush(&mut self, bufs: &[u8], emit: &mut impl FnMut(&[IoSlice<'_>])) {
+    pub fn flush(&mut self, bufs: &[u8], emit: &mut impl FnMut(&[IoSlice<'_>]) -> Wrote) {
         match self.segs {
             0 => return,
             1 => {
@@ -405,10 +440,38 @@ impl Joiner {
                 for (slot, &(start, len)) in slices[1..].iter_mut().zip(&self.parts[..segs]) {
                     *slot = IoSlice::new(bufs.get(start..start + len).unwrap_or_default());
                 }
-                emit(&slices[..segs + 1]);
+                match emit(&slices[..segs + 1]) {
+                    Wrote::Taken => self.udp_taken |= self.proto == PROTO_UDP,
+                    Wrote::Invalid => self.refused(bufs, emit),
+                    Wrote::Failed => {}
+                }
             }
         }
         self.segs = 0;
+    }
+
+    /// The held run was refused as invalid: its packets go again one by
+    /// one, as they arrived, so none is lost. UDP joining goes off only
+    /// if the kernel never took a joined UDP run and takes each datagram
+    /// of this one alone: then it is the joining it refuses (a kernel
+    /// before 6.2), not the packets. Anything else leaves joining as it
+    /// is, so packets a peer sends (whole, by admission) cannot change how
+    /// the device is written; and the forwarder tries joining again later,
+    /// so no single event turns it off for good.
+    fn refused(&mut self, bufs: &[u8], emit: &mut impl FnMut(&[IoSlice<'_>]) -> Wrote) {
+        let hl = self.ihl + self.thl;
+        let mut all = true;
+        for &(start, len) in &self.parts[..self.segs] {
+            let p = start
+                .checked_sub(hl)
+                .and_then(|at| bufs.get(at..start + len))
+                .unwrap_or_default();
+            all &= emit(&[IoSlice::new(&PLAIN), IoSlice::new(p)]) == Wrote::Taken;
+        }
+        if self.proto == PROTO_UDP && all && !self.udp_taken {
+            self.udp = false;
+            self.udp_refused = true;
+        }
     }
 }
 
@@ -472,7 +535,10 @@ mod tests {
         let bufs: Vec<u8> = packets.concat();
         let mut j = Joiner::default();
         let mut out = Vec::new();
-        let mut emit = |s: &[IoSlice<'_>]| out.push(s.iter().flat_map(|x| x.to_vec()).collect());
+        let mut emit = |s: &[IoSlice<'_>]| {
+            out.push(s.iter().flat_map(|x| x.to_vec()).collect());
+            Wrote::Taken
+        };
         let mut at = 0;
         for p in packets {
             j.push(&bufs, at, p.len(), &mut emit);
@@ -627,6 +693,7 @@ mod tests {
         let mut emit = |s: &[IoSlice<'_>]| {
             assert_eq!(s.len(), 2, "a plain header and the datagram");
             n += 1;
+            Wrote::Taken
         };
         j.push(&bufs, 0, 128, &mut emit);
         j.push(&bufs, 128, 128, &mut emit);
@@ -655,5 +722,79 @@ mod tests {
         assert!(segment(&small, 10, &mut hdrs[..100]).is_none());
         let icmp = ipv4(1, 64, [1, 1, 1, 1], [2, 2, 2, 2], &[0; 40]);
         assert!(segment(&icmp, 1400, &mut hdrs).is_none());
+    }
+
+    /// Runs `packets` through `j` as if received back to back, the device
+    /// answering each write with `answer`; returns each write, whole.
+    fn join_with(
+        j: &mut Joiner,
+        packets: &[Vec<u8>],
+        answer: impl Fn(&[IoSlice<'_>]) -> Wrote,
+    ) -> Vec<Vec<u8>> {
+        let bufs: Vec<u8> = packets.concat();
+        let mut out = Vec::new();
+        let mut emit = |s: &[IoSlice<'_>]| {
+            out.push(s.iter().flat_map(|x| x.to_vec()).collect());
+            answer(s)
+        };
+        let mut at = 0;
+        for p in packets {
+            j.push(&bufs, at, p.len(), &mut emit);
+            at += p.len();
+        }
+        j.flush(&bufs, &mut emit);
+        out
+    }
+
+    /// A kernel without UDP super-packets: joined UDP runs are invalid.
+    fn no_uso(s: &[IoSlice<'_>]) -> Wrote {
+        let udp = s.first().and_then(|h| h.get(1)) == Some(&GSO_UDP_L4);
+        if udp { Wrote::Invalid } else { Wrote::Taken }
+    }
+
+    #[test]
+    fn a_kernel_that_refuses_joined_udp_runs_gets_them_one_by_one() {
+        let run: Vec<Vec<u8>> = (0..3).map(|_| udp(9999, &data(500))).collect();
+        let mut j = Joiner::default();
+        let out = join_with(&mut j, &run, no_uso);
+        assert!(joined(&[IoSlice::new(&out[0])]), "tried joined first");
+        assert_eq!(out.len(), 4, "then each datagram alone");
+        for (w, p) in out[1..].iter().zip(&run) {
+            assert!(!joined(&[IoSlice::new(w)]));
+            assert_eq!(&w[VNET_HDR_LEN..], &p[..]);
+        }
+        assert!(!j.udp && j.udp_refused() && !j.udp_refused());
+        // From now on written one by one at once; TCP is still joined.
+        assert_eq!(join_with(&mut j, &run, no_uso).len(), 3);
+        let tcp_run = [tcp(false, 0, 0, &data(100)), tcp(false, 100, 0, &data(100))];
+        assert_eq!(join_with(&mut j, &tcp_run, no_uso).len(), 1);
+    }
+
+    #[test]
+    fn a_refusal_from_a_kernel_that_took_runs_or_of_the_packets_alone_changes_nothing() {
+        let run: Vec<Vec<u8>> = (0..3).map(|_| udp(9999, &data(500))).collect();
+        // The kernel took a joined run before: the refusal is about
+        // these packets.
+        let mut j = Joiner::default();
+        assert_eq!(join_with(&mut j, &run, |_| Wrote::Taken).len(), 1);
+        assert_eq!(join_with(&mut j, &run, no_uso).len(), 4);
+        assert!(j.udp && !j.udp_refused());
+        // Refused alone too: the packets, not the joining.
+        let mut j = Joiner::default();
+        assert_eq!(join_with(&mut j, &run, |_| Wrote::Invalid).len(), 4);
+        assert!(j.udp && !j.udp_refused());
+        // Nor does a refused TCP run, which goes again segment by segment.
+        let mut j = Joiner::default();
+        let tcp_run = [tcp(false, 0, 0, &data(100)), tcp(false, 100, 0, &data(100))];
+        let out = join_with(&mut j, &tcp_run, |s| {
+            if joined(s) {
+                Wrote::Invalid
+            } else {
+                Wrote::Taken
+            }
+        });
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[2][VNET_HDR_LEN..], &tcp_run[1][..]);
+        assert!(j.udp && !j.udp_refused());
     }
 }

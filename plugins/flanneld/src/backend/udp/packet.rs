@@ -68,10 +68,20 @@ pub fn ip_header(p: &[u8]) -> Option<(usize, u8)> {
     }
 }
 
-/// The packet's length by its own header (the buffer may be longer).
+/// The packet's length by its own header (the buffer may be longer);
+/// `None` unless the buffer holds that much and it covers at least the
+/// header (a shorter one is nothing the kernel takes: an IPv4 total
+/// length of 0 would be written to the device as an empty packet).
 pub fn ip_len(p: &[u8]) -> Option<usize> {
     let n = match p.first()? >> 4 {
-        4 if p.len() >= 20 => usize::from(u16::from_be_bytes([p[2], p[3]])),
+        4 if p.len() >= 20 => {
+            let n = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            let hl = usize::from(p[0] & 0x0f) * 4;
+            if hl < 20 || n < hl {
+                return None;
+            }
+            n
+        }
         6 if p.len() >= 40 => 40 + usize::from(u16::from_be_bytes([p[4], p[5]])),
         _ => return None,
     };
@@ -316,5 +326,32 @@ pub mod tests {
         assert_eq!(ip_len(&v6), Some(44));
         assert_eq!(ip_len(&v6[..43]), None);
         assert_eq!(destination(&[0x20u8; 40]), None);
+    }
+
+    #[test]
+    fn a_length_shorter_than_the_header_is_refused() {
+        let p = ipv4(PROTO_UDP, 64, [10, 244, 1, 2], [10, 244, 2, 3], &[0; 12]);
+        assert_eq!(ip_len(&p), Some(32));
+        let with_total = |p: &[u8], n: u16| {
+            let mut q = p.to_vec();
+            q[2..4].copy_from_slice(&n.to_be_bytes());
+            q
+        };
+        assert_eq!(ip_len(&with_total(&p, 20)), Some(20), "a header alone");
+        for n in [0, 1, 19] {
+            assert_eq!(ip_len(&with_total(&p, n)), None, "total length {n}");
+        }
+        // Options: a 24-byte header.
+        let mut opt = with_total(&p, 24);
+        opt[0] = 0x46;
+        assert_eq!(ip_len(&opt), Some(24));
+        assert_eq!(ip_len(&with_total(&opt, 23)), None);
+        // A header length below the minimum.
+        let mut tiny = p.clone();
+        tiny[0] = 0x44;
+        assert_eq!(ip_len(&tiny), None);
+        // IPv6: never shorter than its fixed header.
+        let a: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert_eq!(ip_len(&ipv6(PROTO_UDP, 64, a, a, &[])), Some(40));
     }
 }

@@ -1,4 +1,5 @@
-//! Where each peer subnet is sent, and who may send into ours. The agent
+//! Where each peer subnet is sent, and who may send into ours (and only
+//! into ours). The agent
 //! replaces the whole table when a peer comes or goes; the forwarding
 //! threads keep their own reference and look at one atomic generation
 //! number per batch, so the hot path takes no lock.
@@ -30,11 +31,14 @@ pub enum Refused {
     NotAPeer,
     /// A peer sent it, but its inner source lies outside that peer's subnet.
     Spoofed,
+    /// Its inner destination lies outside this node's subnet: the node
+    /// itself, another node, the world through masquerade.
+    NotForThisNode,
 }
 
 /// The subnets of the peers at one public address (one, unless a node
-/// re-registered and its old lease has not expired yet), as network and
-/// mask to compare sources with.
+/// re-registered and its old lease has not expired yet), or this node's,
+/// as network and mask to compare addresses with.
 #[derive(Debug, Clone, Default)]
 pub struct Subnets {
     v4: Vec<(u32, u32)>,
@@ -42,6 +46,13 @@ pub struct Subnets {
 }
 
 impl Subnets {
+    fn add(&mut self, n: IpNetwork) {
+        match n {
+            IpNetwork::V4(n) => self.v4.push((u32::from(n.network()), mask4(n.prefix()))),
+            IpNetwork::V6(n) => self.v6.push((u128::from(n.network()), mask6(n.prefix()))),
+        }
+    }
+
     fn holds(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => self.v4.iter().any(|&(n, m)| u32::from(a) & m == n),
@@ -68,14 +79,25 @@ pub struct Snapshot {
     to4: HashMap<(u32, u8), SocketAddr>,
     to6: HashMap<(u128, u8), SocketAddr>,
     from: HashMap<IpAddr, Subnets>,
+    /// This node's subnets: what may be sent to.
+    own: Subnets,
 }
 
 impl Snapshot {
     /// `local4`/`local6`: whether this node sends over that underlay
     /// family. Each inner family rides the same underlay family when both
-    /// ends have it, else the other.
-    pub fn new(entries: Vec<Entry>, port: u16, local4: bool, local6: bool) -> Snapshot {
-        let mut s = Snapshot::default();
+    /// ends have it, else the other. `own`: this node's subnets.
+    pub fn new(
+        entries: Vec<Entry>,
+        port: u16,
+        local4: bool,
+        local6: bool,
+        own: Subnets,
+    ) -> Snapshot {
+        let mut s = Snapshot {
+            own,
+            ..Snapshot::default()
+        };
         let a4 = |e: &Entry| e.public4.filter(|_| local4).map(IpAddr::V4);
         let a6 = |e: &Entry| e.public6.filter(|_| local6).map(IpAddr::V6);
         for e in &entries {
@@ -83,7 +105,7 @@ impl Snapshot {
             if let Some(IpNetwork::V4(n)) = e.subnet4 {
                 let (net, len) = (u32::from(n.network()), n.prefix());
                 for ip in publics.iter().flatten() {
-                    s.from.entry(*ip).or_default().v4.push((net, mask4(len)));
+                    s.from.entry(*ip).or_default().add(IpNetwork::V4(n));
                 }
                 if let Some(to) = a4(e).or_else(|| a6(e)) {
                     s.to4.insert((net, len), SocketAddr::new(to, port));
@@ -93,7 +115,7 @@ impl Snapshot {
             if let Some(IpNetwork::V6(n)) = e.subnet6 {
                 let (net, len) = (u128::from(n.network()), n.prefix());
                 for ip in publics.iter().flatten() {
-                    s.from.entry(*ip).or_default().v6.push((net, mask6(len)));
+                    s.from.entry(*ip).or_default().add(IpNetwork::V6(n));
                 }
                 if let Some(to) = a6(e).or_else(|| a4(e)) {
                     s.to6.insert((net, len), SocketAddr::new(to, port));
@@ -129,25 +151,31 @@ impl Snapshot {
     }
 
     /// Whether a datagram from `from` carrying `p` may enter the pod
-    /// network: only from a current peer's public address, and only with
-    /// an inner source inside that peer's subnet. Upstream's backend
-    /// writes whatever arrives, so anyone reaching the port could inject
-    /// packets with any source address.
+    /// network: only from a current peer's public address, only with an
+    /// inner source inside that peer's subnet, and only to an address in
+    /// this node's subnet. Upstream's backend writes whatever arrives, so
+    /// anyone reaching the port could inject packets with any source
+    /// address; and a peer's source alone would still let a forged
+    /// datagram reach the node's own services or leave through its
+    /// masquerade.
     pub fn admit(&self, from: IpAddr, p: &[u8]) -> Result<(), Refused> {
         let peer = self.sender(from).ok_or(Refused::NotAPeer)?;
-        admit_from(peer, p)
+        self.admit_from(peer, p)
     }
-}
 
-/// `admit` once the sender is known (one lookup per batch from it).
-pub fn admit_from(peer: &Subnets, p: &[u8]) -> Result<(), Refused> {
-    let src = packet::source(p)
-        .filter(|_| packet::ip_len(p).is_some())
-        .ok_or(Refused::Malformed)?;
-    if peer.holds(src) {
-        Ok(())
-    } else {
-        Err(Refused::Spoofed)
+    /// `admit` once the sender is known (one lookup per message from it).
+    pub fn admit_from(&self, peer: &Subnets, p: &[u8]) -> Result<(), Refused> {
+        let (src, dst) = packet::source(p)
+            .zip(packet::destination(p))
+            .filter(|_| packet::ip_len(p).is_some())
+            .ok_or(Refused::Malformed)?;
+        if !peer.holds(src) {
+            Err(Refused::Spoofed)
+        } else if !self.own.holds(dst) {
+            Err(Refused::NotForThisNode)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -159,16 +187,30 @@ pub struct Table {
     port: u16,
     local4: bool,
     local6: bool,
+    own: Subnets,
 }
 
 impl Table {
-    pub fn new(port: u16, local4: bool, local6: bool) -> Table {
+    /// `own`: this node's subnets (its lease's), the only destinations
+    /// datagrams may carry in.
+    pub fn new(
+        port: u16,
+        local4: bool,
+        local6: bool,
+        own: impl IntoIterator<Item = IpNetwork>,
+    ) -> Table {
+        let mut subnets = Subnets::default();
+        for n in own {
+            subnets.add(n);
+        }
+        let first = Snapshot::new(Vec::new(), port, local4, local6, subnets.clone());
         Table {
             generation: AtomicU64::new(0),
-            current: Mutex::new(Arc::new(Snapshot::default())),
+            current: Mutex::new(Arc::new(first)),
             port,
             local4,
             local6,
+            own: subnets,
         }
     }
 
@@ -179,7 +221,13 @@ impl Table {
             return false;
         };
         if cur.entries != entries {
-            *cur = Arc::new(Snapshot::new(entries, self.port, self.local4, self.local6));
+            *cur = Arc::new(Snapshot::new(
+                entries,
+                self.port,
+                self.local4,
+                self.local6,
+                self.own.clone(),
+            ));
             self.generation.fetch_add(1, Ordering::Release);
         }
         true
@@ -229,6 +277,15 @@ mod tests {
         }
     }
 
+    /// This node's subnets.
+    fn ours(nets: &[&str]) -> Subnets {
+        let mut s = Subnets::default();
+        for n in nets {
+            s.add(n.parse().unwrap());
+        }
+        s
+    }
+
     #[test]
     fn only_a_peer_may_send_and_only_from_its_subnet() {
         let s = Snapshot::new(
@@ -236,6 +293,7 @@ mod tests {
             8285,
             true,
             false,
+            ours(&["10.244.9.0/24"]),
         );
         let peer: IpAddr = "192.168.77.11".parse().unwrap();
         let p = ipv4(1, 64, [10, 244, 1, 2], [10, 244, 9, 9], &[8, 0, 0, 0]);
@@ -249,6 +307,71 @@ mod tests {
         let mut short = p.clone();
         short[3] += 1;
         assert_eq!(s.admit(peer, &short), Err(Refused::Malformed));
+        // Claims fewer bytes than its own header.
+        let mut empty = p.clone();
+        empty[2..4].copy_from_slice(&[0, 0]);
+        assert_eq!(s.admit(peer, &empty), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn a_peer_may_send_only_into_this_nodes_subnet() {
+        let s = Snapshot::new(
+            vec![entry("10.244.1.0/24", None, Some("192.168.77.11"), None)],
+            8285,
+            true,
+            false,
+            ours(&["10.244.9.0/24"]),
+        );
+        let peer: IpAddr = "192.168.77.11".parse().unwrap();
+        let to = |dst: [u8; 4]| ipv4(1, 64, [10, 244, 1, 2], dst, &[8, 0, 0, 0]);
+        assert_eq!(s.admit(peer, &to([10, 244, 9, 0])), Ok(()), "the TUN's own");
+        // This node itself, another node's pods, the world.
+        for dst in [[192, 168, 77, 10], [10, 244, 3, 3], [198, 51, 100, 7]] {
+            assert_eq!(
+                s.admit(peer, &to(dst)),
+                Err(Refused::NotForThisNode),
+                "{dst:?}"
+            );
+        }
+        // No IPv6 subnet here: no IPv6 packet is for us.
+        let a: Ipv6Addr = "fd00:244:0:1::5".parse().unwrap();
+        let v6 = ipv6(58, 64, a, a, &[128, 0, 0, 0]);
+        let s6 = Snapshot::new(
+            vec![entry(
+                "10.244.1.0/24",
+                Some("fd00:244:0:1::/64"),
+                Some("192.168.77.11"),
+                None,
+            )],
+            8285,
+            true,
+            false,
+            ours(&["10.244.9.0/24"]),
+        );
+        assert_eq!(s6.admit(peer, &v6), Err(Refused::NotForThisNode));
+        // The table hands its own subnets to every snapshot, the first too.
+        let t = Arc::new(Table::new(
+            8285,
+            true,
+            false,
+            ["10.244.9.0/24".parse().unwrap()],
+        ));
+        let mut r = t.reader();
+        assert_eq!(
+            r.get().admit(peer, &to([10, 244, 9, 9])),
+            Err(Refused::NotAPeer)
+        );
+        assert!(t.set(vec![entry(
+            "10.244.1.0/24",
+            None,
+            Some("192.168.77.11"),
+            None
+        )]));
+        assert_eq!(r.get().admit(peer, &to([10, 244, 9, 9])), Ok(()));
+        assert_eq!(
+            r.get().admit(peer, &to([10, 244, 8, 9])),
+            Err(Refused::NotForThisNode)
+        );
     }
 
     #[test]
@@ -259,7 +382,8 @@ mod tests {
             Some("192.168.77.11"),
             Some("fd00:77::11"),
         );
-        let dual = Snapshot::new(vec![e.clone()], 8285, true, true);
+        let own = ours(&["10.244.2.0/24", "fd00:244:0:2::/64"]);
+        let dual = Snapshot::new(vec![e.clone()], 8285, true, true, own.clone());
         assert_eq!(
             dual.route("10.244.1.9".parse().unwrap()),
             Some("192.168.77.11:8285".parse().unwrap())
@@ -270,7 +394,7 @@ mod tests {
         );
         assert_eq!(dual.route("10.244.2.9".parse().unwrap()), None);
         // We have no IPv6 underlay: IPv6 pods ride IPv4.
-        let v4 = Snapshot::new(vec![e.clone()], 8285, true, false);
+        let v4 = Snapshot::new(vec![e.clone()], 8285, true, false, own);
         assert_eq!(
             v4.route("fd00:244:0:1::9".parse().unwrap()),
             Some("192.168.77.11:8285".parse().unwrap())
@@ -285,6 +409,9 @@ mod tests {
         assert_eq!(dual.admit(from4, &inner6), Ok(()));
         let spoof6 = ipv6(58, 64, b, a, &[128, 0, 0, 0]);
         assert_eq!(dual.admit(from6, &spoof6), Err(Refused::Spoofed));
+        let elsewhere = "fd00:244:0:3::5".parse().unwrap();
+        let relayed6 = ipv6(58, 64, a, elsewhere, &[128, 0, 0, 0]);
+        assert_eq!(dual.admit(from6, &relayed6), Err(Refused::NotForThisNode));
     }
 
     #[test]
@@ -297,6 +424,7 @@ mod tests {
             8285,
             true,
             false,
+            ours(&["10.244.9.0/24"]),
         );
         let from: IpAddr = "192.168.77.11".parse().unwrap();
         for src in [[10, 244, 1, 2], [10, 244, 7, 2]] {
@@ -307,7 +435,7 @@ mod tests {
 
     #[test]
     fn readers_see_a_new_table_and_an_unchanged_one_is_not_replaced() {
-        let t = Arc::new(Table::new(8285, true, false));
+        let t = Arc::new(Table::new(8285, true, false, []));
         let mut r = t.reader();
         assert!(r.get().route("10.244.1.1".parse().unwrap()).is_none());
         let e = vec![entry("10.244.1.0/24", None, Some("192.168.1.1"), None)];
