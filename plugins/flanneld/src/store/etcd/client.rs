@@ -75,7 +75,9 @@ fn with_reasons(mut out: String, mut source: Option<&(dyn std::error::Error + 's
     while let Some(e) = source {
         let text = e.to_string();
         if !text.is_empty() && text != "transport error" && !out.contains(&text) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&text);
         }
         source = e.source();
@@ -195,17 +197,31 @@ impl Client {
                 reason,
             };
             let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| bad(with_reasons(e.to_string(), e.source())))?
+                .map_err(|e| bad(with_reasons(String::new(), Some(&e))))?
                 .connect_timeout(CONNECT_WAIT)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true)
                 .tcp_nodelay(true);
             if url.starts_with("https://") {
-                let tls = spec.tls.clone().unwrap_or_default().timeout(CONNECT_WAIT);
-                ep = ep
-                    .tls_config(tls)
-                    .map_err(|e| bad(with_reasons(e.to_string(), e.source())))?;
+                // No TLS settings: the system's CA certificates, as with
+                // no --etcd-cafile.
+                let tls = spec
+                    .tls
+                    .clone()
+                    .unwrap_or_else(|| ClientTlsConfig::new().with_native_roots())
+                    .timeout(CONNECT_WAIT);
+                ep = ep.tls_config(tls).map_err(|e| {
+                    let why = with_reasons(String::new(), Some(&e));
+                    if why.contains("no native certs") {
+                        bad(format!(
+                            "{why}: the system has no CA certificates to check etcd's with; \
+                             give --etcd-cafile, or name them with SSL_CERT_FILE"
+                        ))
+                    } else {
+                        bad(why)
+                    }
+                })?;
             }
             members.push(Member {
                 url: url.clone(),
@@ -605,6 +621,13 @@ mod tests {
         let s = with_source(Status::unavailable("tcp connect error"), connect);
         assert_eq!(describe(&s), "tcp connect error: Connection refused");
         assert_eq!(describe(&Status::unavailable("")), "Unavailable");
+        // A transport error says only that: its source says what.
+        let bad = Endpoint::from_shared("http://bad host").unwrap_err();
+        let text = with_reasons(String::new(), Some(&bad));
+        assert!(
+            !text.is_empty() && !text.starts_with("transport error"),
+            "{text}"
+        );
     }
 
     #[test]
