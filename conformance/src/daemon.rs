@@ -20,11 +20,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `binary args` in `ns`; its stderr goes to `log`.
     pub fn start(binary: &Path, args: &[String], ns: &TestNetns, log: &Path) -> Daemon {
+        Self::start_with_env(binary, args, ns, log, &[])
+    }
+
+    /// As [`Daemon::start`], with `env` set (the environment is otherwise
+    /// only `PATH`).
+    pub fn start_with_env(
+        binary: &Path,
+        args: &[String],
+        ns: &TestNetns,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let err = File::create(log).expect("cannot create the daemon log");
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);

@@ -935,6 +935,87 @@ fn etcd_over_tls_with_client_certificates() {
     drop(etcd);
 }
 
+/// Without `--etcd-cafile` the agent trusts the system's CA certificates,
+/// as upstream does: here the "system" store is the test CA, named by
+/// `SSL_CERT_FILE`; without it the agent refuses etcd's certificate.
+#[test]
+fn etcd_over_tls_without_a_cafile_trusts_the_system_roots() {
+    let mut net = Underlay::new("tlsroots");
+    let host = net.add_host("rooth", &["192.168.77.10/24"]);
+    let switch = &net.switch;
+    switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+    let dir = TempDir::new("flanneld-tlsroots");
+    let d = dir.path();
+    make_pki(d);
+    let p = |f: &str| d.join(f).display().to_string();
+    let url = "https://192.168.77.1:2379";
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let etcd = etcd_daemon(switch, d, url, &["--cert-file", &cert, "--key-file", &key]);
+    let config = host_gw().to_string();
+    let put = || {
+        let a = [
+            "--endpoints",
+            url,
+            "--cacert",
+            &ca,
+            "put",
+            "/coreos.com/network/config",
+            &config,
+        ];
+        switch.exec("etcdctl", &a).status.success()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), put),
+        "etcd over TLS did not come up: {}",
+        etcd.log()
+    );
+    let start = |tag: &str, env: &[(&str, &str)]| {
+        let args: Vec<String> = [
+            "--etcd-endpoints",
+            url,
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            &p(&format!("{tag}.env")),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = d.join(format!("{tag}.log"));
+        Daemon::start_with_env(&plugin_binary("flanneld"), &args, &host, &log, env)
+    };
+    // The machine's own store does not hold the test CA: refused.
+    let untrusting = start("untrusting", &[]);
+    assert!(
+        wait_for(Duration::from_secs(15), || untrusting
+            .log()
+            .contains("certificate")),
+        "no word of the untrusted certificate: {}",
+        untrusting.log()
+    );
+    assert!(!d.join("untrusting.env").exists());
+    drop(untrusting);
+    // No CA certificate anywhere: it says what to do.
+    let missing = p("missing.pem");
+    let lost = start("lost", &[("SSL_CERT_FILE", &missing)]);
+    assert!(
+        wait_for(Duration::from_secs(15), || lost
+            .log()
+            .contains("give --etcd-cafile")),
+        "no advice without CA certificates: {}",
+        lost.log()
+    );
+    drop(lost);
+    let trusting = start("trusting", &[("SSL_CERT_FILE", &ca)]);
+    assert!(
+        wait_for(Duration::from_secs(15), || d.join("trusting.env").exists()),
+        "no lease over TLS with the CA in the system's store: {}",
+        trusting.log()
+    );
+    drop(trusting);
+    drop(etcd);
+}
+
 #[test]
 fn iface_regex_picks_the_interface_by_address_or_name() {
     let host = TestNetns::new("rx");

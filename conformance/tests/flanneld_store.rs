@@ -6,8 +6,9 @@
 //! Covered: one etcd lease per key through renewals, re-creation after a
 //! delete, and an agent restart; the feed's listing and events for writes
 //! made with etcdctl; an etcd wiped and restarted empty; a compacted
-//! watch; 5,000 leases (listing time, write-to-event time, idle CPU); and
-//! all of it for a user with a password (auth tokens on every call).
+//! watch; 5,000 leases (listing time, write-to-event time, idle CPU);
+//! all of it for a user with a password (auth tokens on every call); and
+//! an endpoint list with a dead member, refused or blackholed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
@@ -31,6 +32,11 @@ const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}
 /// What each feed event must take at most in these tests.
 const PROMPT: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
+/// Nothing listens there: a connect is refused at once.
+const REFUSED: &str = "http://127.0.0.1:4001";
+/// Sent to a MAC nobody owns: a connect gets no answer at all (no
+/// refusal, no ICMP) and waits for its timeout.
+const BLACKHOLED: &str = "http://10.99.0.2:2379";
 
 /// etcd in a namespace of its own; its data in memory (/dev/shm), so
 /// that thousands of writes do not wait on the disk.
@@ -96,6 +102,28 @@ impl Etcd {
         if let Some(mut d) = self.daemon.take() {
             d.stop();
         }
+    }
+
+    /// Makes [`BLACKHOLED`] unreachable the quiet way: its frames leave
+    /// through a veth whose other end drops them (not its MAC).
+    fn blackhole(&self) {
+        self.ns.ip(&[
+            "link", "add", "hole", "type", "veth", "peer", "name", "hole1",
+        ]);
+        self.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "hole"]);
+        self.ns.ip(&["link", "set", "hole", "up"]);
+        self.ns.ip(&["link", "set", "hole1", "up"]);
+        self.ns.ip(&[
+            "neigh",
+            "replace",
+            "10.99.0.2",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "hole",
+            "nud",
+            "permanent",
+        ]);
     }
 
     /// Its data gone, as after a rebuilt control plane.
@@ -683,5 +711,90 @@ fn a_user_with_a_password_renews_revokes_and_feeds() {
         assert_eq!(lease_count(), 1, "the earlier grant was not revoked");
         assert!(store.delete(&l).unwrap());
         assert_eq!(lease_count(), 0);
+    });
+}
+
+#[test]
+fn every_call_works_with_a_dead_endpoint_in_the_list() {
+    let etcd = Etcd::start("store-dead");
+    etcd.blackhole();
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    let lists = [
+        [REFUSED, URL],
+        [URL, REFUSED],
+        [BLACKHOLED, URL],
+        [URL, BLACKHOLED],
+    ];
+    in_netns(&etcd.ns.path(), || {
+        for (i, list) in lists.iter().enumerate() {
+            let opts = Options {
+                etcd_endpoints: list.iter().map(ToString::to_string).collect(),
+                ..Options::default()
+            };
+            let began = Instant::now();
+            let mut store = EtcdStore::connect(&opts).unwrap();
+            // A write first, on a fresh client: the grant and the create
+            // meet the dead endpoint before anything was sent.
+            let own = key(&format!("10.244.{}.0-24", 10 + i));
+            let other = key(&format!("10.244.{}.0-24", 20 + i));
+            let ttl = Some(Duration::from_secs(60));
+            let ok = |what: &str, r: Result<Written, StoreError>| match r {
+                Ok(Written::Ours(l)) => l,
+                Ok(w) => panic!("{list:?}: {what}: not written: {w:?}"),
+                Err(e) => panic!("{list:?}: {what}: {e}"),
+            };
+            let mut mine = ok("create", store.create(&own, &attrs("192.0.2.1"), ttl));
+            for round in 0..15 {
+                let config = store.network_config();
+                assert_eq!(config.unwrap_or_else(|e| panic!("{list:?}: {e}")), CONFIG);
+                let leases = store.list().unwrap_or_else(|e| panic!("{list:?}: {e}"));
+                assert!(!leases.leases.is_empty());
+                let ip = format!("192.0.2.{}", 1 + round % 2);
+                mine = ok("renew", store.replace(&mine, &attrs(&ip), ttl));
+                let theirs = ok("create", store.create(&other, &attrs("192.0.2.9"), ttl));
+                assert!(
+                    store
+                        .delete(&theirs)
+                        .unwrap_or_else(|e| panic!("{list:?}: {e}"))
+                );
+            }
+            // The endpoint that worked is remembered: one connect timeout
+            // at most, not one per call.
+            let took = began.elapsed();
+            eprintln!("{list:?}: 76 store calls in {took:?}");
+            assert!(took < Duration::from_secs(10), "{list:?}: {took:?}");
+
+            // The feed (a client of its own) lists and watches.
+            let (sink, rx) = channel();
+            store.feed(sink, HOUR).unwrap();
+            let (leases, config) = listed(next(&rx, Duration::from_secs(15)));
+            assert!(leases.iter().any(|l| l.key == own), "{list:?}");
+            assert_eq!(config.as_deref(), Some(CONFIG));
+            etcd.ctl(&["put", &subnet("10.244.99.0-24"), &json("192.0.2.99")]);
+            match next(&rx, PROMPT) {
+                StoreEvent::Put(l) => assert_eq!(l.key, key("10.244.99.0-24")),
+                other => panic!("{list:?}: expected the put, got {other:?}"),
+            }
+            etcd.ctl(&["del", &subnet("10.244.99.0-24")]);
+            assert!(store.delete(&mine).unwrap());
+        }
+
+        // Every endpoint dead: the call fails in bounded time and says
+        // why for each.
+        let opts = Options {
+            etcd_endpoints: vec![REFUSED.into(), BLACKHOLED.into()],
+            ..Options::default()
+        };
+        let mut store = EtcdStore::connect(&opts).unwrap();
+        let began = Instant::now();
+        let err = store.network_config().unwrap_err().to_string();
+        let took = began.elapsed();
+        eprintln!("all dead, after {took:?}: {err}");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert!(
+            err.contains(&format!("{REFUSED}: ")) && err.contains(&format!("{BLACKHOLED}: ")),
+            "{err}"
+        );
+        assert!(err.contains("refused"), "{err}");
     });
 }

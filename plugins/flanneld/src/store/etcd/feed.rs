@@ -17,9 +17,6 @@ use super::client::{self, Client, ConnectSpec};
 use super::{parse_lease, parse_leases, wire};
 use crate::store::{Backoff, Sink, StoreError, StoreEvent, Unreadable, jittered};
 
-/// How long connecting, listing or starting the watch may take before
-/// the attempt counts as failed (the channel itself never gives up).
-const CALL_WAIT: Duration = Duration::from_secs(15);
 /// A watch that ran this long was healthy: the next trouble starts the
 /// backoff from its shortest wait again.
 const STEADY: Duration = Duration::from_secs(10);
@@ -32,6 +29,9 @@ pub(super) fn start(
     relist: Duration,
 ) -> Result<(), StoreError> {
     let rt = super::runtime()?;
+    // The client bounds each call itself (failed endpoints included);
+    // this is a backstop a little beyond.
+    let wait = spec.call_bound() + Duration::from_secs(5);
     let mut feed = Feed {
         spec,
         dir: format!("{prefix}/"),
@@ -40,6 +40,7 @@ pub(super) fn start(
         endpoints: endpoints.to_string(),
         sink,
         relist,
+        wait,
         client: None,
         unreadable: Unreadable::default(),
     };
@@ -62,19 +63,23 @@ struct Feed {
     endpoints: String,
     sink: Sink,
     relist: Duration,
-    /// Dropped after a failed attempt, so the next one connects afresh.
+    /// How long connecting, listing or starting the watch may take.
+    wait: Duration,
+    /// Kept across failures: its channels connect again by themselves,
+    /// and it remembers which endpoint worked.
     client: Option<Client>,
     unreadable: Unreadable,
 }
 
-/// `call`'s value within [`CALL_WAIT`]; when it fails or does not answer
-/// in time, the attempt ends as unreachable, worded `<what>: <why>`.
+/// `call`'s value within `wait`; when it fails or does not answer in
+/// time, the attempt ends as unreachable, worded `<what>: <why>`.
 async fn within<T, E>(
+    wait: Duration,
     what: &str,
     call: impl Future<Output = Result<T, E>>,
     why: impl FnOnce(&E) -> String,
 ) -> Result<T, End> {
-    match tokio::time::timeout(CALL_WAIT, call).await {
+    match tokio::time::timeout(wait, call).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(End::Unreachable(format!("{what}: {}", why(&e)))),
         Err(_) => Err(End::Unreachable(format!("{what}: no answer in time"))),
@@ -111,7 +116,6 @@ impl Feed {
                     tokio::time::sleep(backoff.next_wait()).await;
                 }
                 End::Unreachable(why) => {
-                    self.client = None;
                     if !(self.sink)(StoreEvent::Trouble(format!(
                         "etcd {}: {why}",
                         self.endpoints
@@ -126,19 +130,25 @@ impl Feed {
 
     /// Lists, reports the listing, then follows the watch until it ends.
     async fn cycle(&mut self) -> End {
-        let client = match self.client.take() {
+        let mut client = match self.client.take() {
             Some(c) => c,
             None => {
                 let connect = Client::connect(&self.spec);
-                match within("cannot connect", connect, ToString::to_string).await {
+                match within(self.wait, "cannot connect", connect, ToString::to_string).await {
                     Ok(c) => c,
                     Err(end) => return end,
                 }
             }
         };
-        let mut client = self.client.insert(client).clone();
+        let end = self.follow(&mut client).await;
+        self.client = Some(client);
+        end
+    }
+
+    /// The listing and the watch, on `client`.
+    async fn follow(&mut self, client: &mut Client) -> End {
         let list = client.range(&self.dir, true);
-        let listing = match within("cannot list", list, client::describe).await {
+        let listing = match within(self.wait, "cannot list", list, client::describe).await {
             Ok(r) => r,
             Err(end) => return end,
         };
@@ -149,7 +159,7 @@ impl Feed {
             return End::Stop;
         }
         let watch = client.watch(&self.dir, revision + 1);
-        let mut stream = match within("cannot watch", watch, client::describe).await {
+        let mut stream = match within(self.wait, "cannot watch", watch, client::describe).await {
             Ok(s) => s,
             Err(end) => return end,
         };

@@ -78,22 +78,23 @@ fn read(path: &str, what: &str) -> Result<Vec<u8>, StoreError> {
 }
 
 /// As upstream: TLS with a client certificate when `--etcd-certfile` and
-/// `--etcd-keyfile` are given; the CA, when given, replaces the system's.
+/// `--etcd-keyfile` are given; the server's certificate checked against
+/// `--etcd-cafile` when given, else against the system's CA certificates
+/// (its trust store, or those SSL_CERT_FILE / SSL_CERT_DIR name). Always
+/// `Some`: it is used for https:// endpoints only.
 fn tls_config(opts: &Options) -> Result<Option<ClientTlsConfig>, StoreError> {
     let mut tls = ClientTlsConfig::new();
-    let mut any = false;
     if let (Some(cert), Some(key)) = (&opts.etcd_certfile, &opts.etcd_keyfile) {
         tls = tls.identity(Identity::from_pem(
             read(cert, "--etcd-certfile")?,
             read(key, "--etcd-keyfile")?,
         ));
-        any = true;
     }
-    if let Some(ca) = &opts.etcd_cafile {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-cafile")?));
-        any = true;
-    }
-    Ok(any.then_some(tls))
+    tls = match &opts.etcd_cafile {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-cafile")?)),
+        None => tls.with_native_roots(),
+    };
+    Ok(Some(tls))
 }
 
 impl EtcdStore {
