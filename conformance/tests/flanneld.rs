@@ -235,6 +235,41 @@ fn vxlan_state_deleted_by_hand_is_restored() {
     );
 }
 
+/// Issue 18, defect 10: an fdb entry pointed elsewhere (`bridge fdb
+/// replace`) is put back from its notification, not left to the full
+/// comparison minutes later.
+#[test]
+fn a_replaced_fdb_entry_is_repaired_at_once() {
+    let cluster = Cluster::new(2, 1, &vxlan());
+    cluster.add_pod(0, 0);
+    let b = cluster.add_pod(1, 0);
+    assert!(wait_for(Duration::from_secs(10), || cluster.reaches(0, 0, &b)));
+    let h0 = &cluster.hosts[0].ns;
+    let peer = cluster.hosts[1].underlay_ip.clone();
+    let fdb = || {
+        let out = h0.exec("bridge", &["fdb", "show", "dev", "flannel.7"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let before = fdb();
+    let mac = before.split_whitespace().next().unwrap().to_string();
+    let out = h0.exec(
+        "bridge",
+        &["fdb", "replace", &mac, "dev", "flannel.7", "dst", "192.168.77.99"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            let now = fdb();
+            now.contains(&format!("dst {peer} ")) && !now.contains("192.168.77.99")
+        }),
+        "fdb entry left pointing elsewhere: {}\n{}",
+        fdb(),
+        cluster.log(0)
+    );
+    assert!(cluster.reaches(0, 0, &b));
+    assert!(cluster.log(0).contains("repairing: fdb entry"), "{}", cluster.log(0));
+}
+
 #[test]
 fn etcd_store_in_upstream_layout_and_pods_keep_talking_while_it_is_down() {
     let mut cluster = Cluster::with_store(2, 1, &vxlan(), true);

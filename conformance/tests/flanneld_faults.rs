@@ -885,3 +885,73 @@ fn etcd_renewals_and_a_re_created_lease_leave_one_etcd_lease_per_node() {
     );
     check(&c, "after host 0 renewed its re-created lease");
 }
+
+/// Issue 18, defect 4: an etcd that hangs (frozen with SIGSTOP, so calls
+/// neither fail nor answer) for longer than `/healthz`'s staleness limit,
+/// while renewals fall due every few seconds. The store's calls run off
+/// the agent's loop: `/healthz` stays 200 throughout (a liveness probe
+/// must never restart an agent for a store fault), `/readyz` says why it
+/// is not ready, and a route deleted meanwhile is repaired at once.
+#[test]
+fn a_frozen_etcd_leaves_the_agent_live_not_ready_and_repairing() {
+    // A 65 s lease renewed 1 min before expiry: a renewal every 5 s.
+    let extra = [
+        HEALTH[0],
+        HEALTH[1],
+        "--subnet-lease-ttl",
+        "65",
+        "--subnet-lease-renew-margin",
+        "1",
+    ];
+    let (c, pods) = cluster(true, &extra);
+    wait_ready(&c, 0, 200, "ready", Duration::from_secs(10));
+    let stale = Duration::from_secs(10);
+    let pid = c.etcd.as_ref().unwrap().pid().unwrap();
+    let etcd = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(etcd, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Thawed however the test ends.
+    struct Thaw(nix::unistd::Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let thaw = Thaw(etcd);
+    let frozen = Instant::now();
+    let mut not_ready = None;
+    let mut repaired = false;
+    let peer = c.subnet(1);
+    // Longer than the staleness limit, and than etcd's call deadlines.
+    while frozen.elapsed() < stale + Duration::from_secs(12) {
+        let (code, body) = get(&c, 0, "/healthz");
+        assert_eq!(
+            code,
+            200,
+            "/healthz failed {:?} into the freeze: {body}\n{}",
+            frozen.elapsed(),
+            c.log(0)
+        );
+        if not_ready.is_none() {
+            let (code, body) = get(&c, 0, "/readyz");
+            if code == 503 && body.contains("lease store") {
+                not_ready = Some(body);
+            }
+        }
+        if !repaired && frozen.elapsed() > stale {
+            // The loop repairs as ever.
+            c.hosts[0].ns.ip(&["route", "del", &peer]);
+            repaired = wait_for(Duration::from_secs(2), || {
+                c.hosts[0].ns.ip(&["route", "show", &peer]).contains(VTEP)
+            });
+            assert!(repaired, "route {peer} not repaired while etcd hangs:\n{}", c.log(0));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let body = not_ready.unwrap_or_else(|| {
+        panic!("/readyz never said the store fails:\n{}", c.log(0))
+    });
+    eprintln!("/readyz while etcd hangs: {body}");
+    drop(thaw);
+    wait_ready(&c, 0, 200, "ready", Duration::from_secs(40));
+    all_reach(&c, &pods, &[0, 1, 2]);
+}

@@ -699,3 +699,50 @@ fn log_lines_are_timestamped_and_levelled() {
         assert_eq!(levels.contains(&'D'), h == 1, "{log}");
     }
 }
+
+/// Issue 18, defects 12 and 13: what operators read names addresses and
+/// devices as they are written (no `Some(..)`, no `#3` for a device), and
+/// a record's name from the store cannot make a log line of its own.
+#[test]
+fn log_lines_name_addresses_and_devices_and_escape_the_stores_text() {
+    let mut lab = Lab::new(2, &vxlan());
+    // A record whose name would start a forged error line.
+    let forged = "2030-01-01T00:00:00.000Z E forged by a store writer";
+    std::fs::write(
+        lab.store().join("subnets").join(format!("10.244.9.0-24\n{forged}")),
+        "{}",
+    )
+    .unwrap();
+    lab.start(0, &[]);
+    lab.start(1, &[]);
+    let peer = lab.subnet(1);
+    assert!(wait_for(Duration::from_secs(5), || route_line(lab.ns(0), &peer).is_some()));
+    lab.ns(0).ip(&["route", "del", &peer]);
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.log(0).contains("repairing: route")),
+        "{}",
+        lab.log(0)
+    );
+    let log = lab.log(0);
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{log}"))
+    };
+    assert!(
+        line("acquired lease").ends_with("on eth0, reached at 192.168.77.10"),
+        "{log}"
+    );
+    assert!(
+        line("repairing: route").contains(&format!("{peer} via ")),
+        "{log}"
+    );
+    assert!(line("repairing: route").contains(" dev flannel.7 onlink"), "{log}");
+    assert!(!log.contains("Some(") && !log.contains("dev #"), "{log}");
+    // The name is in the log, escaped, on its own line's end.
+    assert!(line("cannot be read").contains("\\n2030-01-01T00"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a store writer forged a line:\n{log}"
+    );
+}

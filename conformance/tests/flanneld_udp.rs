@@ -1075,3 +1075,29 @@ fn udp_datagrams_from_a_peer_enter_only_for_this_nodes_subnet() {
     // Pod traffic still enters.
     assert_reaches(&c, 1, &a);
 }
+
+/// Issue 18, defect 6: `flannel0` set down (which takes its routes along)
+/// is brought back up with its routes from the link's notification, as
+/// the vxlan device is; pods on the host reach the others again.
+#[test]
+fn udp_device_set_down_is_brought_back_with_its_routes() {
+    let c = Cluster::with_args(2, 1, &udp4(), &[]);
+    c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    assert_reaches(&c, 0, &b);
+    let ns = &c.hosts[0].ns;
+    ns.ip(&["link", "set", "flannel0", "down"]);
+    let up = || {
+        let link = ns.ip(&["link", "show", "flannel0"]);
+        let flags = link.split('<').nth(1).unwrap_or("").split('>').next().unwrap_or("");
+        flags.split(',').any(|f| f == "UP")
+            && ns.ip(&["route", "show", "10.244.0.0/16"]).contains("dev flannel0")
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), up),
+        "flannel0 not restored: {}\n{}",
+        ns.ip(&["link", "show", "flannel0"]),
+        tail(&c.log(0), 20)
+    );
+    assert_reaches(&c, 0, &b);
+}

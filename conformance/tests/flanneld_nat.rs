@@ -1,0 +1,125 @@
+//! A node behind NAT (issue 18, defect 3): its public address belongs to
+//! the underlay's router, which forwards the tunnel's port to the node and
+//! rewrites what the node sends. The node publishes `--public-ip` in its
+//! lease but sends from (and, for udp, binds to) its own interface address,
+//! the one `--iface=<IP>` names (not the interface's first). Pods on it and
+//! on two nodes on the segment reach each other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+
+use std::time::Duration;
+
+use conformance::cluster::{Cluster, Host};
+use conformance::{TestNetns, plugin_binary, wait_for};
+use serde_json::json;
+
+/// The router's address on the segment: the NAT'ed node's public one.
+const PUBLIC: &str = "192.168.77.50";
+/// The node's address behind the router (the second on its interface).
+const PRIVATE: &str = "10.99.0.2";
+
+/// The router: on the segment at [`PUBLIC`], and at 10.99.0.1 towards the
+/// node. It forwards the tunnel's `port` to the node, rewrites the node's
+/// traffic to come from [`PUBLIC`], and drops what the node sends from
+/// any other address (so a tunnel sent from the wrong one goes nowhere).
+fn router(c: &mut Cluster, port: u16) -> (TestNetns, TestNetns) {
+    let r = c.net.add_host("natr", &[&format!("{PUBLIC}/24")]);
+    let node = TestNetns::new("nath");
+    r.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", node.name(),
+    ]);
+    r.ip(&["addr", "add", "10.99.0.1/24", "dev", "lan0"]);
+    r.ip(&["link", "set", "lan0", "up"]);
+    let out = r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    assert!(out.status.success(), "{out:?}");
+    let rules = format!(
+        "table ip nat {{
+  chain pre {{ type nat hook prerouting priority dstnat; iifname \"eth0\" ip daddr {PUBLIC} udp dport {port} dnat to {PRIVATE}; }}
+  chain post {{ type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr {PRIVATE} snat to {PUBLIC}; }}
+}}
+table ip filter {{
+  chain fwd {{ type filter hook forward priority 0; policy drop;
+    iifname \"lan0\" ip saddr {PRIVATE} accept
+    iifname \"eth0\" ip daddr {PRIVATE} accept
+  }}
+}}
+"
+    );
+    let file = c.dir.path().join("nat.nft");
+    std::fs::write(&file, rules).unwrap();
+    let out = r.exec("nft", &["-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // The node: another address first on its interface, so only the one
+    // --iface names is the right one.
+    node.ip(&["addr", "add", "10.99.0.9/24", "dev", "eth0"]);
+    node.ip(&["addr", "add", &format!("{PRIVATE}/24"), "dev", "eth0"]);
+    node.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&["route", "add", "default", "via", "10.99.0.1"]);
+    (r, node)
+}
+
+fn behind_nat(backend: &str, port: u16) {
+    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}});
+    let mut c = Cluster::prepare(2, 1, &config, false);
+    c.start(0);
+    c.start(1);
+    let (_router, node) = router(&mut c, port);
+    let dir = c.dir.path().join("host2");
+    std::fs::create_dir_all(&dir).unwrap();
+    c.hosts.push(Host {
+        agent: None,
+        pods: vec![TestNetns::new("nathp0")],
+        ns: node,
+        dir: dir.clone(),
+        underlay_ip: PRIVATE.into(),
+    });
+    let args: Vec<String> = [
+        "--store-dir",
+        c.store().to_str().unwrap(),
+        "--iface",
+        PRIVATE,
+        "--public-ip",
+        PUBLIC,
+        "--subnet-file",
+        dir.join("subnet.env").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    c.launch(2, &plugin_binary("flanneld"), &args);
+    // The lease publishes the router's address.
+    let lease = std::fs::read_to_string(c.store().join("subnets").join(c.key(2))).unwrap();
+    assert!(lease.contains(&format!("\"PublicIP\":\"{PUBLIC}\"")), "{lease}");
+    let ns = &c.hosts[2].ns;
+    if backend == "vxlan" {
+        let dev = ns.ip(&["-d", "link", "show", "flannel.1"]);
+        assert!(dev.contains(&format!("local {PRIVATE} ")), "{dev}");
+    } else {
+        let ss = ns.exec("ss", &["-uln"]);
+        let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+        assert!(ss.contains(&format!("{PRIVATE}:{port}")), "{ss}");
+    }
+    let pods: Vec<String> = (0..3).map(|h| c.add_pod(h, 0)).collect();
+    for from in 0..3 {
+        for (to, target) in pods.iter().enumerate() {
+            if from == to {
+                continue;
+            }
+            assert!(
+                wait_for(Duration::from_secs(10), || c.reaches(from, 0, target)),
+                "{backend}: host {from}'s pod cannot reach host {to}'s pod {target}:\n{}",
+                c.log(from)
+            );
+        }
+    }
+}
+
+#[test]
+fn vxlan_node_behind_nat_publishes_its_public_address_and_sends_from_its_own() {
+    behind_nat("vxlan", 8472);
+}
+
+#[test]
+fn udp_node_behind_nat_publishes_its_public_address_and_binds_its_own() {
+    behind_nat("udp", 8285);
+}
