@@ -254,9 +254,21 @@ fn a_replaced_fdb_entry_is_repaired_at_once() {
     let mac = before.split_whitespace().next().unwrap().to_string();
     let out = h0.exec(
         "bridge",
-        &["fdb", "replace", &mac, "dev", "flannel.7", "dst", "192.168.77.99"],
+        &[
+            "fdb",
+            "replace",
+            &mac,
+            "dev",
+            "flannel.7",
+            "dst",
+            "192.168.77.99",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         wait_for(Duration::from_secs(3), || {
             let now = fdb();
@@ -267,7 +279,11 @@ fn a_replaced_fdb_entry_is_repaired_at_once() {
         cluster.log(0)
     );
     assert!(cluster.reaches(0, 0, &b));
-    assert!(cluster.log(0).contains("repairing: fdb entry"), "{}", cluster.log(0));
+    assert!(
+        cluster.log(0).contains("repairing: fdb entry"),
+        "{}",
+        cluster.log(0)
+    );
 }
 
 #[test]

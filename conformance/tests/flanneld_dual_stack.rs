@@ -59,7 +59,11 @@ fn all_reach(c: &Cluster, addrs: &[(usize, Vec<String>)]) {
                 assert!(
                     wait_for(Duration::from_secs(10), || c.reaches(*from, 0, target)),
                     "host {from}'s pod cannot reach {target} on host {to}: {}",
-                    if c.hosts[*from].agent.is_some() { c.log(*from) } else { String::new() }
+                    if c.hosts[*from].agent.is_some() {
+                        c.log(*from)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -77,11 +81,21 @@ fn every_pod_reaches_every_other_over_both_families_in_upstreams_layout() {
         let (mac4, v4) = device(ns, "flannel.1");
         let (mac6, v6) = device(ns, "flannel-v6.1");
         // Each sends from the interface's own address of its family.
-        assert!(v4.contains(&format!("local 192.168.77.{} ", 10 + h)), "{v4}");
+        assert!(
+            v4.contains(&format!("local 192.168.77.{} ", 10 + h)),
+            "{v4}"
+        );
         assert!(v6.contains(&format!("local fd00:77::{} ", 10 + h)), "{v6}");
-        assert!(v4.contains("mtu 1450") && v6.contains("mtu 1430"), "{v4}\n{v6}");
+        assert!(
+            v4.contains("mtu 1450") && v6.contains("mtu 1430"),
+            "{v4}\n{v6}"
+        );
         // One MTU for pods: the smaller tunnel's.
-        assert!(c.subnet_env(h).contains("FLANNEL_MTU=1430\n"), "{}", c.subnet_env(h));
+        assert!(
+            c.subnet_env(h).contains("FLANNEL_MTU=1430\n"),
+            "{}",
+            c.subnet_env(h)
+        );
         let ip4 = format!("192.168.77.{}", 10 + h);
         let ip6 = format!("fd00:77::{}", 10 + h);
         let want = upstream_lease(&ip4, &ip6, &mac4, &mac6);
@@ -109,12 +123,24 @@ fn upstream_node(c: &Cluster, subnet4: &str, subnet6: &str) {
         ("flannel.1", "192.168.77.12", format!("{net4}/32")),
         ("flannel-v6.1", "fd00:77::12", format!("{net6}/128")),
     ] {
+        // Upstream asks both devices for the IPv4 tunnel's MTU; the kernel
+        // holds the IPv6 one to what its underlay allows.
         ns.ip(&[
-            "link", "add", dev, "type", "vxlan", "id", "1", "local", local, "dev", "eth0",
-            "nolearning", "dstport", "8472",
+            "link",
+            "add",
+            dev,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            local,
+            "dev",
+            "eth0",
+            "nolearning",
+            "dstport",
+            "8472",
         ]);
-        // Upstream gives both devices the IPv4 tunnel's MTU.
-        ns.ip(&["link", "set", dev, "mtu", "1450"]);
         ns.ip(&["addr", "add", &own, "dev", dev]);
         ns.ip(&["link", "set", dev, "up"]);
     }
@@ -149,15 +175,44 @@ fn upstream_node(c: &Cluster, subnet4: &str, subnet6: &str) {
         let lease: Value = serde_json::from_str(&v).unwrap();
         for (dev, subnet, public, data) in [
             ("flannel.1", s4, &lease["PublicIP"], &lease["BackendData"]),
-            ("flannel-v6.1", s6, &lease["PublicIPv6"], &lease["BackendV6Data"]),
+            (
+                "flannel-v6.1",
+                s6,
+                &lease["PublicIPv6"],
+                &lease["BackendV6Data"],
+            ),
         ] {
-            let mac = data["VtepMAC"].as_str().expect("upstream skips a lease without it");
+            let mac = data["VtepMAC"]
+                .as_str()
+                .expect("upstream skips a lease without it");
             let public = public.as_str().unwrap();
             let (ip, len) = subnet.rsplit_once('-').unwrap();
-            ns.ip(&["neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]);
-            let out = ns.exec("bridge", &["fdb", "replace", mac, "dev", dev, "dst", public]);
+            ns.ip(&[
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+            let out = ns.exec(
+                "bridge",
+                &["fdb", "replace", mac, "dev", dev, "dst", public],
+            );
             assert!(out.status.success(), "{out:?}");
-            ns.ip(&["route", "replace", &format!("{ip}/{len}"), "via", ip, "dev", dev, "onlink"]);
+            ns.ip(&[
+                "route",
+                "replace",
+                &format!("{ip}/{len}"),
+                "via",
+                ip,
+                "dev",
+                dev,
+                "onlink",
+            ]);
         }
     }
 }
@@ -175,7 +230,9 @@ fn a_node_in_upstreams_layout_and_ours_reach_each_other_over_both_families() {
         assert!(
             wait_for(Duration::from_secs(5), || {
                 ns.ip(&["route", "show", s4]).contains("dev flannel.1")
-                    && ns.ip(&["-6", "route", "show", s6]).contains("dev flannel-v6.1")
+                    && ns
+                        .ip(&["-6", "route", "show", s6])
+                        .contains("dev flannel-v6.1")
             }),
             "host {h} did not program the upstream node: {}",
             c.log(h)

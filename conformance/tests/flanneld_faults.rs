@@ -943,13 +943,16 @@ fn a_frozen_etcd_leaves_the_agent_live_not_ready_and_repairing() {
             repaired = wait_for(Duration::from_secs(2), || {
                 c.hosts[0].ns.ip(&["route", "show", &peer]).contains(VTEP)
             });
-            assert!(repaired, "route {peer} not repaired while etcd hangs:\n{}", c.log(0));
+            assert!(
+                repaired,
+                "route {peer} not repaired while etcd hangs:\n{}",
+                c.log(0)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let body = not_ready.unwrap_or_else(|| {
-        panic!("/readyz never said the store fails:\n{}", c.log(0))
-    });
+    let body =
+        not_ready.unwrap_or_else(|| panic!("/readyz never said the store fails:\n{}", c.log(0)));
     eprintln!("/readyz while etcd hangs: {body}");
     drop(thaw);
     wait_ready(&c, 0, 200, "ready", Duration::from_secs(40));

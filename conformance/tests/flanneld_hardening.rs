@@ -709,17 +709,25 @@ fn log_lines_name_addresses_and_devices_and_escape_the_stores_text() {
     // A record whose name would start a forged error line.
     let forged = "2030-01-01T00:00:00.000Z E forged by a store writer";
     std::fs::write(
-        lab.store().join("subnets").join(format!("10.244.9.0-24\n{forged}")),
+        lab.store()
+            .join("subnets")
+            .join(format!("10.244.9.0-24\n{forged}")),
         "{}",
     )
     .unwrap();
     lab.start(0, &[]);
     lab.start(1, &[]);
     let peer = lab.subnet(1);
-    assert!(wait_for(Duration::from_secs(5), || route_line(lab.ns(0), &peer).is_some()));
+    assert!(wait_for(Duration::from_secs(5), || route_line(
+        lab.ns(0),
+        &peer
+    )
+    .is_some()));
     lab.ns(0).ip(&["route", "del", &peer]);
     assert!(
-        wait_for(Duration::from_secs(5), || lab.log(0).contains("repairing: route")),
+        wait_for(Duration::from_secs(5), || lab
+            .log(0)
+            .contains("repairing: route")),
         "{}",
         lab.log(0)
     );
@@ -737,7 +745,10 @@ fn log_lines_name_addresses_and_devices_and_escape_the_stores_text() {
         line("repairing: route").contains(&format!("{peer} via ")),
         "{log}"
     );
-    assert!(line("repairing: route").contains(" dev flannel.7 onlink"), "{log}");
+    assert!(
+        line("repairing: route").contains(" dev flannel.7 onlink"),
+        "{log}"
+    );
     assert!(!log.contains("Some(") && !log.contains("dev #"), "{log}");
     // The name is in the log, escaped, on its own line's end.
     assert!(line("cannot be read").contains("\\n2030-01-01T00"), "{log}");

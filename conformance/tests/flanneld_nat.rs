@@ -26,7 +26,16 @@ fn router(c: &mut Cluster, port: u16) -> (TestNetns, TestNetns) {
     let r = c.net.add_host("natr", &[&format!("{PUBLIC}/24")]);
     let node = TestNetns::new("nath");
     r.ip(&[
-        "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", node.name(),
+        "link",
+        "add",
+        "lan0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        node.name(),
     ]);
     r.ip(&["addr", "add", "10.99.0.1/24", "dev", "lan0"]);
     r.ip(&["link", "set", "lan0", "up"]);
@@ -34,11 +43,11 @@ fn router(c: &mut Cluster, port: u16) -> (TestNetns, TestNetns) {
     assert!(out.status.success(), "{out:?}");
     let rules = format!(
         "table ip nat {{
-  chain pre {{ type nat hook prerouting priority dstnat; iifname \"eth0\" ip daddr {PUBLIC} udp dport {port} dnat to {PRIVATE}; }}
-  chain post {{ type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr {PRIVATE} snat to {PUBLIC}; }}
+  chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"eth0\" ip daddr {PUBLIC} udp dport {port} dnat to {PRIVATE}; }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr {PRIVATE} snat to {PUBLIC}; }}
 }}
 table ip filter {{
-  chain fwd {{ type filter hook forward priority 0; policy drop;
+  chain forward {{ type filter hook forward priority 0; policy drop;
     iifname \"lan0\" ip saddr {PRIVATE} accept
     iifname \"eth0\" ip daddr {PRIVATE} accept
   }}
@@ -89,7 +98,10 @@ fn behind_nat(backend: &str, port: u16) {
     c.launch(2, &plugin_binary("flanneld"), &args);
     // The lease publishes the router's address.
     let lease = std::fs::read_to_string(c.store().join("subnets").join(c.key(2))).unwrap();
-    assert!(lease.contains(&format!("\"PublicIP\":\"{PUBLIC}\"")), "{lease}");
+    assert!(
+        lease.contains(&format!("\"PublicIP\":\"{PUBLIC}\"")),
+        "{lease}"
+    );
     let ns = &c.hosts[2].ns;
     if backend == "vxlan" {
         let dev = ns.ip(&["-d", "link", "show", "flannel.1"]);

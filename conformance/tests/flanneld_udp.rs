@@ -1089,9 +1089,17 @@ fn udp_device_set_down_is_brought_back_with_its_routes() {
     ns.ip(&["link", "set", "flannel0", "down"]);
     let up = || {
         let link = ns.ip(&["link", "show", "flannel0"]);
-        let flags = link.split('<').nth(1).unwrap_or("").split('>').next().unwrap_or("");
+        let flags = link
+            .split('<')
+            .nth(1)
+            .unwrap_or("")
+            .split('>')
+            .next()
+            .unwrap_or("");
         flags.split(',').any(|f| f == "UP")
-            && ns.ip(&["route", "show", "10.244.0.0/16"]).contains("dev flannel0")
+            && ns
+                .ip(&["route", "show", "10.244.0.0/16"])
+                .contains("dev flannel0")
     };
     assert!(
         wait_for(Duration::from_secs(5), up),
