@@ -201,7 +201,7 @@ impl Agent {
         [
             Some(t.next_full),
             Some(t.next_traffic),
-            self.own.due_at(now),
+            self.own.due_at(),
             self.peers.next_expiry(self.grace),
         ]
         .into_iter()

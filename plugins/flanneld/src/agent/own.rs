@@ -42,6 +42,8 @@ enum State {
 pub struct Own {
     /// As last written or seen (its revision, its expiry).
     lease: Lease,
+    /// When it is to be renewed (`None`: a reservation, never).
+    renew_at: Option<Instant>,
     /// What this node publishes.
     attrs: LeaseAttrs,
     ttl: Duration,
@@ -70,6 +72,16 @@ fn addresses(a: &LeaseAttrs) -> String {
     parts.join(", ")
 }
 
+/// `margin` before `lease` expires, on the monotonic clock.
+fn renew_at(lease: &Lease, margin: Duration) -> Option<Instant> {
+    let expires = lease.expires?;
+    let left = expires
+        .checked_sub(margin)
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left)
+}
+
 fn later(backoff: Duration, renew: bool) -> State {
     State::Retry {
         at: Instant::now() + backoff,
@@ -82,6 +94,7 @@ impl Own {
     pub fn new(lease: Lease, ttl: Duration, margin: Duration, health: Arc<Health>) -> Own {
         Own {
             attrs: lease.attrs.clone(),
+            renew_at: renew_at(&lease, margin),
             lease,
             ttl,
             margin,
@@ -132,21 +145,13 @@ impl Own {
         self.lease.expires.map(|_| self.ttl)
     }
 
-    /// When the next write is due, seen at `now` (`None`: none, or one is
-    /// in flight).
-    pub fn due_at(&self, now: Instant) -> Option<Instant> {
+    /// When the next write is due (`None`: none, or one is in flight).
+    pub fn due_at(&self) -> Option<Instant> {
         if self.asked.is_some() {
             return None;
         }
         match &self.state {
-            State::Held => {
-                let expires = self.lease.expires?;
-                let left = expires
-                    .checked_sub(self.margin)
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(Duration::ZERO);
-                Some(now + left)
-            }
+            State::Held => self.renew_at,
             State::Retry { at, .. } => Some(*at),
             State::Conflict(_) => None,
         }
@@ -154,7 +159,7 @@ impl Own {
 
     /// The write that is due at `now`, if any, marked as in flight.
     pub fn due(&mut self, now: Instant) -> Option<Request> {
-        if self.due_at(now).is_none_or(|t| t > now) {
+        if self.due_at().is_none_or(|t| t > now) {
             return None;
         }
         let renew = match self.state {
@@ -198,16 +203,27 @@ impl Own {
                 } else {
                     crate::info!("renewed lease {key}");
                 }
+                self.renew_at = renew_at(&lease, self.margin);
                 self.lease = lease;
                 self.state = State::Held;
             }
             Ok(Written::NotOurs(now)) => {
                 self.failing = None;
-                match &now {
+                match now {
+                    // Rewritten as we would write it (by an earlier run of
+                    // this node, say): ours, at the revision the store has
+                    // now; written again at once.
+                    Some(l) if l.attrs == self.attrs => {
+                        self.lease.rev = l.rev;
+                        self.seen(Some(&l));
+                        self.state = State::Retry {
+                            at: Instant::now(),
+                            backoff,
+                            renew: true,
+                        };
+                    }
                     // Taken meanwhile by someone else: its holder is named.
-                    Some(l) if l.attrs != self.attrs => self.seen(now.as_ref()),
-                    // Ours after all (rewritten as we would): adopted.
-                    Some(_) => self.seen(now.as_ref()),
+                    Some(l) => self.seen(Some(&l)),
                     None if renew => self.seen(None),
                     // The key is not free (a record that cannot be read).
                     None => {
@@ -237,26 +253,17 @@ impl Own {
     pub fn seen(&mut self, lease: Option<&Lease>) {
         let key = self.lease.key;
         match lease {
-            // The lease names this node as we write it: ours. A newer
-            // revision (rewritten as we would) is adopted; an older one
-            // is an echo of a write we already know.
-            Some(l) if l.attrs == self.attrs => {
-                if l.rev > self.lease.rev {
-                    self.lease.rev = l.rev;
-                    self.lease.expires = l.expires.map(|_| {
-                        self.lease
-                            .expires
-                            .unwrap_or_else(|| SystemTime::now() + self.ttl)
-                    });
+            // The lease names this node as we write it: ours. (Its
+            // revision is learnt from the store's answer to our next
+            // write: the feed may report an older version after a newer
+            // one was written.)
+            Some(l) if l.attrs == self.attrs => match self.state {
+                State::Held | State::Retry { renew: true, .. } => {}
+                _ => {
+                    crate::info!("lease {key} is this node's again");
+                    self.state = State::Held;
                 }
-                match self.state {
-                    State::Held | State::Retry { renew: true, .. } => {}
-                    _ => {
-                        crate::info!("lease {key} is this node's again");
-                        self.state = State::Held;
-                    }
-                }
-            }
+            },
             Some(l) => {
                 let theirs = addresses(&l.attrs);
                 if self.state != State::Conflict(theirs.clone()) {
@@ -282,5 +289,135 @@ impl Own {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(ip: &str) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Some(ip.parse().unwrap()),
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3600);
+    const MARGIN: Duration = Duration::from_secs(600);
+
+    /// Ours, written at revision 7, due for renewal in `in_secs`.
+    fn own(in_secs: u64) -> Own {
+        let lease = Lease {
+            key: SubnetKey::parse("10.244.1.0-24").unwrap(),
+            attrs: attrs("192.0.2.1"),
+            expires: Some(SystemTime::now() + MARGIN + Duration::from_secs(in_secs)),
+            rev: 7,
+        };
+        Own::new(
+            lease,
+            TTL,
+            MARGIN,
+            Arc::new(Health::new(Duration::from_secs(1))),
+        )
+    }
+
+    fn reply(request: Request, result: Result<Written, String>) -> Reply {
+        Reply {
+            request,
+            result,
+            took: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_renewal_is_due_before_expiry_and_one_at_a_time() {
+        let mut o = own(100);
+        let now = Instant::now();
+        assert!(o.due(now).is_none());
+        let at = o.due_at().unwrap();
+        assert!(at > now + Duration::from_secs(99) && at <= now + Duration::from_secs(100));
+        let later = now + Duration::from_secs(101);
+        let Some(Request::Renew { lease, ttl, .. }) = o.due(later) else {
+            panic!("no renewal");
+        };
+        assert_eq!((lease.rev, ttl), (7, Some(TTL)));
+        assert!(
+            o.due(later).is_none() && o.due_at().is_none(),
+            "one in flight"
+        );
+        let mut renewed = lease.clone();
+        renewed.rev = 9;
+        renewed.expires = Some(SystemTime::now() + TTL);
+        o.replied(reply(
+            Request::Renew {
+                lease,
+                attrs: attrs("192.0.2.1"),
+                ttl,
+            },
+            Ok(Written::Ours(renewed)),
+        ));
+        assert_eq!(o.lease.rev, 9);
+        assert!(o.trouble().is_none());
+        assert!(o.due(later).is_none(), "renewed: due again later");
+    }
+
+    fn renewal(o: &mut Own) -> Request {
+        o.due(Instant::now()).expect("a write is due")
+    }
+
+    #[test]
+    fn a_lost_compare_is_never_a_write_over_another_node() {
+        let mut o = own(0);
+        let r = renewal(&mut o);
+        let mut theirs = o.lease.clone();
+        theirs.attrs = attrs("192.0.2.99");
+        theirs.rev = 8;
+        o.replied(reply(r, Ok(Written::NotOurs(Some(theirs)))));
+        assert!(o.is_conflict());
+        assert!(
+            o.due(Instant::now() + TTL).is_none(),
+            "nothing is written over it"
+        );
+        assert!(o.trouble().unwrap().contains("192.0.2.99"));
+        // The key freed: re-created (create-if-absent), not renewed.
+        o.seen(None);
+        assert!(matches!(renewal(&mut o), Request::Recreate { .. }));
+    }
+
+    #[test]
+    fn gone_is_re_created_and_rewritten_as_ours_is_adopted() {
+        let mut o = own(0);
+        let r = renewal(&mut o);
+        o.replied(reply(r, Ok(Written::NotOurs(None))));
+        let r = renewal(&mut o);
+        assert!(matches!(r, Request::Recreate { .. }));
+        // Someone wrote our very lease meanwhile (an earlier run of ours):
+        // adopted at its revision and written again.
+        let mut again = o.lease.clone();
+        again.rev = 12;
+        o.replied(reply(r, Ok(Written::NotOurs(Some(again)))));
+        match renewal(&mut o) {
+            Request::Renew { lease, .. } => assert_eq!(lease.rev, 12),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_with_backoff_and_said() {
+        let mut o = own(0);
+        let r = renewal(&mut o);
+        o.replied(reply(r, Err("etcd: no answer".into())));
+        let why = o.trouble().unwrap();
+        assert!(
+            why.contains("cannot renew lease 10.244.1.0-24: etcd: no answer"),
+            "{why}"
+        );
+        assert!(o.due(Instant::now()).is_none(), "not at once");
+        let r = o.due(Instant::now() + FIRST_RETRY).unwrap();
+        assert!(matches!(r, Request::Renew { .. }));
     }
 }
