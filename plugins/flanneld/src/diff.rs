@@ -18,7 +18,8 @@
 //! carry their maker (only ours go); neighbour and fdb entries must be
 //! given only from devices of ours (the caller filters).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use netkit::batch::Op;
@@ -66,17 +67,18 @@ pub enum Change {
 }
 
 impl Change {
-    pub fn op(&self) -> Op {
+    /// The netlink operation that makes the change.
+    pub fn into_op(self) -> Op {
         match self {
             Change::Set { want, .. } => match want {
-                Item::Route(r) => Op::ReplaceRoute(r.clone()),
-                Item::Neighbour(e) => Op::SetNeighbour(e.clone()),
-                Item::Fdb(e) => Op::SetFdb(e.clone()),
+                Item::Route(r) => Op::ReplaceRoute(r),
+                Item::Neighbour(e) => Op::SetNeighbour(e),
+                Item::Fdb(e) => Op::SetFdb(e),
             },
             Change::Remove(have) => match have {
-                Item::Route(r) => Op::DelRoute(r.clone()),
-                Item::Neighbour(e) => Op::DelNeighbour(e.clone()),
-                Item::Fdb(e) => Op::DelFdb(e.clone()),
+                Item::Route(r) => Op::DelRoute(r),
+                Item::Neighbour(e) => Op::DelNeighbour(e),
+                Item::Fdb(e) => Op::DelFdb(e),
             },
         }
     }
@@ -93,74 +95,127 @@ fn neigh_place(e: &Entry) -> (u32, IpAddr) {
     (e.ifindex, e.ip)
 }
 
-fn fdb_place(e: &Entry) -> (u32, &[u8]) {
-    (e.ifindex, &e.mac)
+/// The device and the MAC (at most 8 bytes, packed).
+fn fdb_place(e: &Entry) -> (u32, u64) {
+    let mac = e
+        .mac
+        .iter()
+        .take(8)
+        .fold(0u64, |a, b| a << 8 | u64::from(*b));
+    (e.ifindex, mac)
+}
+
+/// Below this many entries a scan beats hashing: what a peer or a
+/// notification brings. A dump has thousands.
+const FEW: usize = 8;
+
+/// Entries by place: scanned when there are few, hashed when many.
+struct Index<'a, T, K> {
+    items: &'a [T],
+    place: fn(&T) -> K,
+    hashed: Option<HashMap<K, Vec<usize>>>,
+}
+
+impl<'a, T, K: Hash + Eq> Index<'a, T, K> {
+    fn new(items: &'a [T], place: fn(&T) -> K) -> Self {
+        let hashed = (items.len() > FEW).then(|| {
+            let mut map: HashMap<K, Vec<usize>> = HashMap::with_capacity(items.len());
+            for (i, t) in items.iter().enumerate() {
+                map.entry(place(t)).or_default().push(i);
+            }
+            map
+        });
+        Index {
+            items,
+            place,
+            hashed,
+        }
+    }
+
+    /// The entries at `place`.
+    fn at<'s>(&'s self, place: &'s K) -> impl Iterator<Item = &'a T> + 's {
+        let (hits, scan): (&[usize], &[T]) = match &self.hashed {
+            Some(map) => (map.get(place).map_or(&[], Vec::as_slice), &[]),
+            None => (&[], self.items),
+        };
+        hits.iter()
+            .map(|&i| &self.items[i])
+            .chain(scan.iter().filter(move |t| (self.place)(t) == *place))
+    }
+
+    fn holds(&self, place: &K) -> bool {
+        self.at(place).next().is_some()
+    }
 }
 
 /// The changes that take `have` to `want`: removals first.
 pub fn diff(have: &Set, want: &Set) -> Vec<Change> {
     let mut out = Vec::new();
-    // Removals.
-    let wanted: HashSet<RoutePlace> = want.routes.iter().map(route_place).collect();
-    for r in &have.routes {
-        if routes::is_ours(r) && !wanted.contains(&route_place(r)) {
-            out.push(Change::Remove(Item::Route(r.clone())));
+    // Removals: what nothing wants in its place.
+    if !have.routes.is_empty() {
+        let wanted = Index::new(&want.routes, route_place);
+        for r in &have.routes {
+            if routes::is_ours(r) && !wanted.holds(&route_place(r)) {
+                out.push(Change::Remove(Item::Route(r.clone())));
+            }
         }
     }
-    let wanted: HashSet<(u32, IpAddr)> = want.neigh.iter().map(neigh_place).collect();
-    for e in &have.neigh {
-        if !wanted.contains(&neigh_place(e)) {
-            out.push(Change::Remove(Item::Neighbour(e.clone())));
+    if !have.neigh.is_empty() {
+        let wanted = Index::new(&want.neigh, neigh_place);
+        for e in &have.neigh {
+            if !wanted.holds(&neigh_place(e)) {
+                out.push(Change::Remove(Item::Neighbour(e.clone())));
+            }
         }
     }
-    let wanted: HashSet<(u32, &[u8])> = want.fdb.iter().map(fdb_place).collect();
-    for e in &have.fdb {
-        if !wanted.contains(&fdb_place(e)) {
-            out.push(Change::Remove(Item::Fdb(e.clone())));
+    if !have.fdb.is_empty() {
+        let wanted = Index::new(&want.fdb, fdb_place);
+        for e in &have.fdb {
+            if !wanted.holds(&fdb_place(e)) {
+                out.push(Change::Remove(Item::Fdb(e.clone())));
+            }
         }
     }
     // Additions and replacements.
-    let mut found: HashMap<RoutePlace, Vec<&Route>> = HashMap::with_capacity(have.routes.len());
-    for r in &have.routes {
-        found.entry(route_place(r)).or_default().push(r);
-    }
+    let found = Index::new(&have.routes, route_place);
     for w in &want.routes {
-        let there = found.get(&route_place(w)).map(Vec::as_slice).unwrap_or(&[]);
-        if there
-            .iter()
+        let place = route_place(w);
+        if found
+            .at(&place)
             .any(|r| routes::is_ours(r) && routes::same(r, w))
         {
             continue;
         }
         // Ours first: replacing it is a repair, not a takeover.
-        let over = there
-            .iter()
+        let over = found
+            .at(&place)
             .find(|r| routes::is_ours(r))
-            .or_else(|| there.first())
-            .map(|r| Item::Route((*r).clone()));
+            .or_else(|| found.at(&place).next())
+            .map(|r| Item::Route(r.clone()));
         out.push(Change::Set {
             want: Item::Route(w.clone()),
             over,
         });
     }
-    let found: HashMap<(u32, IpAddr), &Entry> =
-        have.neigh.iter().map(|e| (neigh_place(e), e)).collect();
+    let found = Index::new(&have.neigh, neigh_place);
     for w in &want.neigh {
-        match found.get(&neigh_place(w)) {
+        let place = neigh_place(w);
+        match found.at(&place).next() {
             Some(e) if e.mac == w.mac => {}
             there => out.push(Change::Set {
                 want: Item::Neighbour(w.clone()),
-                over: there.map(|e| Item::Neighbour((*e).clone())),
+                over: there.map(|e| Item::Neighbour(e.clone())),
             }),
         }
     }
-    let found: HashMap<(u32, &[u8]), &Entry> = have.fdb.iter().map(|e| (fdb_place(e), e)).collect();
+    let found = Index::new(&have.fdb, fdb_place);
     for w in &want.fdb {
-        match found.get(&fdb_place(w)) {
+        let place = fdb_place(w);
+        match found.at(&place).next() {
             Some(e) if e.ip == w.ip => {}
             there => out.push(Change::Set {
                 want: Item::Fdb(w.clone()),
-                over: there.map(|e| Item::Fdb((*e).clone())),
+                over: there.map(|e| Item::Fdb(e.clone())),
             }),
         }
     }
@@ -235,7 +290,7 @@ mod tests {
         let remove = diff(&w, &Set::default());
         assert_eq!(remove.len(), 3);
         assert!(remove.iter().all(|c| matches!(c, Change::Remove(_))));
-        assert!(matches!(remove[0].op(), Op::DelRoute(_)));
+        assert!(matches!(remove[0].clone().into_op(), Op::DelRoute(_)));
     }
 
     #[test]
@@ -301,6 +356,41 @@ mod tests {
         assert!(
             matches!(&changes[..], [Change::Set { over: None, .. }]),
             "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn a_dump_of_thousands_compares_as_a_handful_does() {
+        let n = 2000u32;
+        let peer = |i: u32| {
+            let dst = format!("10.{}.{}.0", 100 + i / 256, i % 256);
+            let mac = vec![2, 0, 0, 0, (i >> 8) as u8, i as u8];
+            let public = format!("192.168.{}.{}", i / 250, i % 250);
+            let e = |ip: &str| Entry {
+                ifindex: 7,
+                ip: ip.parse().unwrap(),
+                mac: mac.clone(),
+            };
+            (ours(&dst, &dst, 7), e(&dst), e(&public))
+        };
+        let mut want = Set::default();
+        for i in 0..n {
+            let (r, ne, f) = peer(i);
+            want.routes.push(r);
+            want.neigh.push(ne);
+            want.fdb.push(f);
+        }
+        assert!(diff(&want, &want).is_empty());
+        // One of each missing, one of each changed, one stray of ours.
+        let mut have = want.clone();
+        have.routes.remove(5);
+        have.neigh[6].mac = vec![2, 0, 0, 0, 0, 99];
+        have.fdb.remove(7);
+        have.routes.push(ours("10.250.0.0", "10.250.0.0", 7));
+        let changes = diff(&have, &want);
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        assert!(
+            matches!(&changes[0], Change::Remove(Item::Route(r)) if r.dst.to_string() == "10.250.0.0")
         );
     }
 

@@ -112,7 +112,7 @@ impl Kernel {
             if why != Why::Peer {
                 self.log(&c, why, name);
             }
-            self.pending.push(c.op());
+            self.pending.push(c.into_op());
         }
     }
 
