@@ -1,4 +1,4 @@
-//! Long-running programs (etcd, the agents) started inside a simulated
+//! Long-running programs (the agents) started inside a simulated
 //! host, measured from /proc, and stopped on drop.
 
 use std::collections::BTreeSet;

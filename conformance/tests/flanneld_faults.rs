@@ -25,7 +25,6 @@ const HEALTH: [&str; 2] = ["--healthz-port", "18095"];
 const VTEP: &str = "flannel.1";
 /// A public address no host has: "another node".
 const OTHER_NODE: &str = "192.168.77.99";
-const CONFIG_KEY: &str = "/coreos.com/network/config";
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 fn vxlan() -> Value {
@@ -178,14 +177,6 @@ fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_file_name(format!(".{name}.test-tmp"));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn set_config(c: &Cluster, config: &Value) {
-    if c.etcd.is_some() {
-        c.etcdctl(&["put", CONFIG_KEY, &config.to_string()]);
-    } else {
-        write_atomically(&c.store().join("config"), &config.to_string());
-    }
 }
 
 /// Whether host `h` holds anything for a peer: a route to `subnet` in its
@@ -459,7 +450,7 @@ fn config_changed_while_running(use_etcd: bool) {
             p.target
         );
     }
-    set_config(&c, &vxlan_245());
+    c.set_config(&vxlan_245());
     for h in 0..3 {
         wait_log(
             &c,
@@ -513,7 +504,7 @@ fn restarted_under_a_new_config(use_etcd: bool) {
     let (mut c, _pods) = cluster(use_etcd, &HEALTH);
     let others: Vec<(String, String)> = (0..2).map(|h| (c.key(h), c.subnet(h))).collect();
     let own_old = c.key(2);
-    set_config(&c, &vxlan_245());
+    c.set_config(&vxlan_245());
     assert_eq!(c.hosts[2].agent.as_mut().unwrap().stop(), Some(0));
     c.start_with(2, &HEALTH);
     assert!(
@@ -591,14 +582,9 @@ fn embedded_agent_restarted_under_a_new_network_ignores_leases_outside_it_and_se
 /// Stops etcd, wipes its data and starts it again empty, the network
 /// config written back as an operator would.
 fn wipe_etcd(c: &mut Cluster) {
-    let mut etcd = c.etcd.take().unwrap();
-    etcd.stop();
-    std::fs::remove_dir_all(c.dir.path().join("etcd")).unwrap();
-    c.etcd = Some(conformance::cluster::restart_etcd(
-        &c.net.switch,
-        c.dir.path(),
-        &vxlan(),
-    ));
+    c.etcd_mut().stop();
+    c.etcd().wipe();
+    c.restart_etcd(&vxlan());
 }
 
 #[test]
@@ -642,15 +628,10 @@ fn etcd_peer_absent_from_a_re_list_is_removed_only_after_the_grace_period() {
     // Host 2's agent stops (its lease stays), then etcd loses everything:
     // nobody re-creates host 2's lease.
     assert_eq!(c.hosts[2].agent.as_mut().unwrap().stop(), Some(0));
-    let mut etcd = c.etcd.take().unwrap();
-    etcd.stop();
-    std::fs::remove_dir_all(c.dir.path().join("etcd")).unwrap();
+    c.etcd_mut().stop();
+    c.etcd().wipe();
     let started = Instant::now();
-    c.etcd = Some(conformance::cluster::restart_etcd(
-        &c.net.switch,
-        c.dir.path(),
-        &vxlan(),
-    ));
+    c.restart_etcd(&vxlan());
     // Per host: when it re-registered (its grace period runs from its
     // re-list, just before), whether host 2 was still there then, and
     // when host 2 was gone from it.

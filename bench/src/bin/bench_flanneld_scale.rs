@@ -27,11 +27,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bench::cleanup::{self, Scratch};
-use bench::etcd::{Etcd, Gateway};
+use bench::etcd::Gateway;
 use bench::kernel::{ClusterNet, Kernel, Mac, Peer, Want, format_mac, parse_mac};
 use bench::process::{self, CpuSample, Proc};
 use bench::stats::{self, percentile};
-use conformance::{TestNetns, Underlay};
+use conformance::{Etcd, TestNetns, Underlay};
 use serde_json::{Value, json};
 
 // ---- the set-up every scenario shares ------------------------------------
@@ -105,7 +105,7 @@ impl Agent {
     fn args(&self, etcd: &Etcd, subnet_file: &Path) -> Vec<String> {
         let mut args = vec![
             "--etcd-endpoints".into(),
-            etcd.url(),
+            etcd.url().into(),
             "--iface".into(),
             "eth0".into(),
             "--subnet-file".into(),
@@ -275,7 +275,7 @@ impl Fakes {
         let peers: Vec<Peer> = (0..n).map(|_| self.fresh_peer()).collect();
         let mut gws = Vec::new();
         for _ in 0..conns {
-            gws.push(etcd.client()?);
+            gws.push(bench::etcd::client(etcd)?);
         }
         let chunk = n.div_ceil(conns).max(1);
         let written: Vec<Result<Vec<(i64, Peer)>, String>> = std::thread::scope(|s| {
@@ -371,8 +371,8 @@ fn underlay(tag: &str) -> Result<(Underlay, Etcd, Gateway, Scratch), String> {
         "dev",
         "br0",
     ]);
-    let etcd = Etcd::start(&net.switch, &SWITCH_IP.to_string(), dir.path())?;
-    let mut gw = etcd.client()?;
+    let etcd = bench::etcd::start(&net.switch, &SWITCH_IP.to_string(), dir.path())?;
+    let mut gw = bench::etcd::client(&etcd)?;
     gw.put(&format!("{PREFIX}/config"), &config().to_string(), 0)?;
     Ok((net, etcd, gw, dir))
 }
@@ -900,7 +900,11 @@ fn cluster_phases(agent: &Agent, m: usize, fig: &mut ClusterFigs) -> Result<(), 
     // Steady state.
     std::thread::sleep(SETTLE);
     let pids: Vec<u32> = c.agents.iter().map(Proc::pid).collect();
-    let etcd_pid = c.etcd.proc.pid();
+    let etcd_pid = c
+        .etcd
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or("etcd is not running")?;
     let before_etcd = process::cpu_sample(etcd_pid)?;
     let before: Vec<CpuSample> = pids
         .iter()
