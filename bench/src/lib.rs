@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod plugin;
 pub mod pool;
 pub mod process;
+pub mod scale;
 pub mod stats;
 pub mod store;
 pub mod subnet;
