@@ -16,4 +16,5 @@ pub mod scale;
 pub mod stats;
 pub mod store;
 pub mod subnet;
+pub mod table;
 pub mod tempdir;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use conformance::{Etcd, TestNetns, Underlay};
 
-use super::report::show_ms;
 use super::setup::{
     Agent, DEVICE, DEVICE_LIMIT, FAST_POLL, NET, PROGRAM_LIMIT, SETTLE, STEADY, UNDERLAY_LEN,
     host_ip, lease_key, mib, poll_until, store_peers, underlay,
@@ -17,6 +16,7 @@ use crate::etcd::Gateway;
 use crate::kernel::{Kernel, Peer, Want};
 use crate::process::{self, CpuSample, Proc};
 use crate::stats::{self, percentile};
+use crate::table::show_ms;
 
 #[derive(Debug, Default)]
 pub struct ClusterFigs {

@@ -3,7 +3,8 @@
 //! underlay with etcd on it, and how long each step may take.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -115,6 +116,53 @@ pub(crate) fn full_pass_ms(host: &TestNetns) -> Option<f64> {
         .find_map(|l| l.strip_prefix("flannel_full_resync_last_microseconds "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|us| us / 1000.0)
+}
+
+/// Idle connections held open while `/healthz` is timed: more than the
+/// agent keeps (at its limit it drops the oldest for a newcomer).
+pub(crate) const HEALTH_IDLE: usize = flanneld::health::http::MAX_CONNECTIONS + 10;
+pub(crate) const HEALTH_PROBES: usize = 20;
+
+/// How long our agent takes to answer `/healthz` (connect, request, the
+/// whole answer), in ms, while [`HEALTH_IDLE`] idle clients and one slow
+/// one (half a request line sent) hold connections; INFINITY for a probe
+/// without a 200 within 2 s. Made inside the node's namespace.
+pub(crate) fn health_answers(host: &TestNetns) -> Result<Vec<f64>, String> {
+    let addr: SocketAddr = format!("127.0.0.1:{METRICS_PORT}")
+        .parse()
+        .map_err(|e| format!("health address: {e}"))?;
+    let connect = move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))
+    };
+    host.run(move || {
+        let mut held = (0..HEALTH_IDLE)
+            .map(|_| connect())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut slow = connect()?;
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n")
+            .map_err(|e| format!("slow client: {e}"))?;
+        held.push(slow);
+        let probe = || -> Result<bool, std::io::Error> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out.starts_with("HTTP/1.1 200"))
+        };
+        let times = (0..HEALTH_PROBES)
+            .map(|_| {
+                let t = Instant::now();
+                match probe() {
+                    Ok(true) => crate::stats::ms(t.elapsed()),
+                    _ => f64::INFINITY,
+                }
+            })
+            .collect();
+        drop(held);
+        Ok(times)
+    })
 }
 
 /// A small deterministic generator (splitmix64): the same seed gives the

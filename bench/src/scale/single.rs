@@ -6,17 +6,18 @@ use std::time::{Duration, Instant};
 
 use conformance::{Etcd, TestNetns, Underlay};
 
-use super::report::show_ms;
 use super::setup::{
     Agent, CHANGE_LIMIT, CHANGES, CHURN_RATE, CHURN_SETTLE, CHURN_TIME, DAMAGES, DEVICE,
-    DEVICE_LIMIT, FAST_POLL, Fakes, NET, POLL, PROGRAM_LIMIT, REPAIR_LIMIT, SETTLE, STEADY,
-    UNDERLAY_LEN, cpu_over, full_pass_ms, host_ip, mib, poll_until, store_peers, underlay,
+    DEVICE_LIMIT, FAST_POLL, Fakes, HEALTH_IDLE, NET, POLL, PROGRAM_LIMIT, REPAIR_LIMIT, SETTLE,
+    STEADY, UNDERLAY_LEN, cpu_over, full_pass_ms, health_answers, host_ip, mib, poll_until,
+    store_peers, underlay,
 };
 use crate::cleanup::Scratch;
 use crate::etcd::Gateway;
 use crate::kernel::{Kernel, Want};
 use crate::process::{self, Proc};
 use crate::stats::{self, percentile};
+use crate::table::show_ms;
 
 /// A simulated host with etcd on its segment. Fields drop in order: the
 /// agent first, the namespaces and the scratch directory last.
@@ -114,6 +115,9 @@ pub struct Single {
     pub(crate) steady_cpu: Option<f64>,
     /// Ours only: one full comparison of the kernel with the peers.
     pub(crate) full_pass_ms: Option<f64>,
+    /// Ours only: `/healthz` answer times while idle clients hold
+    /// connections.
+    pub(crate) health_ms: Vec<f64>,
     pub(crate) change_ms: Vec<f64>,
     pub(crate) repair_ms: Vec<(Damage, f64)>,
     pub(crate) repair_skipped: usize,
@@ -204,6 +208,11 @@ pub(crate) fn single_phases(
     fig.steady_cpu = Some(cpu_over(pid, STEADY)?);
     if agent.label == "ours" {
         fig.full_pass_ms = full_pass_ms(&node.host);
+        fig.health_ms = health_answers(&node.host)?;
+        progress!(
+            "{label} N={n}: /healthz answered within {} with {HEALTH_IDLE} idle clients",
+            show_ms(percentile(&fig.health_ms, 1.0))
+        );
     }
     progress!(
         "{label} N={n}: RSS {:.1} MiB, steady CPU {:.3} %",
