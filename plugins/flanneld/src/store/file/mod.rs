@@ -543,7 +543,8 @@ mod tests {
         );
     }
 
-    /// 5,000 leases: how long a listing takes, and a single write's event.
+    /// 5,000 leases: all listed, and a single write among them seen. How
+    /// fast is bench-flanneld-store's figure, not this test's.
     #[test]
     fn feed_holds_five_thousand_leases() {
         let dir = Dir::new();
@@ -560,13 +561,12 @@ mod tests {
             fs::write(store.path(&k), &record).unwrap();
         }
         let (sink, rx) = channel();
-        let start = Instant::now();
         store.feed(sink, Duration::from_secs(3600)).unwrap();
+        // Generous: the bound only ends a test whose feed never lists.
         match next(&rx, Duration::from_secs(20)) {
             StoreEvent::Listed { leases, .. } => assert_eq!(leases.len(), 5000),
             other => panic!("first came {other:?}"),
         }
-        let listed = start.elapsed();
         let mut other = FileStore::open(&dir.0).unwrap();
         let k = key("10.119.0.0-24");
         let mut l = other
@@ -576,21 +576,13 @@ mod tests {
             .into_iter()
             .find(|l| l.key == k)
             .unwrap();
-        let mut worst = Duration::ZERO;
         for round in 0..20 {
             let ip = format!("192.0.2.{}", 10 + round);
-            let start = Instant::now();
             l = made(other.replace(&l, &attrs(&ip), HOUR));
             match next(&rx, SOON) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 ev => panic!("expected the write, got {ev:?}"),
             }
-            worst = worst.max(start.elapsed());
         }
-        eprintln!(
-            "5000 leases: Listed after {listed:?}; write -> Put at most {worst:?} (20 writes)"
-        );
-        assert!(listed < Duration::from_secs(10), "{listed:?}");
-        assert!(worst < Duration::from_millis(500), "{worst:?}");
     }
 }
