@@ -314,7 +314,10 @@ fn lease_taken_over(use_etcd: bool) {
         "flannel_lease_conflicts_total: {conflicts:?}\n{}",
         get(&c, 0, "/metrics").1
     );
-    // Never overwritten while the other node's lease is there.
+    // Never overwritten while the other node's lease is there. Nothing
+    // to wait on (no write is the point): the agent writes its lease from
+    // its retry timer (after 1 s, then 2 s more) or at renewal (hours
+    // away), so 3 s cover the retry timer's first two rounds.
     let stamp = write_stamp(&c, &key);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -406,7 +409,8 @@ fn embedded_store_read_only_is_an_error_retried_with_backoff_and_the_lease_comes
         c.log(0)
     );
     // Retries back off (1 s doubling): a few tries in 8 s (at 0, 1, 3 and
-    // 7 s), not one a second; each failed try is an error line.
+    // 7 s), not one a second; each failed try is an error line. The tries
+    // are counted over a fixed window: the wait is the measurement.
     std::thread::sleep(Duration::from_secs(8).saturating_sub(gone.elapsed()));
     let lines = log_lines(&c.log(0), 'E', "cannot re-create lease").len();
     assert!(
@@ -551,7 +555,9 @@ fn restarted_under_a_new_config(use_etcd: bool) {
         invalid(&c),
         lease(&c, &own_old).is_some()
     );
-    // Settled: no repair after repair.
+    // Settled: no repair after repair. Nothing to wait on: a repair loop
+    // would run on the kernel's notifications (milliseconds) or on the
+    // agent's 2 s rule check, so 5 s cover two of those.
     let repairs = metric_of(&c, 2, "flannel_repairs_total");
     assert!(repairs.is_some(), "{}", get(&c, 2, "/metrics").1);
     std::thread::sleep(Duration::from_secs(5));
@@ -711,8 +717,21 @@ fn hostile_leases(use_etcd: bool) {
     for (subnet, ip, mac) in hostile {
         put_lease(&c, &subnet.replace('/', "-"), &attrs(ip, mac));
     }
-    // Time enough to program them many times over (resync: 1 s).
-    std::thread::sleep(Duration::from_secs(5));
+    // Every host has handled each hostile lease once it names it as
+    // ignored: it does so while handling the lease's event, and programs
+    // what that event asks in the same pass.
+    for h in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                let log = c.log(h);
+                hostile
+                    .iter()
+                    .all(|(subnet, _, _)| ignoring(&log, &subnet.replace('/', "-")) >= 1)
+            }),
+            "host {h} did not name every hostile lease:\n{}",
+            c.log(h)
+        );
+    }
     for h in 0..3 {
         for (subnet, ip, mac) in hostile {
             let st = peer_state(&c, h, subnet, ip);
@@ -930,6 +949,7 @@ fn a_frozen_etcd_leaves_the_agent_live_not_ready_and_repairing() {
                 c.log(0)
             );
         }
+        // Pacing: the freeze's length is the test; probe twice a second.
         std::thread::sleep(Duration::from_millis(500));
     }
     let body =

@@ -277,6 +277,7 @@ fn readiness_and_health_follow_the_agent() {
     let until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < until {
         assert_eq!(get(h0, "/healthz").0, 200, "{:?}", get(h0, "/healthz"));
+        // Pacing: the 12 s are the test; probe twice a second.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(get(h0, "/readyz").0, 503);

@@ -16,8 +16,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use conformance::Etcd;
 use conformance::netns::in_netns;
+use conformance::{Etcd, wait_for};
 use flanneld::flags::Options;
 use flanneld::lease::{Lease, LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
@@ -151,9 +151,17 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
         // (c) A restarted agent: a new store learns the key's lease from
         // etcd (at the revision it knows) and keeps that one alive.
         drop(store);
-        // Let the lease run down a little, to see the renewal.
-        std::thread::sleep(Duration::from_secs(2));
-        let before = etcd.seconds_left(second);
+        // Let the lease run down a little (etcd counts whole seconds), to
+        // see the renewal.
+        let fresh = etcd.seconds_left(second);
+        let mut before = fresh;
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                before = etcd.seconds_left(second);
+                before < fresh
+            }),
+            "lease {second:x} does not run down: {fresh} s left"
+        );
         let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
         assert_eq!(etcd.lease_and_revision(&name).0, second);
