@@ -4,8 +4,10 @@
 //! Ctrl-C ends a process without running any. So the long-running
 //! benchmarks keep what they made findable and sweep it up themselves:
 //!
-//! - every child process is started with a parent-death signal (SIGKILL)
-//!   and registered here; the sweep kills the registered ones first;
+//! - every child process is started with a parent-death signal (SIGKILL);
+//!   the ones `process::Proc` starts are registered here and killed first
+//!   by the sweep (etcd, started by the conformance harness, is found in
+//!   its namespace like anything else still running there);
 //! - every namespace the conformance harness makes is named
 //!   `cnirs-test-<our pid>-...`: the sweep deletes those still listed;
 //! - scratch directories are registered here and removed by the sweep.

@@ -1,94 +1,33 @@
-//! etcd on the simulated underlay (Debian's /usr/bin/etcd in the switch
-//! namespace), and a small client for its HTTP JSON gateway (`/v3/...`)
-//! over one keep-alive HTTP/1.1 connection, fast enough to load thousands
-//! of leases (one `etcdctl` process per write is not).
+//! A small client for etcd's HTTP JSON gateway (`/v3/...`) over one
+//! keep-alive HTTP/1.1 connection, fast enough to load thousands of
+//! leases (one `etcdctl` process per write is not). etcd itself is
+//! started by the conformance harness ([`conformance::Etcd`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use conformance::TestNetns;
+use conformance::{Etcd, EtcdOptions, TestNetns};
 use serde_json::{Value, json};
 
-use crate::process::Proc;
+pub use conformance::etcd::ETCD_BIN;
 
-pub const ETCD_BIN: &str = "/usr/bin/etcd";
-const PORT: u16 = 2379;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// etcd serving clients on `ip:2379` inside `ns`; stopped on drop.
-#[derive(Debug)]
-pub struct Etcd {
-    pub proc: Proc,
-    addr: SocketAddr,
-    ns: std::path::PathBuf,
+/// etcd serving clients on `ip:2379` inside `ns`, its data in `dir/etcd`;
+/// killed with this program if it dies without cleaning up.
+pub fn start(ns: &TestNetns, ip: &str, dir: &Path) -> Result<Etcd, String> {
+    let opts = EtcdOptions {
+        die_with_parent: true,
+        ..EtcdOptions::default()
+    };
+    Etcd::try_start(ns, &format!("http://{ip}:2379"), dir, opts)
 }
 
-impl Etcd {
-    /// Starts etcd with its data in `dir/etcd` and waits (up to 20 s) until
-    /// it answers.
-    pub fn start(ns: &TestNetns, ip: &str, dir: &Path) -> Result<Etcd, String> {
-        let client = format!("http://{ip}:{PORT}");
-        let peer = format!("http://{ip}:2380");
-        let data = dir.join("etcd");
-        let args: Vec<String> = [
-            "--name",
-            "bench",
-            "--data-dir",
-            &data.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("bench={peer}"),
-            "--logger",
-            "zap",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut proc = Proc::spawn(Path::new(ETCD_BIN), &args, ns, &dir.join("etcd.log"))?;
-        let addr: SocketAddr = format!("{ip}:{PORT}")
-            .parse()
-            .map_err(|e| format!("bad etcd address {ip}: {e}"))?;
-        let etcd_ns = ns.path();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = Gateway::connect(&etcd_ns, addr)
-                .and_then(|mut g| g.call("/v3/kv/range", &json!({"key": b64(b"/")})));
-            match ready {
-                Ok(_) => break,
-                Err(e) if Instant::now() > deadline || !proc.alive() => {
-                    return Err(format!(
-                        "etcd did not come up ({e}); its log ends:\n{}",
-                        proc.log_tail(15)
-                    ));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        Ok(Etcd {
-            proc,
-            addr,
-            ns: etcd_ns,
-        })
-    }
-
-    /// The URL agents are given.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A new gateway connection, made from inside etcd's namespace.
-    pub fn client(&self) -> Result<Gateway, String> {
-        Gateway::connect(&self.ns, self.addr)
-    }
+/// A new gateway connection to `etcd`, made from inside its namespace.
+pub fn client(etcd: &Etcd) -> Result<Gateway, String> {
+    Gateway::connect(&etcd.ns().path(), etcd.client_addr())
 }
 
 /// One keep-alive connection to the gateway; reconnects once on trouble.

@@ -1,4 +1,4 @@
-//! Long-running programs (etcd, the agents) started inside a simulated
+//! Long-running programs (the agents) started inside a simulated
 //! host, measured from /proc, and stopped on drop.
 
 use std::collections::BTreeSet;
@@ -229,6 +229,38 @@ pub fn cpu_sample(pid: u32) -> Result<CpuSample, String> {
         threads,
         sched_ns,
     })
+}
+
+/// The run time so far (ns, from `schedstat`) of the threads of process
+/// `pid` named `comm`, e.g. a library's worker threads in this process;
+/// an error when there is none.
+pub fn threads_run_ns(pid: u32, comm: &str) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    let mut found = false;
+    for entry in fs::read_dir(&dir).map_err(|e| format!("cannot read {dir}: {e}"))? {
+        let Ok(entry) = entry else { continue };
+        let p = entry.path();
+        // A thread may end between the listing and the reads.
+        let name = fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        found = true;
+        if let Ok(s) = fs::read_to_string(p.join("schedstat"))
+            && let Some(ns) = s
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    if found {
+        Ok(total)
+    } else {
+        Err(format!("process {pid} has no thread named {comm}"))
+    }
 }
 
 /// CPU used between two samples of one process, as % of one core: from the

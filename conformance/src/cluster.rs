@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::util::addresses;
-use crate::{Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
+use crate::{Daemon, Etcd, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
 
 /// Where the test etcd listens: the switch's address on the underlay.
 pub const ETCD: &str = "http://192.168.77.1:2379";
@@ -34,76 +34,23 @@ pub struct Host {
 pub struct Cluster {
     // Dropped in order: agents stop before their namespaces and the store go.
     pub hosts: Vec<Host>,
-    pub etcd: Option<Daemon>,
+    pub etcd: Option<Etcd>,
     pub net: Underlay,
     pub dir: TempDir,
 }
 
-/// etcd in the switch namespace, on the underlay (Debian's etcd-server).
-pub fn start_etcd(switch: &TestNetns, dir: &Path, config: &Value) -> Daemon {
-    assert!(
-        Path::new("/usr/bin/etcd").is_file(),
-        "apt-get install etcd-server etcd-client (scripts/test.sh does)"
-    );
+/// etcd in the switch namespace, at [`ETCD`] on the underlay, its data in
+/// `dir/etcd`; the network config written.
+pub fn start_etcd(switch: &TestNetns, dir: &Path, config: &Value) -> Etcd {
     switch.ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
-    restart_etcd(switch, dir, config)
-}
-
-/// etcd on the underlay at `url`, its data in `dir/etcd`, with `extra` flags.
-pub fn etcd_daemon(switch: &TestNetns, dir: &Path, url: &str, extra: &[&str]) -> Daemon {
-    let data = dir.join("etcd");
-    let mut args: Vec<&str> = vec![
-        "--name",
-        "test",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen-client-urls",
-        url,
-        "--advertise-client-urls",
-        url,
-        "--listen-peer-urls",
-        "http://192.168.77.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://192.168.77.1:2380",
-        "--initial-cluster",
-        "test=http://192.168.77.1:2380",
-    ];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    Daemon::start(
-        Path::new("/usr/bin/etcd"),
-        &args,
-        switch,
-        &dir.join("etcd.log"),
-    )
-}
-
-/// Starts etcd on its data directory (kept across restarts) and makes sure
-/// the network config is there.
-pub fn restart_etcd(switch: &TestNetns, dir: &Path, config: &Value) -> Daemon {
-    let etcd = etcd_daemon(switch, dir, ETCD, &[]);
-    let put = || {
-        switch
-            .exec(
-                "etcdctl",
-                &[
-                    "--endpoints",
-                    ETCD,
-                    "put",
-                    "/coreos.com/network/config",
-                    &config.to_string(),
-                ],
-            )
-            .status
-            .success()
-    };
-    assert!(
-        wait_for(Duration::from_secs(20), put),
-        "etcd did not come up: {}",
-        etcd.log()
-    );
+    let etcd = Etcd::start(switch, ETCD, dir);
+    etcd.ctl(&["put", CONFIG_KEY, &config.to_string()]);
     etcd
 }
+
+/// Where the network config is in etcd.
+const CONFIG_KEY: &str = "/coreos.com/network/config";
+const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 impl Cluster {
     pub fn new(hosts: usize, pods_per_host: usize, config: &Value) -> Cluster {
@@ -226,15 +173,73 @@ impl Cluster {
     /// Starts `binary args` as host `h`'s agent (its stderr is the agent's
     /// log) and waits for its subnet.env.
     pub fn launch(&mut self, h: usize, binary: &Path, args: &[String]) {
-        let host = &mut self.hosts[h];
-        let log = host.dir.join("flanneld.log");
-        host.agent = Some(Daemon::start(binary, args, &host.ns, &log));
-        let env = host.dir.join("subnet.env");
+        self.spawn_binary(h, binary, args);
+        let env = self.hosts[h].dir.join("subnet.env");
         assert!(
             wait_for(Duration::from_secs(10), || env.exists()),
             "host {h} wrote no subnet.env: {}",
-            host.agent.as_ref().unwrap().log()
+            self.log(h)
         );
+    }
+
+    /// Starts `binary args` as host `h`'s agent; does not wait.
+    pub fn spawn_binary(&mut self, h: usize, binary: &Path, args: &[String]) {
+        let host = &mut self.hosts[h];
+        let log = host.dir.join("flanneld.log");
+        host.agent = Some(Daemon::start(binary, args, &host.ns, &log));
+    }
+
+    /// Starts host `h`'s agent with `extra` flags; does not wait (e.g. for
+    /// an agent that cannot get a lease yet).
+    pub fn spawn(&mut self, h: usize, extra: &[&str]) {
+        let args = self.agent_args(h, extra);
+        self.spawn_binary(h, &plugin_binary("flanneld"), &args);
+    }
+
+    /// Starts host `h`'s agent as [`Cluster::start_with`] does, but
+    /// without the subnet.env of an earlier run: the agent starts without
+    /// that hint, and the wait is for the file it writes itself.
+    pub fn start_afresh(&mut self, h: usize, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.hosts[h].dir.join("subnet.env"));
+        self.start_with(h, extra);
+    }
+
+    /// Stops host `h`'s agent (SIGTERM) and fails the test unless it ended
+    /// cleanly (exit code 0).
+    pub fn stop(&mut self, h: usize) {
+        if let Some(mut a) = self.hosts[h].agent.take() {
+            let code = a.stop();
+            assert_eq!(code, Some(0), "host {h}'s agent: {}", self.log(h));
+        }
+    }
+
+    /// Writes the network config into the store (etcd, or the embedded
+    /// store's file, replaced at once as an operator's tools do).
+    pub fn set_config(&self, config: &Value) {
+        match &self.etcd {
+            Some(etcd) => {
+                etcd.ctl(&["put", CONFIG_KEY, &config.to_string()]);
+            }
+            None => {
+                let path = self.store().join("config");
+                let tmp = self.store().join(".config.test-tmp");
+                std::fs::write(&tmp, config.to_string()).unwrap();
+                std::fs::rename(&tmp, path).unwrap();
+            }
+        }
+    }
+
+    /// The embedded store's lease file that names `ip` (as its public
+    /// address, or anywhere in the record).
+    pub fn lease_file_of(&self, ip: &str) -> Option<PathBuf> {
+        std::fs::read_dir(self.store().join("subnets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .contains(&format!("\"{ip}\""))
+            })
     }
 
     pub fn subnet_env(&self, h: usize) -> String {
@@ -386,38 +391,41 @@ impl Cluster {
         self.subnet(h).replace('/', "-")
     }
 
-    /// `etcdctl --endpoints ETCD <args>` in the switch namespace; its
-    /// stdout, or the test fails.
+    /// The cluster's etcd; fails the test on the embedded store.
+    pub fn etcd(&self) -> &Etcd {
+        self.etcd
+            .as_ref()
+            .unwrap_or_else(|| panic!("this cluster runs on the embedded store"))
+    }
+
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        self.etcd
+            .as_mut()
+            .unwrap_or_else(|| panic!("this cluster runs on the embedded store"))
+    }
+
+    /// Starts the stopped etcd again (on its data, or empty after
+    /// [`Etcd::wipe`]) and writes `config` as an operator would.
+    pub fn restart_etcd(&mut self, config: &Value) {
+        let etcd = self.etcd_mut();
+        etcd.start_again();
+        etcd.ctl(&["put", CONFIG_KEY, &config.to_string()]);
+    }
+
+    /// `etcdctl <args>` against the cluster's etcd; its stdout, or the
+    /// test fails.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let mut all = vec!["--endpoints", ETCD];
-        all.extend_from_slice(args);
-        let out = self.net.switch.exec("etcdctl", &all);
-        assert!(
-            out.status.success(),
-            "etcdctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.etcd().ctl(args)
     }
 
     /// The lease keys under `/coreos.com/network/subnets/`, without it.
     pub fn etcd_keys(&self) -> Vec<String> {
-        self.etcdctl(&[
-            "get",
-            "--prefix",
-            "--keys-only",
-            "/coreos.com/network/subnets/",
-        ])
-        .lines()
-        .filter_map(|l| l.strip_prefix("/coreos.com/network/subnets/"))
-        .map(str::to_string)
-        .collect()
+        self.etcd().keys(SUBNETS)
     }
 
     /// The ids (hex, as etcdctl prints them) of `etcdctl lease list`.
     pub fn etcd_leases(&self) -> Vec<String> {
-        parse_lease_list(&self.etcdctl(&["lease", "list"]))
+        self.etcd().lease_ids()
     }
 }
 

@@ -2,11 +2,12 @@
 //! and stopped on drop: SIGTERM, then SIGKILL if it lingers.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 
 use crate::netns::TestNetns;
@@ -15,6 +16,18 @@ use crate::netns::TestNetns;
 pub struct Daemon {
     child: Option<Child>,
     log: std::path::PathBuf,
+}
+
+/// How a [`Daemon`] is started, beyond its program, arguments and log.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Set in its environment, which is otherwise only `PATH`.
+    pub env: Vec<(String, String)>,
+    /// SIGKILL when the thread that started it ends (the kernel's
+    /// parent-death signal), for programs that may end without running
+    /// any `Drop` (the benchmarks, built to abort on panic): start it from
+    /// a thread that lives as long as it should.
+    pub die_with_parent: bool,
 }
 
 impl Daemon {
@@ -32,20 +45,53 @@ impl Daemon {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let err = File::create(log).expect("cannot create the daemon log");
+        let opts = DaemonOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..DaemonOptions::default()
+        };
+        Self::try_start(binary, args, ns, log, &opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `binary args` in `ns` as `opts` say; its stderr goes to `log`.
+    pub fn try_start(
+        binary: &Path,
+        args: &[String],
+        ns: &TestNetns,
+        log: &Path,
+        opts: &DaemonOptions,
+    ) -> Result<Daemon, String> {
+        let err = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(env.iter().copied())
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);
-        let child = crate::netns::spawn_in(&mut cmd, ns).expect("cannot start the daemon");
-        Daemon {
+        let die_with_parent = opts.die_with_parent;
+        // SAFETY: runs in the forked child before exec and only calls
+        // sigprocmask(2) and prctl(2), which are async-signal-safe. A mask
+        // survives exec: the benchmarks block SIGTERM in their threads to
+        // handle it themselves, and a daemon must still stop on it.
+        unsafe {
+            cmd.pre_exec(move || {
+                pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+                if die_with_parent {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                }
+                Ok(())
+            });
+        }
+        let child = crate::netns::spawn_in(&mut cmd, ns)
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        Ok(Daemon {
             child: Some(child),
             log: log.to_path_buf(),
-        }
+        })
     }
 
     pub fn log(&self) -> String {

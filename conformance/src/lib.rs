@@ -12,12 +12,14 @@ pub mod bins;
 pub mod cluster;
 pub mod cri;
 pub mod daemon;
+pub mod etcd;
 pub mod netns;
 pub mod node;
 pub mod runner;
 
 pub use bins::plugin_binary;
-pub use daemon::{Daemon, start_flanneld, wait_for};
+pub use daemon::{Daemon, DaemonOptions, start_flanneld, wait_for};
+pub use etcd::{Etcd, EtcdOptions};
 pub use netns::{TestHost, TestNetns, require_root};
 pub use node::PluginNode;
 pub use runner::{Invocation, PluginOutput};

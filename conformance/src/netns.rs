@@ -46,6 +46,8 @@ pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
 #[derive(Debug)]
 pub struct TestNetns {
     name: String,
+    /// False for a [`TestNetns::handle`]: dropping it leaves the namespace.
+    owned: bool,
 }
 
 impl TestNetns {
@@ -63,9 +65,19 @@ impl TestNetns {
             "ip netns add {name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ns = TestNetns { name };
+        let ns = TestNetns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Another handle on this namespace that does not delete it when
+    /// dropped: for something that lives inside a namespace owned elsewhere
+    /// (e.g. etcd in a cluster's switch), to be dropped before the owner.
+    pub fn handle(&self) -> TestNetns {
+        TestNetns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -112,6 +124,9 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Best effort: a failure here must not hide the test's own failure.
         match Command::new("ip")
             .args(["netns", "del", &self.name])

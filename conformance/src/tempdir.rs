@@ -10,9 +10,23 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
+        Self::under(&std::env::temp_dir(), tag)
+    }
+
+    /// In memory (/dev/shm) when the machine has it: for data written
+    /// thousands of times, where waiting on a disk is not what is tested.
+    pub fn in_memory(tag: &str) -> Self {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::under(shm, tag)
+        } else {
+            Self::new(tag)
+        }
+    }
+
+    fn under(base: &Path, tag: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("cnirs-test-{}-{n}-{tag}", std::process::id()));
+        let path = base.join(format!("cnirs-test-{}-{n}-{tag}", std::process::id()));
         std::fs::create_dir_all(&path).expect("cannot create a scratch directory");
         TempDir(path)
     }

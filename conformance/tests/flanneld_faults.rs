@@ -25,7 +25,6 @@ const HEALTH: [&str; 2] = ["--healthz-port", "18095"];
 const VTEP: &str = "flannel.1";
 /// A public address no host has: "another node".
 const OTHER_NODE: &str = "192.168.77.99";
-const CONFIG_KEY: &str = "/coreos.com/network/config";
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 fn vxlan() -> Value {
@@ -180,14 +179,6 @@ fn write_atomically(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn set_config(c: &Cluster, config: &Value) {
-    if c.etcd.is_some() {
-        c.etcdctl(&["put", CONFIG_KEY, &config.to_string()]);
-    } else {
-        write_atomically(&c.store().join("config"), &config.to_string());
-    }
-}
-
 /// Whether host `h` holds anything for a peer: a route to `subnet` in its
 /// main table, a neighbour entry for `gw` on the vxlan device, a
 /// forwarding entry to `public_ip`.
@@ -323,7 +314,10 @@ fn lease_taken_over(use_etcd: bool) {
         "flannel_lease_conflicts_total: {conflicts:?}\n{}",
         get(&c, 0, "/metrics").1
     );
-    // Never overwritten while the other node's lease is there.
+    // Never overwritten while the other node's lease is there. Nothing
+    // to wait on (no write is the point): the agent writes its lease from
+    // its retry timer (after 1 s, then 2 s more) or at renewal (hours
+    // away), so 3 s cover the retry timer's first two rounds.
     let stamp = write_stamp(&c, &key);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -415,7 +409,8 @@ fn embedded_store_read_only_is_an_error_retried_with_backoff_and_the_lease_comes
         c.log(0)
     );
     // Retries back off (1 s doubling): a few tries in 8 s (at 0, 1, 3 and
-    // 7 s), not one a second; each failed try is an error line.
+    // 7 s), not one a second; each failed try is an error line. The tries
+    // are counted over a fixed window: the wait is the measurement.
     std::thread::sleep(Duration::from_secs(8).saturating_sub(gone.elapsed()));
     let lines = log_lines(&c.log(0), 'E', "cannot re-create lease").len();
     assert!(
@@ -459,7 +454,7 @@ fn config_changed_while_running(use_etcd: bool) {
             p.target
         );
     }
-    set_config(&c, &vxlan_245());
+    c.set_config(&vxlan_245());
     for h in 0..3 {
         wait_log(
             &c,
@@ -513,7 +508,7 @@ fn restarted_under_a_new_config(use_etcd: bool) {
     let (mut c, _pods) = cluster(use_etcd, &HEALTH);
     let others: Vec<(String, String)> = (0..2).map(|h| (c.key(h), c.subnet(h))).collect();
     let own_old = c.key(2);
-    set_config(&c, &vxlan_245());
+    c.set_config(&vxlan_245());
     assert_eq!(c.hosts[2].agent.as_mut().unwrap().stop(), Some(0));
     c.start_with(2, &HEALTH);
     assert!(
@@ -560,7 +555,9 @@ fn restarted_under_a_new_config(use_etcd: bool) {
         invalid(&c),
         lease(&c, &own_old).is_some()
     );
-    // Settled: no repair after repair.
+    // Settled: no repair after repair. Nothing to wait on: a repair loop
+    // would run on the kernel's notifications (milliseconds) or on the
+    // agent's 2 s rule check, so 5 s cover two of those.
     let repairs = metric_of(&c, 2, "flannel_repairs_total");
     assert!(repairs.is_some(), "{}", get(&c, 2, "/metrics").1);
     std::thread::sleep(Duration::from_secs(5));
@@ -591,14 +588,9 @@ fn embedded_agent_restarted_under_a_new_network_ignores_leases_outside_it_and_se
 /// Stops etcd, wipes its data and starts it again empty, the network
 /// config written back as an operator would.
 fn wipe_etcd(c: &mut Cluster) {
-    let mut etcd = c.etcd.take().unwrap();
-    etcd.stop();
-    std::fs::remove_dir_all(c.dir.path().join("etcd")).unwrap();
-    c.etcd = Some(conformance::cluster::restart_etcd(
-        &c.net.switch,
-        c.dir.path(),
-        &vxlan(),
-    ));
+    c.etcd_mut().stop();
+    c.etcd().wipe();
+    c.restart_etcd(&vxlan());
 }
 
 #[test]
@@ -642,15 +634,10 @@ fn etcd_peer_absent_from_a_re_list_is_removed_only_after_the_grace_period() {
     // Host 2's agent stops (its lease stays), then etcd loses everything:
     // nobody re-creates host 2's lease.
     assert_eq!(c.hosts[2].agent.as_mut().unwrap().stop(), Some(0));
-    let mut etcd = c.etcd.take().unwrap();
-    etcd.stop();
-    std::fs::remove_dir_all(c.dir.path().join("etcd")).unwrap();
+    c.etcd_mut().stop();
+    c.etcd().wipe();
     let started = Instant::now();
-    c.etcd = Some(conformance::cluster::restart_etcd(
-        &c.net.switch,
-        c.dir.path(),
-        &vxlan(),
-    ));
+    c.restart_etcd(&vxlan());
     // Per host: when it re-registered (its grace period runs from its
     // re-list, just before), whether host 2 was still there then, and
     // when host 2 was gone from it.
@@ -730,8 +717,21 @@ fn hostile_leases(use_etcd: bool) {
     for (subnet, ip, mac) in hostile {
         put_lease(&c, &subnet.replace('/', "-"), &attrs(ip, mac));
     }
-    // Time enough to program them many times over (resync: 1 s).
-    std::thread::sleep(Duration::from_secs(5));
+    // Every host has handled each hostile lease once it names it as
+    // ignored: it does so while handling the lease's event, and programs
+    // what that event asks in the same pass.
+    for h in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                let log = c.log(h);
+                hostile
+                    .iter()
+                    .all(|(subnet, _, _)| ignoring(&log, &subnet.replace('/', "-")) >= 1)
+            }),
+            "host {h} did not name every hostile lease:\n{}",
+            c.log(h)
+        );
+    }
     for h in 0..3 {
         for (subnet, ip, mac) in hostile {
             let st = peer_state(&c, h, subnet, ip);
@@ -949,6 +949,7 @@ fn a_frozen_etcd_leaves_the_agent_live_not_ready_and_repairing() {
                 c.log(0)
             );
         }
+        // Pacing: the freeze's length is the test; probe twice a second.
         std::thread::sleep(Duration::from_millis(500));
     }
     let body =

@@ -3,161 +3,23 @@
 //! clients, a changed vxlan config reaches the device, the udp backend's
 //! route is repaired, errors are reported, and the log is levelled.
 //!
-//! Simulated hosts as in `flanneld.rs`: network namespaces on a bridge in a
-//! "switch" namespace, one agent per host on the embedded store.
+//! Simulated hosts as in `flanneld.rs` (`conformance::cluster::Cluster`):
+//! network namespaces on a bridge in a "switch" namespace, one agent per
+//! host on the embedded store.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use conformance::cluster::http_request;
-use conformance::util::addresses;
-use conformance::{
-    Daemon, Invocation, TempDir, TestNetns, Underlay, plugin_binary, start_flanneld, wait_for,
-};
+use conformance::cluster::{Cluster, http_get, http_request};
+use conformance::{TestNetns, wait_for};
 use serde_json::{Value, json};
 
 /// `ip route` shows our routes as `proto 102` (the agent's own number).
 const OURS: &str = "proto 102";
 const HEALTH_PORT: u16 = 18090;
-
-struct Host {
-    // Dropped first: the agent stops before its namespaces go.
-    agent: Option<Daemon>,
-    pods: Vec<TestNetns>,
-    ns: TestNetns,
-    dir: PathBuf,
-    ip: String,
-}
-
-struct Lab {
-    hosts: Vec<Host>,
-    // Held for the segment the hosts are plugged into.
-    _net: Underlay,
-    dir: TempDir,
-}
-
-impl Lab {
-    /// `n` hosts on one segment (192.168.77.10 + h), one pod namespace
-    /// each, the embedded store holding `config`; no agent started.
-    fn new(n: usize, config: &Value) -> Lab {
-        let mut net = Underlay::new("switch");
-        let dir = TempDir::new("flanneld-hard");
-        std::fs::create_dir_all(dir.path().join("store/subnets")).unwrap();
-        std::fs::write(dir.path().join("store/config"), config.to_string()).unwrap();
-        let hosts = (0..n)
-            .map(|h| {
-                let ip = format!("192.168.77.{}", 10 + h);
-                let ns = net.add_host(&format!("h{h}"), &[&format!("{ip}/24")]);
-                let hdir = dir.path().join(format!("host{h}"));
-                std::fs::create_dir_all(&hdir).unwrap();
-                Host {
-                    agent: None,
-                    pods: vec![TestNetns::new(&format!("h{h}p0"))],
-                    ns,
-                    dir: hdir,
-                    ip,
-                }
-            })
-            .collect();
-        Lab {
-            hosts,
-            _net: net,
-            dir,
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn set_config(&self, config: &Value) {
-        std::fs::write(self.store().join("config"), config.to_string()).unwrap();
-    }
-
-    /// Starts host `h`'s agent with `extra` flags; does not wait.
-    fn spawn(&mut self, h: usize, extra: &[&str]) {
-        let store = self.store();
-        let host = &mut self.hosts[h];
-        let env = host.dir.join("subnet.env");
-        let log = host.dir.join("flanneld.log");
-        host.agent = Some(start_flanneld(&host.ns, &store, &env, extra, &log));
-    }
-
-    /// Starts host `h`'s agent and waits for its subnet.env.
-    fn start(&mut self, h: usize, extra: &[&str]) {
-        let env = self.hosts[h].dir.join("subnet.env");
-        let _ = std::fs::remove_file(&env);
-        self.spawn(h, extra);
-        assert!(
-            wait_for(Duration::from_secs(10), || env.exists()),
-            "host {h} wrote no subnet.env: {}",
-            self.log(h)
-        );
-    }
-
-    fn stop(&mut self, h: usize) {
-        if let Some(mut a) = self.hosts[h].agent.take() {
-            assert_eq!(a.stop(), Some(0), "{}", self.log(h));
-        }
-    }
-
-    fn log(&self, h: usize) -> String {
-        std::fs::read_to_string(self.hosts[h].dir.join("flanneld.log")).unwrap_or_default()
-    }
-
-    fn ns(&self, h: usize) -> &TestNetns {
-        &self.hosts[h].ns
-    }
-
-    /// This host's subnet, e.g. `10.244.7.0/24`.
-    fn subnet(&self, h: usize) -> String {
-        std::fs::read_to_string(self.hosts[h].dir.join("subnet.env"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .unwrap()
-            .replace(".1/", ".0/")
-    }
-
-    /// Adds host `h`'s pod through the CNI chain; returns its IPv4 address.
-    fn add_pod(&self, h: usize) -> String {
-        let host = &self.hosts[h];
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
-            "subnetFile": host.dir.join("subnet.env"), "dataDir": host.dir.join("cache"),
-            "ipam": {"dataDir": host.dir.join("ipam")}, "delegate": {"isDefaultGateway": true}
-        });
-        let out = Invocation::new("ADD")
-            .container_id(&format!("h{h}p0"))
-            .netns(&host.pods[0])
-            .config(&conf)
-            .run(&plugin_binary("flannel"), &host.ns);
-        addresses(&out.success()).remove(0)
-    }
-
-    fn reaches(&self, h: usize, target: &str) -> bool {
-        self.hosts[h].pods[0]
-            .exec("ping", &["-c1", "-W1", target])
-            .status
-            .success()
-    }
-
-    /// The lease file naming `ip`.
-    fn lease_of(&self, ip: &str) -> Option<PathBuf> {
-        std::fs::read_dir(self.store().join("subnets"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap_or_default()
-                    .contains(&format!("\"{ip}\""))
-            })
-    }
-}
 
 fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
     ns.run(move || {
@@ -170,10 +32,13 @@ fn connect(ns: &TestNetns, n: usize) -> Vec<TcpStream> {
 /// GET `path` from the agent in `ns`: status code and body (0 and the
 /// error when there is no answer within 2 s).
 fn get(ns: &TestNetns, path: &str) -> (u16, String) {
-    match ns.run(|| TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()) {
-        Some(s) => http_request(s, path),
-        None => (0, "cannot connect".into()),
-    }
+    http_get(ns, "127.0.0.1", HEALTH_PORT, path)
+}
+
+/// `n` hosts on one segment (192.168.77.10 + h), one pod namespace each,
+/// the embedded store holding `config`; no agent started.
+fn cluster(n: usize, config: &Value) -> Cluster {
+    Cluster::prepare(n, 1, config, false)
 }
 
 fn metric(ns: &TestNetns, name: &str) -> Option<u64> {
@@ -207,21 +72,21 @@ fn route_line(ns: &TestNetns, dst: &str) -> Option<String> {
 
 #[test]
 fn an_operators_route_in_the_cluster_range_survives_resyncs() {
-    let mut lab = Lab::new(2, &host_gw());
+    let mut c = cluster(2, &host_gw());
     let args: Vec<&str> = HEALTH
         .iter()
         .copied()
         .chain(["--full-resync-period", "1"])
         .collect();
-    lab.start(0, &args);
-    lab.start(1, &[]);
-    let peer = lab.subnet(1);
-    let h0 = lab.ns(0);
+    c.start_with(0, &args);
+    c.start_with(1, &[]);
+    let peer = c.subnet(1);
+    let h0 = &c.hosts[0].ns;
     assert!(
         wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_some()),
         "no route to {peer}: {}\n{}",
         routes(h0),
-        lab.log(0)
+        c.log(0)
     );
     // What an operator types: `boot`, a gateway on eth0, in 10.244.0.0/16.
     h0.ip(&[
@@ -252,7 +117,7 @@ fn an_operators_route_in_the_cluster_range_survives_resyncs() {
             "the operator's route is gone after {} resyncs: {}\n{}",
             done - start,
             routes(h0),
-            lab.log(0)
+            c.log(0)
         );
     }
     assert!(
@@ -261,9 +126,9 @@ fn an_operators_route_in_the_cluster_range_survives_resyncs() {
         routes(h0)
     );
     // The agent still removes its own: host 1 leaves, its route goes.
-    lab.stop(1);
-    std::fs::remove_file(lab.lease_of(&lab.hosts[1].ip.clone()).unwrap()).unwrap();
-    let h0 = lab.ns(0);
+    c.stop(1);
+    std::fs::remove_file(c.lease_file_of(&c.hosts[1].underlay_ip.clone()).unwrap()).unwrap();
+    let h0 = &c.hosts[0].ns;
     assert!(
         wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_none()),
         "{}",
@@ -274,17 +139,17 @@ fn an_operators_route_in_the_cluster_range_survives_resyncs() {
 
 #[test]
 fn routes_of_an_earlier_version_are_adopted_or_cleared_at_start() {
-    let mut lab = Lab::new(2, &vxlan());
-    lab.start(0, &[]);
-    lab.start(1, &[]);
-    let peer = lab.subnet(1);
+    let mut c = cluster(2, &vxlan());
+    c.start_with(0, &[]);
+    c.start_with(1, &[]);
+    let peer = c.subnet(1);
     let gw = peer.replace("/24", "");
-    let h0 = lab.ns(0);
+    let h0 = &c.hosts[0].ns;
     assert!(wait_for(Duration::from_secs(5), || route_line(h0, &peer).is_some()));
-    lab.stop(0);
+    c.stop(0);
     // As an earlier version left them: its route to the peer (as `boot`),
     // one to a peer that left meanwhile, and an operator's route.
-    let h0 = lab.ns(0);
+    let h0 = &c.hosts[0].ns;
     h0.ip(&[
         "route",
         "replace",
@@ -319,14 +184,14 @@ fn routes_of_an_earlier_version_are_adopted_or_cleared_at_start() {
         "eth0",
     ]);
     assert!(route_line(h0, &peer).unwrap().contains("proto boot"));
-    lab.start(0, &[]);
-    let h0 = lab.ns(0);
+    c.start_afresh(0, &[]);
+    let h0 = &c.hosts[0].ns;
     assert!(
         wait_for(Duration::from_secs(5), || route_line(h0, "10.244.200.0/24")
             .is_none()),
         "the earlier version's route to a departed peer stays: {}\n{}",
         routes(h0),
-        lab.log(0)
+        c.log(0)
     );
     assert!(
         route_line(h0, "10.244.201.0/24").is_some_and(|l| l.contains("proto boot")),
@@ -340,7 +205,7 @@ fn routes_of_an_earlier_version_are_adopted_or_cleared_at_start() {
     );
     // (The listing at start replaces it with ours before the first full
     // comparison would name it "adopted".)
-    let log = lab.log(0);
+    let log = c.log(0);
     assert!(
         log.lines()
             .any(|l| l.contains(" W ") && l.contains("10.244.201.0/24")),
@@ -350,20 +215,20 @@ fn routes_of_an_earlier_version_are_adopted_or_cleared_at_start() {
 
 #[test]
 fn health_answers_while_idle_clients_hold_connections() {
-    let mut lab = Lab::new(1, &host_gw());
-    lab.start(0, &HEALTH);
-    let h0 = lab.ns(0);
+    let mut c = cluster(1, &host_gw());
+    c.start_with(0, &HEALTH);
+    let h0 = &c.hosts[0].ns;
     assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
     let idle = connect(h0, 50);
     // One request line sent but never finished: a slow client.
     let mut slow = connect(h0, 1).remove(0);
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // Answered at all (within http_request's 2 s: a server held up by
+    // the idle clients never answers); how fast is bench-flanneld-scale's
+    // `/healthz` row.
     for probe in connect(h0, 3) {
-        let t = Instant::now();
         let (code, body) = http_request(probe, "/healthz");
-        let took = t.elapsed();
         assert_eq!(code, 200, "{body}");
-        assert!(took < Duration::from_millis(100), "/healthz took {took:?}");
     }
     drop(idle);
     drop(slow);
@@ -371,30 +236,30 @@ fn health_answers_while_idle_clients_hold_connections() {
 
 #[test]
 fn readiness_and_health_follow_the_agent() {
-    let mut lab = Lab::new(1, &host_gw());
+    let mut c = cluster(1, &host_gw());
     // No network config yet: the agent waits, and says so.
-    std::fs::remove_file(lab.store().join("config")).unwrap();
-    lab.spawn(0, &HEALTH);
-    let h0 = lab.ns(0);
+    std::fs::remove_file(c.store().join("config")).unwrap();
+    c.spawn(0, &HEALTH);
+    let h0 = &c.hosts[0].ns;
     assert!(
         wait_for(Duration::from_secs(5), || get(h0, "/healthz").0 == 200),
         "/healthz does not answer while starting: {}",
-        lab.log(0)
+        c.log(0)
     );
     let (code, body) = get(h0, "/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("subnet.env"), "{body}");
-    lab.set_config(&host_gw());
+    c.set_config(&host_gw());
     assert!(
         wait_for(Duration::from_secs(10), || get(h0, "/readyz").0 == 200),
         "{:?} {}",
         get(h0, "/readyz"),
-        lab.log(0)
+        c.log(0)
     );
     // A peer that cannot be routed (not on this segment): the data plane
     // is failing, so not ready at once; but alive: a restart would not
     // cure it, and a liveness probe must not restart the agent in a loop.
-    let bad = lab.store().join("subnets/10.244.250.0-24");
+    let bad = c.store().join("subnets/10.244.250.0-24");
     std::fs::write(
         &bad,
         r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"host-gw"}}"#,
@@ -412,6 +277,7 @@ fn readiness_and_health_follow_the_agent() {
     let until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < until {
         assert_eq!(get(h0, "/healthz").0, 200, "{:?}", get(h0, "/healthz"));
+        // Pacing: the 12 s are the test; probe twice a second.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(get(h0, "/readyz").0, 503);
@@ -437,28 +303,28 @@ fn udp(port: u16) -> Value {
 
 #[test]
 fn the_udp_cluster_route_is_repaired_and_one_port_is_used() {
-    let mut lab = Lab::new(2, &udp(0));
-    lab.start(0, &[]);
-    lab.start(1, &[]);
-    let a = lab.add_pod(0);
-    let b = lab.add_pod(1);
+    let mut c = cluster(2, &udp(0));
+    c.start_with(0, &[]);
+    c.start_with(1, &[]);
+    let a = c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
     assert!(
-        wait_for(Duration::from_secs(10), || lab.reaches(0, &b)
-            && lab.reaches(1, &a)),
+        wait_for(Duration::from_secs(10), || c.reaches(0, 0, &b)
+            && c.reaches(1, 0, &a)),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     // Port 0 is the default on both sides: bound to 8285.
-    let ss = lab.ns(0).exec("ss", &["-Hulpn"]);
+    let ss = c.hosts[0].ns.exec("ss", &["-Hulpn"]);
     let ss = String::from_utf8_lossy(&ss.stdout).to_string();
     assert!(ss.contains("192.168.77.10:8285"), "{ss}");
-    let h0 = lab.ns(0);
+    let h0 = &c.hosts[0].ns;
     h0.ip(&["route", "del", "10.244.0.0/16", "dev", "flannel0"]);
     assert!(
-        wait_for(Duration::from_secs(5), || lab.reaches(0, &b)),
+        wait_for(Duration::from_secs(5), || c.reaches(0, 0, &b)),
         "the cluster route via flannel0 was not repaired: {}\n{}",
         routes(h0),
-        lab.log(0)
+        c.log(0)
     );
     let cluster = route_line(h0, "10.244.0.0/16").unwrap();
     assert!(
@@ -469,9 +335,9 @@ fn the_udp_cluster_route_is_repaired_and_one_port_is_used() {
 
 #[test]
 fn a_dead_udp_forwarder_shows_in_health() {
-    let mut lab = Lab::new(1, &udp(8285));
-    lab.start(0, &HEALTH);
-    let h0 = lab.ns(0);
+    let mut c = cluster(1, &udp(8285));
+    c.start_with(0, &HEALTH);
+    let h0 = &c.hosts[0].ns;
     assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
     // Deleting the TUN device ends the thread reading it.
     h0.ip(&["link", "del", "flannel0"]);
@@ -479,12 +345,12 @@ fn a_dead_udp_forwarder_shows_in_health() {
         wait_for(Duration::from_secs(5), || get(h0, "/healthz").0 == 503),
         "{:?} {}",
         get(h0, "/healthz"),
-        lab.log(0)
+        c.log(0)
     );
     let (code, body) = get(h0, "/readyz");
     assert_eq!(code, 503);
     assert!(body.contains("udp"), "{body}");
-    let log = lab.log(0);
+    let log = c.log(0);
     assert!(
         log.lines()
             .any(|l| l.contains(" E ") && l.contains("forwarder stopped")),
@@ -501,91 +367,91 @@ fn vtep(ns: &TestNetns) -> (String, String) {
 
 #[test]
 fn a_changed_vxlan_config_reaches_the_existing_device() {
-    let mut lab = Lab::new(2, &vxlan());
-    lab.start(0, &[]);
-    lab.start(1, &[]);
-    let (text, first) = vtep(lab.ns(0));
+    let mut c = cluster(2, &vxlan());
+    c.start_with(0, &[]);
+    c.start_with(1, &[]);
+    let (text, first) = vtep(&c.hosts[0].ns);
     assert!(
         text.contains("dstport 8472")
             && text.contains("mtu 1450")
             && text.contains("local 192.168.77.10 "),
         "{text}"
     );
-    let restart_all = |lab: &mut Lab, config: &Value| {
-        lab.set_config(config);
+    let restart_all = |c: &mut Cluster, config: &Value| {
+        c.set_config(config);
         for h in 0..2 {
-            lab.stop(h);
+            c.stop(h);
         }
         for h in 0..2 {
-            lab.start(h, &[]);
+            c.start_afresh(h, &[]);
         }
     };
     // The underlay MTU alone: changed in place.
     restart_all(
-        &mut lab,
+        &mut c,
         &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "MTU": 1400}}),
     );
-    let (text, index) = vtep(lab.ns(0));
+    let (text, index) = vtep(&c.hosts[0].ns);
     assert!(text.contains("mtu 1350"), "{text}");
     assert_eq!(index, first, "an MTU change keeps the device");
     // The port: a new device, and the peers programmed again on it.
     restart_all(
-        &mut lab,
+        &mut c,
         &json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}),
     );
-    let (text, index) = vtep(lab.ns(0));
+    let (text, index) = vtep(&c.hosts[0].ns);
     assert!(
         text.contains("dstport 4789") && text.contains("mtu 1450"),
         "{text}\n{}",
-        lab.log(0)
+        c.log(0)
     );
     assert_ne!(index, first);
-    let a = lab.add_pod(0);
-    let b = lab.add_pod(1);
+    let a = c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
     assert!(
-        wait_for(Duration::from_secs(10), || lab.reaches(0, &b)
-            && lab.reaches(1, &a)),
+        wait_for(Duration::from_secs(10), || c.reaches(0, 0, &b)
+            && c.reaches(1, 0, &a)),
         "pods cannot talk over the new device: {}",
-        lab.log(0)
+        c.log(0)
     );
     // Another public address (a node behind NAT): published in the lease,
     // but the VTEP still sends from the interface's own address; its MAC,
     // which follows the public address, makes a new device.
-    lab.stop(0);
-    lab.start(0, &["--public-ip", "192.168.77.110"]);
-    let (text, _) = vtep(lab.ns(0));
+    c.stop(0);
+    c.start_afresh(0, &["--public-ip", "192.168.77.110"]);
+    let (text, _) = vtep(&c.hosts[0].ns);
     assert!(
         text.contains("local 192.168.77.10 "),
         "{text}\n{}",
-        lab.log(0)
+        c.log(0)
     );
     assert!(
-        lab.log(0).contains("recreating flannel.7: mac"),
+        c.log(0).contains("recreating flannel.7: mac"),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
 }
 
 #[test]
 fn store_errors_in_the_resync_are_reported() {
-    let mut lab = Lab::new(1, &host_gw());
-    lab.start(0, &HEALTH);
-    let h0 = lab.ns(0);
+    let mut c = cluster(1, &host_gw());
+    c.start_with(0, &HEALTH);
+    let h0 = &c.hosts[0].ns;
     assert!(wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 200));
-    let ip = lab.hosts[0].ip.clone();
-    let own = lab.lease_of(&ip).unwrap();
+    let ip = c.hosts[0].underlay_ip.clone();
+    let own = c.lease_file_of(&ip).unwrap();
     // Our lease deleted, and the store cannot take a new one (its lock is
     // a directory now): the re-creation fails and says so.
-    let lock = lab.store().join("lock");
+    let lock = c.store().join("lock");
     std::fs::remove_file(&lock).unwrap();
     std::fs::create_dir(&lock).unwrap();
     std::fs::remove_file(&own).unwrap();
     assert!(
-        wait_for(Duration::from_secs(5), || lab.log(0).lines().any(|l| l
+        wait_for(Duration::from_secs(5), || c.log(0).lines().any(|l| l
             .contains(" E ")
             && l.contains("cannot re-create lease"))),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     let (code, body) = get(h0, "/readyz");
     assert_eq!(code, 503, "{body}");
@@ -597,7 +463,7 @@ fn store_errors_in_the_resync_are_reported() {
         wait_for(Duration::from_secs(5), || own.exists()
             && get(h0, "/readyz").0 == 200),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     // Our key taken over by another node: an error, not ready.
     std::fs::write(
@@ -608,34 +474,34 @@ fn store_errors_in_the_resync_are_reported() {
     assert!(
         wait_for(Duration::from_secs(5), || get(h0, "/readyz").0 == 503),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     assert!(
-        lab.log(0)
+        c.log(0)
             .lines()
             .any(|l| l.contains(" E ") && l.contains("held by another node")),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     // A record nobody can read: named once, not at every resync.
-    std::fs::write(lab.store().join("subnets/10.244.251.0-24"), "{oops").unwrap();
-    let named = |lab: &Lab| {
-        lab.log(0)
+    std::fs::write(c.store().join("subnets/10.244.251.0-24"), "{oops").unwrap();
+    let named = |c: &Cluster| {
+        c.log(0)
             .lines()
             .filter(|l| l.contains(" W ") && l.contains("10.244.251.0-24 cannot be read"))
             .count()
     };
     assert!(
-        wait_for(Duration::from_secs(5), || named(&lab) == 1),
+        wait_for(Duration::from_secs(5), || named(&c) == 1),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
     // Other changes (re-reading the store's directory) do not name it again.
-    std::fs::write(lab.store().join("subnets/10.244.252.0-24"), "{oops").unwrap();
-    assert!(wait_for(Duration::from_secs(5), || lab
+    std::fs::write(c.store().join("subnets/10.244.252.0-24"), "{oops").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || c
         .log(0)
         .contains("10.244.252.0-24 cannot be read")));
-    assert_eq!(named(&lab), 1, "{}", lab.log(0));
+    assert_eq!(named(&c), 1, "{}", c.log(0));
 }
 
 /// `2025-06-01T12:00:00.123Z X ` with X one of E W I D.
@@ -664,28 +530,28 @@ fn levelled(line: &str) -> Option<char> {
 
 #[test]
 fn log_lines_are_timestamped_and_levelled() {
-    let mut lab = Lab::new(2, &host_gw());
-    lab.start(0, &[]);
-    lab.start(1, &["-v", "4"]);
+    let mut c = cluster(2, &host_gw());
+    c.start_with(0, &[]);
+    c.start_with(1, &["-v", "4"]);
     // A peer that cannot be routed: an error line.
     std::fs::write(
-        lab.store().join("subnets/10.244.250.0-24"),
+        c.store().join("subnets/10.244.250.0-24"),
         r#"{"value":{"PublicIP":"203.0.113.5","PublicIPv6":null,"BackendType":"host-gw"}}"#,
     )
     .unwrap();
     for h in 0..2 {
         assert!(
-            wait_for(Duration::from_secs(5), || lab.log(h).lines().any(|l| {
+            wait_for(Duration::from_secs(5), || c.log(h).lines().any(|l| {
                 levelled(l) == Some('E') && l.contains("host-gw needs every peer")
             })),
             "{}",
-            lab.log(h)
+            c.log(h)
         );
     }
-    lab.stop(0);
-    lab.stop(1);
+    c.stop(0);
+    c.stop(1);
     for h in 0..2 {
-        let log = lab.log(h);
+        let log = c.log(h);
         let levels: Vec<char> = log
             .lines()
             .map(|l| levelled(l).unwrap_or_else(|| panic!("not levelled: {l:?}")))
@@ -705,33 +571,35 @@ fn log_lines_are_timestamped_and_levelled() {
 /// a record's name from the store cannot make a log line of its own.
 #[test]
 fn log_lines_name_addresses_and_devices_and_escape_the_stores_text() {
-    let mut lab = Lab::new(2, &vxlan());
-    // A record whose name would start a forged error line.
+    let mut c = cluster(2, &vxlan());
+    // A record whose name would start a forged error line, there before
+    // any agent made the store's directory.
+    std::fs::create_dir_all(c.store().join("subnets")).unwrap();
     let forged = "2030-01-01T00:00:00.000Z E forged by a store writer";
     std::fs::write(
-        lab.store()
+        c.store()
             .join("subnets")
             .join(format!("10.244.9.0-24\n{forged}")),
         "{}",
     )
     .unwrap();
-    lab.start(0, &[]);
-    lab.start(1, &[]);
-    let peer = lab.subnet(1);
+    c.start_with(0, &[]);
+    c.start_with(1, &[]);
+    let peer = c.subnet(1);
     assert!(wait_for(Duration::from_secs(5), || route_line(
-        lab.ns(0),
+        &c.hosts[0].ns,
         &peer
     )
     .is_some()));
-    lab.ns(0).ip(&["route", "del", &peer]);
+    c.hosts[0].ns.ip(&["route", "del", &peer]);
     assert!(
-        wait_for(Duration::from_secs(5), || lab
+        wait_for(Duration::from_secs(5), || c
             .log(0)
             .contains("repairing: route")),
         "{}",
-        lab.log(0)
+        c.log(0)
     );
-    let log = lab.log(0);
+    let log = c.log(0);
     let line = |needle: &str| {
         log.lines()
             .find(|l| l.contains(needle))

@@ -6,30 +6,30 @@
 //! Covered: one etcd lease per key through renewals, re-creation after a
 //! delete, and an agent restart; the feed's listing and events for writes
 //! made with etcdctl; an etcd wiped and restarted empty; a compacted
-//! watch; 5,000 leases (listing time, write-to-event time, idle CPU);
-//! all of it for a user with a password (auth tokens on every call); and
+//! watch; 5,000 leases listed and a write among them seen (how fast, and
+//! the idle feed's CPU, are bench-flanneld-store's figures); all of it
+//! for a user with a password (auth tokens on every call); and
 //! an endpoint list with a dead member, refused or blackholed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conformance::netns::in_netns;
-use conformance::{Daemon, TestNetns, wait_for};
+use conformance::{Etcd, wait_for};
 use flanneld::flags::Options;
 use flanneld::lease::{Lease, LeaseAttrs, SubnetKey};
 use flanneld::store::etcd::EtcdStore;
 use flanneld::store::probe::{channel, next, until};
 use flanneld::store::{Records, Sink, Store, StoreError, StoreEvent, Written};
-use serde_json::Value;
 
+/// Where [`Etcd::alone`] serves.
 const URL: &str = "http://127.0.0.1:2379";
 const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
-/// What each feed event must take at most in these tests.
+/// What each feed event must take at most in these tests: a watch
+/// reports within milliseconds, a re-list on a timer would not.
 const PROMPT: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 /// Nothing listens there: a connect is refused at once.
@@ -38,175 +38,34 @@ const REFUSED: &str = "http://127.0.0.1:4001";
 /// refusal, no ICMP) and waits for its timeout.
 const BLACKHOLED: &str = "http://10.99.0.2:2379";
 
-/// etcd in a namespace of its own; its data in memory (/dev/shm), so
-/// that thousands of writes do not wait on the disk.
-struct Etcd {
-    // Dropped first: etcd stops before its namespace and data go.
-    daemon: Option<Daemon>,
-    ns: TestNetns,
-    dir: PathBuf,
-}
-
-impl Etcd {
-    fn start(tag: &str) -> Etcd {
-        assert!(
-            Path::new("/usr/bin/etcd").is_file(),
-            "apt-get install etcd-server etcd-client (scripts/test.sh does)"
-        );
-        let ns = TestNetns::new(tag);
-        let dir = PathBuf::from("/dev/shm").join(ns.name());
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut etcd = Etcd {
-            daemon: None,
-            ns,
-            dir,
-        };
-        etcd.up();
-        etcd
-    }
-
-    fn up(&mut self) {
-        let data = self.dir.join("data");
-        let args: Vec<String> = [
-            "--name",
-            "test",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen-client-urls",
-            URL,
-            "--advertise-client-urls",
-            URL,
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "test=http://127.0.0.1:2380",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let log = self.dir.join("etcd.log");
-        let daemon = Daemon::start(Path::new("/usr/bin/etcd"), &args, &self.ns, &log);
-        self.daemon = Some(daemon);
-        assert!(
-            wait_for(Duration::from_secs(20), || self
-                .try_ctl(&["endpoint", "health"])
-                .is_some()),
-            "etcd did not come up: {}",
-            self.log()
-        );
-    }
-
-    fn down(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.stop();
-        }
-    }
-
-    /// Makes [`BLACKHOLED`] unreachable the quiet way: its frames leave
-    /// through a veth whose other end drops them (not its MAC).
-    fn blackhole(&self) {
-        self.ns.ip(&[
-            "link", "add", "hole", "type", "veth", "peer", "name", "hole1",
-        ]);
-        self.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "hole"]);
-        self.ns.ip(&["link", "set", "hole", "up"]);
-        self.ns.ip(&["link", "set", "hole1", "up"]);
-        self.ns.ip(&[
-            "neigh",
-            "replace",
-            "10.99.0.2",
-            "lladdr",
-            "02:00:00:00:00:99",
-            "dev",
-            "hole",
-            "nud",
-            "permanent",
-        ]);
-    }
-
-    /// Its data gone, as after a rebuilt control plane.
-    fn wipe(&self) {
-        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
-    }
-
-    fn try_ctl(&self, args: &[&str]) -> Option<String> {
-        let mut all = vec!["--endpoints", URL];
-        all.extend_from_slice(args);
-        let out = self.ns.exec("etcdctl", &all);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let mut all = vec!["--endpoints", URL];
-        all.extend_from_slice(args);
-        let out = self.ns.exec("etcdctl", &all);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `etcdctl lease list`: every lease ID etcd holds.
-    fn leases(&self) -> Vec<i64> {
-        let out = self.ctl(&["lease", "list"]);
-        let mut ids: Vec<i64> = out
-            .lines()
-            .skip(1) // "found N leases"
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| i64::from_str_radix(l.trim(), 16).unwrap())
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    /// A key's etcd lease (0: none) and mod revision.
-    fn key(&self, name: &str) -> (i64, i64) {
-        let v: Value = serde_json::from_str(&self.ctl(&["get", name, "-w", "json"])).unwrap();
-        let kv = &v["kvs"][0];
-        assert!(kv.is_object(), "{name} is not in etcd: {v}");
-        (
-            kv["lease"].as_i64().unwrap_or(0),
-            kv["mod_revision"].as_i64().unwrap(),
-        )
-    }
-
-    /// The store's current revision.
-    fn revision(&self) -> i64 {
-        let v: Value = serde_json::from_str(&self.ctl(&["get", "/", "-w", "json"])).unwrap();
-        v["header"]["revision"].as_i64().unwrap()
-    }
-
-    /// Seconds left on a lease.
-    fn remaining(&self, id: i64) -> i64 {
-        let hex = format!("{id:x}");
-        let v: Value =
-            serde_json::from_str(&self.ctl(&["lease", "timetolive", &hex, "-w", "json"])).unwrap();
-        v["ttl"].as_i64().unwrap()
-    }
-
-    fn opts(&self) -> Options {
-        Options {
-            etcd_endpoints: vec![URL.to_string()],
-            ..Options::default()
-        }
+fn opts(etcd: &Etcd) -> Options {
+    Options {
+        etcd_endpoints: vec![etcd.url().to_string()],
+        ..Options::default()
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Makes [`BLACKHOLED`] unreachable the quiet way from etcd's namespace:
+/// its frames leave through a veth whose other end drops them (not its MAC).
+fn blackhole(etcd: &Etcd) {
+    let ns = etcd.ns();
+    ns.ip(&[
+        "link", "add", "hole", "type", "veth", "peer", "name", "hole1",
+    ]);
+    ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "hole"]);
+    ns.ip(&["link", "set", "hole", "up"]);
+    ns.ip(&["link", "set", "hole1", "up"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.99.0.2",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "hole",
+        "nud",
+        "permanent",
+    ]);
 }
 
 fn attrs(ip: &str) -> LeaseAttrs {
@@ -249,14 +108,14 @@ fn listed(ev: StoreEvent) -> (Vec<flanneld::lease::Lease>, Option<String>) {
 
 #[test]
 fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
-    let etcd = Etcd::start("store-leases");
-    in_netns(&etcd.ns.path(), || {
+    let etcd = Etcd::alone("store-leases");
+    in_netns(&etcd.ns().path(), || {
         let k = key("10.244.7.0-24");
         let name = subnet("10.244.7.0-24");
         let ttl = Some(Duration::from_secs(60));
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let l = made(store.create(&k, &attrs("192.0.2.7"), ttl));
-        let (first, rev) = etcd.key(&name);
+        let (first, rev) = etcd.lease_and_revision(&name);
         assert_ne!(first, 0, "a lease with a TTL has an etcd lease");
         assert_eq!(etcd.leases(), [first]);
         assert_eq!(l.rev, rev as u64);
@@ -268,10 +127,14 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
             l = made(store.replace(&l, &attrs("192.0.2.7"), ttl));
         }
         assert_eq!(etcd.leases(), [first]);
-        assert_eq!(etcd.key(&name), (first, rev), "a renewal rewrote the value");
+        assert_eq!(
+            etcd.lease_and_revision(&name),
+            (first, rev),
+            "a renewal rewrote the value"
+        );
         // A changed value is written, on the same lease.
         let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
-        let (lease, rev2) = etcd.key(&name);
+        let (lease, rev2) = etcd.lease_and_revision(&name);
         assert_eq!(lease, first);
         assert!(rev2 > rev);
         assert_eq!(l.rev, rev2 as u64);
@@ -281,21 +144,29 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
         // revoked, not left to expire.
         etcd.ctl(&["del", &name]);
         let l = made(store.create(&k, &attrs("192.0.2.70"), ttl));
-        let (second, _) = etcd.key(&name);
+        let (second, _) = etcd.lease_and_revision(&name);
         assert_ne!(second, first);
         assert_eq!(etcd.leases(), [second]);
 
         // (c) A restarted agent: a new store learns the key's lease from
         // etcd (at the revision it knows) and keeps that one alive.
         drop(store);
-        // Let the lease run down a little, to see the renewal.
-        std::thread::sleep(Duration::from_secs(2));
-        let before = etcd.remaining(second);
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        // Let the lease run down a little (etcd counts whole seconds), to
+        // see the renewal.
+        let fresh = etcd.seconds_left(second);
+        let mut before = fresh;
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                before = etcd.seconds_left(second);
+                before < fresh
+            }),
+            "lease {second:x} does not run down: {fresh} s left"
+        );
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
-        assert_eq!(etcd.key(&name).0, second);
+        assert_eq!(etcd.lease_and_revision(&name).0, second);
         assert_eq!(etcd.leases(), [second]);
-        let after = etcd.remaining(second);
+        let after = etcd.seconds_left(second);
         assert!(
             after > before,
             "not renewed: {before} s left, then {after} s"
@@ -303,15 +174,15 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
 
         // Another TTL asked for: a new lease replaces the old one.
         let l = made(store.replace(&l, &attrs("192.0.2.70"), Some(Duration::from_secs(120))));
-        let (third, _) = etcd.key(&name);
+        let (third, _) = etcd.lease_and_revision(&name);
         assert_ne!(third, second);
         assert_eq!(etcd.leases(), [third]);
-        assert!(etcd.remaining(third) > 100);
+        assert!(etcd.seconds_left(third) > 100);
 
         // A reservation has no etcd lease; back to a lease, then deleted:
         // nothing is left behind.
         let l = made(store.replace(&l, &attrs("192.0.2.70"), None));
-        assert_eq!(etcd.key(&name).0, 0);
+        assert_eq!(etcd.lease_and_revision(&name).0, 0);
         assert!(etcd.leases().is_empty());
         let l = made(store.replace(&l, &attrs("192.0.2.70"), ttl));
         assert_eq!(etcd.leases().len(), 1);
@@ -334,19 +205,19 @@ fn one_etcd_lease_per_key_through_renewals_recreation_and_restart() {
 /// alive whatever etcd lease the key had).
 #[test]
 fn a_renewal_loses_to_another_writer_and_never_overwrites_it() {
-    let etcd = Etcd::start("store-cas");
-    in_netns(&etcd.ns.path(), || {
+    let etcd = Etcd::alone("store-cas");
+    in_netns(&etcd.ns().path(), || {
         let k = key("10.244.9.0-24");
         let name = subnet("10.244.9.0-24");
         let ttl = Some(Duration::from_secs(60));
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let ours = made(store.create(&k, &attrs("192.0.2.9"), ttl));
-        let (our_grant, _) = etcd.key(&name);
+        let (our_grant, _) = etcd.lease_and_revision(&name);
         // The other node writes under a lease of its own.
         let grant = etcd.ctl(&["lease", "grant", "600"]);
         let theirs = grant.split_whitespace().nth(1).unwrap().to_string();
         etcd.ctl(&["put", "--lease", &theirs, &name, &json("192.0.2.99")]);
-        let before = etcd.key(&name);
+        let before = etcd.lease_and_revision(&name);
         for attempt in [attrs("192.0.2.9"), attrs("192.0.2.10")] {
             match store.replace(&ours, &attempt, ttl).unwrap() {
                 Written::NotOurs(Some(now)) => assert_eq!(now.attrs, attrs("192.0.2.99")),
@@ -354,7 +225,11 @@ fn a_renewal_loses_to_another_writer_and_never_overwrites_it() {
             }
         }
         assert!(!store.delete(&ours).unwrap(), "nor may we delete it");
-        assert_eq!(etcd.key(&name), before, "their lease was rewritten");
+        assert_eq!(
+            etcd.lease_and_revision(&name),
+            before,
+            "their lease was rewritten"
+        );
         let value = etcd.ctl(&["get", &name, "--print-value-only"]);
         assert_eq!(value.trim(), json("192.0.2.99"));
         let held = etcd.leases();
@@ -369,10 +244,10 @@ fn a_renewal_loses_to_another_writer_and_never_overwrites_it() {
 /// Creation races, reservations, and the watch seeing a delete.
 #[test]
 fn creation_races_reservations_and_the_watch() {
-    let etcd = Etcd::start("store-races");
+    let etcd = Etcd::alone("store-races");
     etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
-    in_netns(&etcd.ns.path(), || {
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+    in_netns(&etcd.ns().path(), || {
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         assert!(store.network_config().unwrap().contains("10.244.0.0/16"));
         let k = key("10.244.7.0-24");
         let ttl = Some(Duration::from_secs(60));
@@ -415,11 +290,11 @@ fn creation_races_reservations_and_the_watch() {
 
 #[test]
 fn feed_reports_etcdctl_writes_within_a_second() {
-    let etcd = Etcd::start("store-feed");
+    let etcd = Etcd::alone("store-feed");
     etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
     etcd.ctl(&["put", &subnet("10.244.1.0-24"), &json("192.0.2.1")]);
-    in_netns(&etcd.ns.path(), || {
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+    in_netns(&etcd.ns().path(), || {
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let (sink, rx) = channel();
         store.feed(sink, HOUR).unwrap();
         let (leases, config) = listed(next(&rx, Duration::from_secs(15)));
@@ -505,7 +380,7 @@ fn feed_reports_etcdctl_writes_within_a_second() {
 
 #[test]
 fn feed_lists_an_etcd_that_came_back_empty_and_watches_it_afresh() {
-    let mut etcd = Etcd::start("store-wiped");
+    let mut etcd = Etcd::alone("store-wiped");
     etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
     etcd.ctl(&["put", &subnet("10.244.1.0-24"), &json("192.0.2.1")]);
     // Many revisions, so that the old watch position lies far beyond what
@@ -514,21 +389,21 @@ fn feed_lists_an_etcd_that_came_back_empty_and_watches_it_afresh() {
         etcd.ctl(&["put", "/elsewhere", &i.to_string()]);
     }
     let old_revision = etcd.revision();
-    let ns = etcd.ns.path();
+    let ns = etcd.ns().path();
     in_netns(&ns, || {
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let (sink, rx) = channel();
         store.feed(sink, HOUR).unwrap();
         let (leases, _) = listed(next(&rx, Duration::from_secs(15)));
         assert_eq!(leases.len(), 1);
 
-        etcd.down();
+        etcd.stop();
         let (_, before) = until(&rx, Duration::from_secs(15), |ev| {
             matches!(ev, StoreEvent::Trouble(_))
         });
         assert!(before.is_empty(), "events before the trouble: {before:?}");
         etcd.wipe();
-        etcd.up();
+        etcd.start_again();
         let (ev, before) = until(&rx, Duration::from_secs(30), |ev| {
             matches!(ev, StoreEvent::Listed { .. })
         });
@@ -554,9 +429,9 @@ fn feed_lists_an_etcd_that_came_back_empty_and_watches_it_afresh() {
 
 #[test]
 fn feed_lists_again_when_its_watch_was_compacted() {
-    let etcd = Etcd::start("store-compact");
-    in_netns(&etcd.ns.path(), || {
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
+    let etcd = Etcd::alone("store-compact");
+    in_netns(&etcd.ns().path(), || {
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         let (tx, rx) = mpsc::channel();
         // The feed reports a listing before it starts watching from the
         // listing's revision: holding it in the sink lets the test compact
@@ -591,49 +466,27 @@ fn feed_lists_again_when_its_watch_was_compacted() {
     });
 }
 
-/// CPU time of the feed threads that run in namespace `ns`.
-fn feed_cpu(ns: &Path) -> Duration {
-    let ino = std::fs::metadata(ns).unwrap().ino();
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let p = task.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let same_ns = std::fs::metadata(p.join("ns/net")).is_ok_and(|m| m.ino() == ino);
-        if comm.trim() == "etcd-feed" && same_ns {
-            let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-            total += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(total)
-}
-
+/// The functional half of a scale check: all 5,000 leases are listed and
+/// a write among them is seen. How fast, and the idle feed's CPU, are
+/// figures of `bench-flanneld-store` (scripts/bench-flanneld-store.sh).
 #[test]
-fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
-    let etcd = Etcd::start("store-scale");
-    let ns = etcd.ns.path();
-    in_netns(&ns, || {
-        let mut store = EtcdStore::connect(&etcd.opts()).unwrap();
-        let began = Instant::now();
+fn feed_of_five_thousand_leases_lists_them_all_and_sees_a_write() {
+    let etcd = Etcd::alone("store-scale");
+    in_netns(&etcd.ns().path(), || {
+        let mut store = EtcdStore::connect(&opts(&etcd)).unwrap();
         for i in 0..5000u32 {
             let k = key(&format!("10.{}.{}.0-24", 100 + i / 256, i % 256));
             let ip = format!("192.0.{}.{}", 2 + i / 250, 1 + i % 250);
             made(store.create(&k, &attrs(&ip), None));
         }
-        eprintln!("etcd: wrote 5000 leases in {:?}", began.elapsed());
 
         let (sink, rx) = channel();
-        let start = Instant::now();
         store.feed(sink, HOUR).unwrap();
+        // Generous: the bound only ends a test whose feed never lists.
         let (leases, _) = listed(next(&rx, Duration::from_secs(30)));
-        let list_time = start.elapsed();
         assert_eq!(leases.len(), 5000);
 
         // A write among 5,000: its event.
-        let mut worst = Duration::ZERO;
         let mut l = leases
             .iter()
             .find(|l| l.key == key("10.100.0.0-24"))
@@ -641,33 +494,23 @@ fn feed_of_five_thousand_leases_lists_fast_and_idles_for_free() {
             .clone();
         for i in 0..10 {
             let ip = format!("198.51.100.{}", 1 + i);
-            let start = Instant::now();
             l = made(store.replace(&l, &attrs(&ip), None));
             match next(&rx, PROMPT) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 other => panic!("expected the write, got {other:?}"),
             }
-            worst = worst.max(start.elapsed());
         }
 
-        // Nothing changes for 10 s: the feed thread must all but sleep.
-        let before = feed_cpu(&ns);
-        let idle = Duration::from_secs(10);
-        let quiet = rx.recv_timeout(idle);
-        let used = feed_cpu(&ns) - before;
+        // Nothing changes: no event. Nothing must happen within the
+        // feed's promptness: wait that long.
+        let quiet = rx.recv_timeout(PROMPT);
         assert!(quiet.is_err(), "{quiet:?}");
-        let share = used.as_secs_f64() / idle.as_secs_f64() * 100.0;
-        eprintln!(
-            "etcd feed, 5000 leases: Listed {list_time:?} after feed(); write -> Put at most {worst:?} (10 writes); idle CPU {used:?} in {idle:?} ({share:.3} % of a core)"
-        );
-        assert!(list_time < Duration::from_secs(10), "{list_time:?}");
-        assert!(share <= 0.2, "idle feed used {share:.3} % of a core");
     });
 }
 
 #[test]
 fn a_user_with_a_password_renews_revokes_and_feeds() {
-    let etcd = Etcd::start("store-auth");
+    let etcd = Etcd::alone("store-auth");
     etcd.ctl(&["user", "add", "root:rootpw", "--interactive=false"]);
     etcd.ctl(&["user", "add", "flannel:flpw", "--interactive=false"]);
     etcd.ctl(&["role", "add", "flannel"]);
@@ -687,11 +530,11 @@ fn a_user_with_a_password_renews_revokes_and_feeds() {
         etcd.ctl(&a)
     };
     let lease_count = || root(&["lease", "list"]).lines().skip(1).count();
-    in_netns(&etcd.ns.path(), || {
+    in_netns(&etcd.ns().path(), || {
         let opts = Options {
             etcd_username: Some("flannel".into()),
             etcd_password: Some("flpw".into()),
-            ..etcd.opts()
+            ..opts(&etcd)
         };
         let mut store = EtcdStore::connect(&opts).unwrap();
         let (sink, rx) = channel();
@@ -716,8 +559,8 @@ fn a_user_with_a_password_renews_revokes_and_feeds() {
 
 #[test]
 fn every_call_works_with_a_dead_endpoint_in_the_list() {
-    let etcd = Etcd::start("store-dead");
-    etcd.blackhole();
+    let etcd = Etcd::alone("store-dead");
+    blackhole(&etcd);
     etcd.ctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
     let lists = [
         [REFUSED, URL],
@@ -725,7 +568,7 @@ fn every_call_works_with_a_dead_endpoint_in_the_list() {
         [BLACKHOLED, URL],
         [URL, BLACKHOLED],
     ];
-    in_netns(&etcd.ns.path(), || {
+    in_netns(&etcd.ns().path(), || {
         for (i, list) in lists.iter().enumerate() {
             let opts = Options {
                 etcd_endpoints: list.iter().map(ToString::to_string).collect(),
@@ -759,7 +602,8 @@ fn every_call_works_with_a_dead_endpoint_in_the_list() {
                 );
             }
             // The endpoint that worked is remembered: one connect timeout
-            // at most, not one per call.
+            // at most, not one per call. A bound on behaviour, not speed:
+            // 76 calls each waiting out a blackholed connect take minutes.
             let took = began.elapsed();
             eprintln!("{list:?}: 76 store calls in {took:?}");
             assert!(took < Duration::from_secs(10), "{list:?}: {took:?}");
@@ -779,8 +623,9 @@ fn every_call_works_with_a_dead_endpoint_in_the_list() {
             assert!(store.delete(&mine).unwrap());
         }
 
-        // Every endpoint dead: the call fails in bounded time and says
-        // why for each.
+        // Every endpoint dead: the call fails in bounded time (its
+        // deadlines, not a hang: the bound is the behaviour) and says why
+        // for each.
         let opts = Options {
             etcd_endpoints: vec![REFUSED.into(), BLACKHOLED.into()],
             ..Options::default()

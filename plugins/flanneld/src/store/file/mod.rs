@@ -384,6 +384,9 @@ mod tests {
         fs::write(dir.0.join("subnets").join("10.244.9.0-24"), "not json").unwrap();
         assert!(other.delete(&l).unwrap());
         assert_eq!(next(&rx, SOON), StoreEvent::Gone(k));
+        // The feed applies a batch of changed names in key order, so an
+        // event for the bad record (were there one) could trail the Gone
+        // within the same pass: 300 ms cover that.
         assert!(
             matches!(
                 rx.recv_timeout(Duration::from_millis(300)),
@@ -468,6 +471,7 @@ mod tests {
         let short = key("10.244.3.0-24");
         let renewed = key("10.244.4.0-24");
         made(store.create(&short, &attrs("192.0.2.3"), Some(Duration::from_secs(1))));
+        let written = Instant::now();
         let l = made(store.create(&renewed, &attrs("192.0.2.4"), Some(Duration::from_secs(2))));
         made(store.replace(&l, &attrs("192.0.2.4"), HOUR));
         let start = Instant::now();
@@ -482,8 +486,10 @@ mod tests {
             before.iter().all(|ev| matches!(ev, StoreEvent::Put(_))),
             "{before:?}"
         );
-        // The renewed one outlives its first expiry (2 s) quietly.
-        let quiet = rx.recv_timeout(Duration::from_millis(2500));
+        // The renewed one outlives its first expiry (2 s after its write)
+        // quietly: waiting past that moment is the test.
+        let past_expiry = written + Duration::from_millis(2500);
+        let quiet = rx.recv_timeout(past_expiry.saturating_duration_since(Instant::now()));
         assert!(matches!(quiet, Err(RecvTimeoutError::Timeout)), "{quiet:?}");
         assert_eq!(store.list().unwrap().leases.len(), 1);
     }
@@ -543,7 +549,8 @@ mod tests {
         );
     }
 
-    /// 5,000 leases: how long a listing takes, and a single write's event.
+    /// 5,000 leases: all listed, and a single write among them seen. How
+    /// fast is bench-flanneld-store's figure, not this test's.
     #[test]
     fn feed_holds_five_thousand_leases() {
         let dir = Dir::new();
@@ -560,13 +567,12 @@ mod tests {
             fs::write(store.path(&k), &record).unwrap();
         }
         let (sink, rx) = channel();
-        let start = Instant::now();
         store.feed(sink, Duration::from_secs(3600)).unwrap();
+        // Generous: the bound only ends a test whose feed never lists.
         match next(&rx, Duration::from_secs(20)) {
             StoreEvent::Listed { leases, .. } => assert_eq!(leases.len(), 5000),
             other => panic!("first came {other:?}"),
         }
-        let listed = start.elapsed();
         let mut other = FileStore::open(&dir.0).unwrap();
         let k = key("10.119.0.0-24");
         let mut l = other
@@ -576,21 +582,13 @@ mod tests {
             .into_iter()
             .find(|l| l.key == k)
             .unwrap();
-        let mut worst = Duration::ZERO;
         for round in 0..20 {
             let ip = format!("192.0.2.{}", 10 + round);
-            let start = Instant::now();
             l = made(other.replace(&l, &attrs(&ip), HOUR));
             match next(&rx, SOON) {
                 StoreEvent::Put(l) => assert_eq!(l.attrs, attrs(&ip)),
                 ev => panic!("expected the write, got {ev:?}"),
             }
-            worst = worst.max(start.elapsed());
         }
-        eprintln!(
-            "5000 leases: Listed after {listed:?}; write -> Put at most {worst:?} (20 writes)"
-        );
-        assert!(listed < Duration::from_secs(10), "{listed:?}");
-        assert!(worst < Duration::from_millis(500), "{worst:?}");
     }
 }
