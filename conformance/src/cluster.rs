@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::kube::{FLANNEL_TOKEN, KubeApi};
 use crate::util::addresses;
 use crate::{Daemon, Etcd, Invocation, TempDir, TestNetns, Underlay, plugin_binary, wait_for};
 
@@ -34,6 +35,8 @@ pub struct Host {
 pub struct Cluster {
     // Dropped in order: agents stop before their namespaces and the store go.
     pub hosts: Vec<Host>,
+    /// The Kubernetes API, when it is the store (`--kube-subnet-mgr`).
+    pub kube: Option<KubeApi>,
     pub etcd: Option<Etcd>,
     pub net: Underlay,
     pub dir: TempDir,
@@ -126,10 +129,62 @@ impl Cluster {
         }
         Cluster {
             hosts: list,
+            kube: None,
             etcd,
             net,
             dir,
         }
+    }
+
+    /// As [`Cluster::prepare`], with a real Kubernetes API server in the
+    /// switch namespace (at 192.168.77.1:6443) as the store: upstream's
+    /// RBAC for flannel applied, `config` as net-conf.json, and a Node
+    /// `node-h<h>` per host with the pod CIDRs `cidrs(h)` (none: not
+    /// assigned yet). `None` where the Kubernetes binaries are absent (said
+    /// loudly): the caller skips.
+    pub fn prepare_kube(
+        hosts: usize,
+        pods_per_host: usize,
+        config: &Value,
+        cidrs: impl Fn(usize) -> Vec<String>,
+    ) -> Option<Cluster> {
+        KubeApi::binaries()?;
+        let mut c = Self::prepare(hosts, pods_per_host, config, false);
+        c.net
+            .switch
+            .ip(&["addr", "add", "192.168.77.1/24", "dev", "br0"]);
+        let api = KubeApi::start(&c.net.switch, "192.168.77.1", &c.dir.path().join("kube"))?;
+        api.apply_flannel_rbac();
+        for h in 0..hosts {
+            let cidrs = cidrs(h);
+            let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+            // A kubelet-registered Node always has annotations.
+            api.create_node(
+                &Self::node_name(h),
+                &cidrs,
+                &[("node.alpha.kubernetes.io/ttl", "0")],
+            );
+        }
+        std::fs::write(c.dir.path().join("net-conf.json"), config.to_string()).unwrap();
+        c.kube = Some(api);
+        Some(c)
+    }
+
+    /// Host `h`'s Node name in kube mode.
+    pub fn node_name(h: usize) -> String {
+        format!("node-h{h}")
+    }
+
+    pub fn kube(&self) -> &KubeApi {
+        self.kube
+            .as_ref()
+            .expect("this cluster has no Kubernetes API")
+    }
+
+    pub fn kube_mut(&mut self) -> &mut KubeApi {
+        self.kube
+            .as_mut()
+            .expect("this cluster has no Kubernetes API")
     }
 
     /// The embedded store's directory (unused on etcd).
@@ -145,23 +200,33 @@ impl Cluster {
     /// subnet.env; then `extra`.
     pub fn agent_args(&self, h: usize, extra: &[&str]) -> Vec<String> {
         let store = self.store();
-        let store_args = if self.etcd.is_some() {
-            ["--etcd-endpoints", ETCD]
-        } else {
-            ["--store-dir", store.to_str().unwrap()]
+        let kubeconfig = self
+            .kube
+            .as_ref()
+            .map(|k| k.kubeconfig("flannel", FLANNEL_TOKEN));
+        let net_conf = self.dir.path().join("net-conf.json");
+        let store_args: Vec<&str> = match &kubeconfig {
+            Some(k) => vec![
+                "--kube-subnet-mgr",
+                "--kubeconfig-file",
+                k.to_str().unwrap(),
+                "--net-config-path",
+                net_conf.to_str().unwrap(),
+            ],
+            None if self.etcd.is_some() => vec!["--etcd-endpoints", ETCD],
+            None => vec!["--store-dir", store.to_str().unwrap()],
         };
-        [
-            store_args[0],
-            store_args[1],
-            "--iface",
-            "eth0",
-            "--subnet-file",
-            self.hosts[h].dir.join("subnet.env").to_str().unwrap(),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect()
+        store_args
+            .iter()
+            .chain(&[
+                "--iface",
+                "eth0",
+                "--subnet-file",
+                self.hosts[h].dir.join("subnet.env").to_str().unwrap(),
+            ])
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// Starts host `h`'s agent with `extra` flags after the harness's own.
@@ -184,9 +249,15 @@ impl Cluster {
 
     /// Starts `binary args` as host `h`'s agent; does not wait.
     pub fn spawn_binary(&mut self, h: usize, binary: &Path, args: &[String]) {
+        // In kube mode the agent learns its Node's name as in a DaemonSet.
+        let name = Self::node_name(h);
+        let env: Vec<(&str, &str)> = match self.kube {
+            Some(_) => vec![("NODE_NAME", &name)],
+            None => Vec::new(),
+        };
         let host = &mut self.hosts[h];
         let log = host.dir.join("flanneld.log");
-        host.agent = Some(Daemon::start(binary, args, &host.ns, &log));
+        host.agent = Some(Daemon::start_with_env(binary, args, &host.ns, &log, &env));
     }
 
     /// Starts host `h`'s agent with `extra` flags; does not wait (e.g. for

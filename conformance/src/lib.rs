@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod cri;
 pub mod daemon;
 pub mod etcd;
+pub mod kube;
 pub mod netns;
 pub mod node;
 pub mod runner;

@@ -16,6 +16,17 @@ pub struct Options {
     pub etcd_password: Option<String>,
     /// The embedded store's directory: run with no server at all.
     pub store_dir: Option<PathBuf>,
+    /// The Kubernetes API is the store: the node's subnet is its Node's
+    /// pod CIDR, peers are the other Nodes (`--kube-subnet-mgr`).
+    pub kube_subnet_mgr: bool,
+    pub kube_api_url: Option<String>,
+    pub kubeconfig_file: Option<PathBuf>,
+    pub kube_annotation_prefix: String,
+    /// The network config in kube mode (a file, not a store key).
+    pub net_config_path: PathBuf,
+    /// Kube mode: set the Node's NetworkUnavailable condition to False
+    /// once the data plane is up.
+    pub set_node_network_unavailable: bool,
     pub ifaces: Vec<String>,
     pub iface_regex: Vec<String>,
     pub public_ip: Option<Ipv4Addr>,
@@ -60,6 +71,12 @@ impl Default for Options {
             etcd_username: None,
             etcd_password: None,
             store_dir: None,
+            kube_subnet_mgr: false,
+            kube_api_url: None,
+            kubeconfig_file: None,
+            kube_annotation_prefix: "flannel.alpha.coreos.com".into(),
+            net_config_path: PathBuf::from("/etc/kube-flannel/net-conf.json"),
+            set_node_network_unavailable: true,
             ifaces: Vec::new(),
             iface_regex: Vec::new(),
             public_ip: None,
@@ -85,6 +102,8 @@ const BOOLS: &[&str] = &[
     "ip-masq",
     "iptables-forward-rules",
     "udp-offload",
+    "kube-subnet-mgr",
+    "set-node-network-unavailable",
     "version",
 ];
 /// Flags taken from the command line only.
@@ -99,6 +118,12 @@ const FLAGS: &[&str] = &[
     "etcd-username",
     "etcd-password",
     "store-dir",
+    "kube-subnet-mgr",
+    "kube-api-url",
+    "kubeconfig-file",
+    "kube-annotation-prefix",
+    "net-config-path",
+    "set-node-network-unavailable",
     "iface",
     "iface-regex",
     "public-ip",
@@ -142,6 +167,14 @@ impl Options {
             "etcd-username" => self.etcd_username = some(),
             "etcd-password" => self.etcd_password = some(),
             "store-dir" => self.store_dir = Some(PathBuf::from(value)),
+            "kube-subnet-mgr" => self.kube_subnet_mgr = bool_value(flag, value)?,
+            "kube-api-url" => self.kube_api_url = some(),
+            "kubeconfig-file" => self.kubeconfig_file = Some(PathBuf::from(value)),
+            "kube-annotation-prefix" => self.kube_annotation_prefix = value.to_string(),
+            "net-config-path" => self.net_config_path = PathBuf::from(value),
+            "set-node-network-unavailable" => {
+                self.set_node_network_unavailable = bool_value(flag, value)?
+            }
             "iface" => self.ifaces.extend(
                 value
                     .split(',')
@@ -263,6 +296,11 @@ impl Options {
 pub fn usage() -> String {
     "usage: flanneld [flags]\n\
      \x20 --store-dir DIR                 embedded lease store (no server); the network config is DIR/config\n\
+     \x20 --kube-subnet-mgr               the Kubernetes API as the store: this Node's pod CIDR, peers from Nodes\n\
+     \x20 --kube-api-url URL, --kubeconfig-file FILE  the API server (default: in-cluster config)\n\
+     \x20 --kube-annotation-prefix P      Node annotations' prefix (default flannel.alpha.coreos.com)\n\
+     \x20 --net-config-path FILE          kube mode's network config (default /etc/kube-flannel/net-conf.json)\n\
+     \x20 --set-node-network-unavailable=BOOL  NetworkUnavailable=False once up (default true)\n\
      \x20 --etcd-endpoints URLS           etcd v3 endpoints (comma-separated)\n\
      \x20 --etcd-prefix PREFIX            key prefix (default /coreos.com/network)\n\
      \x20 --etcd-cafile/--etcd-certfile/--etcd-keyfile FILE, --etcd-username/--etcd-password S\n\

@@ -315,6 +315,7 @@ mod tests {
             public_ip: ext.ipv4,
             public_ipv6: None,
             udp_offload: false,
+            macs: (None, None),
             health: std::sync::Arc::new(crate::health::Health::new(Duration::from_secs(1))),
         })
         .unwrap()

@@ -42,7 +42,7 @@ use crate::iface::ExtIface;
 use crate::netconfig::NetConfig;
 use crate::peers::Table;
 use crate::store::StoreEvent;
-use crate::store::task::{Reply, Task};
+use crate::store::task::{Reply, Request, Task};
 use crate::traffic::Traffic;
 use kernel::Kernel;
 use own::Own;
@@ -55,6 +55,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// How often the masquerade and forward rules are checked (a cheap look
 /// at the ruleset generation when nothing changed).
 pub const TRAFFIC_CHECK: Duration = Duration::from_secs(2);
+
+/// How soon a failed "the data plane is up" is said again.
+const COMPLETE_AGAIN: Duration = Duration::from_secs(5);
 
 /// A batch this large (a listing, a restored device) leaves the heap
 /// grown by megabytes of transient records: handed back afterwards.
@@ -105,6 +108,8 @@ struct Timers {
     /// The wait after a failed full comparison.
     full_backoff: Option<Duration>,
     next_traffic: Instant,
+    /// When to say again that the data plane is up (the last try failed).
+    complete_again: Option<Instant>,
 }
 
 /// Everything the running agent holds.
@@ -179,6 +184,9 @@ impl Agent {
             Event::Store(StoreEvent::Gone(key)) => self.peer_deleted(&key),
             Event::Store(StoreEvent::Config(text)) => self.config_seen(text.as_deref()),
             Event::Store(StoreEvent::Trouble(why)) => self.store_trouble(why),
+            Event::Reply(reply) if matches!(reply.request, Request::Complete { .. }) => {
+                self.completed(*reply)
+            }
             Event::Reply(reply) => self.own.replied(*reply),
             Event::Kernel(changes) => {
                 records = changes.len();
@@ -201,6 +209,7 @@ impl Agent {
         [
             Some(t.next_full),
             Some(t.next_traffic),
+            t.complete_again,
             self.own.due_at(),
             self.peers.next_expiry(self.grace),
         ]
@@ -217,6 +226,13 @@ impl Agent {
             && let Err(e) = self.store.send(request)
         {
             self.feed.trouble = Some(e);
+        }
+        if self.timers.complete_again.is_some_and(|t| t <= now) {
+            self.timers.complete_again = None;
+            let lease = self.own.lease().clone();
+            if let Err(e) = self.store.send(Request::Complete { lease }) {
+                self.feed.trouble = Some(e);
+            }
         }
         self.expire_absent(now);
         if now >= self.timers.next_traffic {
@@ -243,6 +259,21 @@ impl Agent {
             dataplane_errors: self.kernel.errors(),
             conflict: self.own.is_conflict(),
             config_changed: self.feed.drift.is_some(),
+        }
+    }
+
+    /// The store's answer to "the data plane is up": a failure is said
+    /// and the saying tried again in a while.
+    fn completed(&mut self, reply: Reply) {
+        match reply.result {
+            Ok(_) => crate::debug!("the store knows the data plane is up"),
+            Err(e) => {
+                self.kernel.error_once(format!(
+                    "cannot tell the store the data plane is up: {e} (trying again in {} s)",
+                    COMPLETE_AGAIN.as_secs()
+                ));
+                self.timers.complete_again = Some(Instant::now() + COMPLETE_AGAIN);
+            }
         }
     }
 

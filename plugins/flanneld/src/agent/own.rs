@@ -109,6 +109,10 @@ impl Own {
         self.lease.key
     }
 
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
     pub fn is_conflict(&self) -> bool {
         matches!(self.state, State::Conflict(_))
     }

@@ -26,8 +26,9 @@ use crate::peers::Table;
 use crate::store::alloc::AllocError;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
-use crate::store::task::Task;
-use crate::store::{Acquire, Backoff, Store};
+use crate::store::kube::KubeStore;
+use crate::store::task::{Request, Task};
+use crate::store::{Acquire, Backoff, Hints, Store};
 use crate::subnet_env;
 use crate::traffic::Traffic;
 
@@ -51,68 +52,123 @@ fn pause(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Tries `attempt` until it answers, waiting with backoff and logging each
-/// new reason once; `None` when asked to stop meanwhile.
+/// Why an attempt at start-up did not answer.
+enum NotYet {
+    /// It failed: tried again after a pause (with backoff).
+    Failed(String),
+    /// It waited a while itself for what it needs: tried again at once.
+    Waited(String),
+}
+
+/// Tries `attempt` until it answers, logging each new reason once (and
+/// saying it on `/readyz`); `None` when asked to stop meanwhile.
 fn until_it_answers<T>(
     what: &str,
     stop: &AtomicBool,
-    mut attempt: impl FnMut() -> Result<T, String>,
+    health: &Health,
+    mut attempt: impl FnMut() -> Result<T, NotYet>,
 ) -> Option<T> {
     let mut backoff = Backoff::new();
     let mut said = String::new();
     loop {
-        match attempt() {
-            Ok(v) => return Some(v),
-            Err(e) if e != said => {
-                crate::warn!("{what}: {e} (trying again)");
-                said = e;
+        let (why, wait) = match attempt() {
+            Ok(v) => {
+                health.starting(None);
+                return Some(v);
             }
-            Err(e) => crate::debug!("{what}: {e}"),
+            Err(NotYet::Failed(e)) => (e, backoff.next_wait()),
+            Err(NotYet::Waited(e)) => (e, Duration::ZERO),
+        };
+        if why != said {
+            crate::warn!("{what}: {why} (trying again)");
+            health.starting(Some(format!("{what}: {why}")));
+            said = why;
+        } else {
+            crate::debug!("{what}: {why}");
         }
-        pause(backoff.next_wait(), stop);
+        pause(wait, stop);
         if stop.load(Ordering::Relaxed) {
             return None;
         }
     }
 }
 
-/// The embedded store with `--store-dir`, else etcd (retried until it
-/// answers, as upstream does).
-fn open_store(opts: &Options, stop: &AtomicBool) -> Result<Option<Box<dyn Store>>, String> {
+fn failed(e: impl ToString) -> NotYet {
+    NotYet::Failed(escape(&e.to_string()))
+}
+
+/// The store the flags name: the Kubernetes API with
+/// `--kube-subnet-mgr`, the embedded store with `--store-dir`, else etcd;
+/// retried until it answers, as upstream does.
+fn open_store(
+    opts: &Options,
+    stop: &AtomicBool,
+    health: &Health,
+) -> Result<Option<Box<dyn Store>>, String> {
+    if opts.kube_subnet_mgr {
+        let mut kube = KubeStore::new(opts).map_err(|e| e.to_string())?;
+        let found = until_it_answers("cannot learn this node's name", stop, health, || {
+            kube.find_node().map(drop).map_err(failed)
+        });
+        return Ok(found.map(|()| Box::new(kube) as Box<dyn Store>));
+    }
     if let Some(dir) = &opts.store_dir {
         return Ok(Some(Box::new(
             FileStore::open(dir).map_err(|e| e.to_string())?,
         )));
     }
-    Ok(until_it_answers("waiting for etcd", stop, || {
+    Ok(until_it_answers("waiting for etcd", stop, health, || {
         EtcdStore::connect(opts)
             .map(|s| Box::new(s) as Box<dyn Store>)
-            .map_err(|e| e.to_string())
+            .map_err(failed)
     }))
 }
 
-/// The lease, retried while the store fails; a config that leaves no
-/// subnet free is an error for a person to act on.
+/// The lease, retried while the store fails or waits; a config that
+/// leaves no subnet free is an error for a person to act on.
 fn acquire(
     store: &mut dyn Store,
     want: &Acquire<'_>,
     stop: &AtomicBool,
+    health: &Health,
 ) -> Result<Option<Lease>, String> {
     let mut fatal = None;
-    let lease = until_it_answers("cannot acquire a lease", stop, || {
+    let lease = until_it_answers("cannot acquire a lease", stop, health, || {
         match store.acquire(want) {
             Ok(l) => Ok(Some(l)),
             Err(e @ AllocError::Exhausted(_)) => {
                 fatal = Some(e.to_string());
                 Ok(None)
             }
-            Err(e) => Err(e.to_string()),
+            Err(AllocError::Waiting(why)) => Err(NotYet::Waited(escape(&why))),
+            Err(e) => Err(failed(e)),
         }
     });
     match (fatal, lease) {
         (Some(e), _) => Err(e),
         (None, lease) => Ok(lease.flatten()),
     }
+}
+
+/// The flags with what a person set on this node in the store (its
+/// `node-public-ip` annotations, as upstream): they stand for
+/// `--public-ip`, and with no `--iface` they pick the interface.
+fn with_hints(opts: &Options, hints: &Hints) -> Options {
+    let mut o = opts.clone();
+    let given = opts.ifaces.is_empty() && opts.iface_regex.is_empty();
+    if let Some(ip) = hints.public_ip {
+        o.public_ip = Some(ip);
+        if given {
+            o.ifaces.push(ip.to_string());
+        }
+    }
+    if let Some(ip) = hints.public_ipv6 {
+        o.public_ipv6 = Some(ip);
+        if given && hints.public_ip.is_none() {
+            o.ifaces.push(ip.to_string());
+        }
+    }
+    o
 }
 
 /// A thread that passes the kernel's notifications on.
@@ -169,16 +225,22 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         health::http::serve(&addr, health.clone())
             .map_err(|e| format!("cannot serve health on {addr}: {e}"))?;
     }
-    let Some(mut store) = open_store(opts, stop)? else {
+    let Some(mut store) = open_store(opts, stop, &health)? else {
         return Ok(());
     };
-    let Some(text) = until_it_answers("waiting for the network config", stop, || {
-        store.network_config().map_err(|e| escape(&e.to_string()))
+    let Some(text) = until_it_answers("waiting for the network config", stop, &health, || {
+        store.network_config().map_err(failed)
     }) else {
         return Ok(());
     };
     let config = NetConfig::parse(&text).map_err(|e| escape(&e))?;
+    let Some(hints) = until_it_answers("cannot read this node", stop, &health, || {
+        store.hints().map_err(failed)
+    }) else {
+        return Ok(());
+    };
     let mut nl = Netlink::new().map_err(|e| format!("cannot open netlink: {e}"))?;
+    let opts = &with_hints(opts, &hints);
     let ext = iface::choose(&mut nl, opts)?;
     // What the lease publishes: --public-ip(v6), else the interface's own.
     let public_ip = config.ipv4.as_ref().and(opts.public_ip.or(ext.ipv4));
@@ -201,6 +263,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         public_ip,
         public_ipv6,
         udp_offload: opts.udp_offload,
+        macs: (hints.mac, hints.mac6),
         health: health.clone(),
     })?;
     let attrs = backend.attrs();
@@ -210,7 +273,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         previous: subnet_env::previous(&opts.subnet_file),
         ttl: lease_ttl,
     };
-    let Some(lease) = acquire(store.as_mut(), &want, stop)? else {
+    let Some(lease) = acquire(store.as_mut(), &want, stop, &health)? else {
         return Ok(());
     };
     let at: Vec<String> = [
@@ -260,6 +323,11 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         replies.send(Event::Reply(Box::new(r))).is_ok()
     })?;
     drop(tx);
+    // The data plane is up: said where the store has a place for it (the
+    // Node's NetworkUnavailable condition).
+    task.send(Request::Complete {
+        lease: lease.clone(),
+    })?;
     let now = Instant::now();
     let mut agent = Agent {
         config,
@@ -280,6 +348,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             next_full: now + full_every,
             full_backoff: None,
             next_traffic: now + TRAFFIC_CHECK,
+            complete_again: None,
         },
         ext_up: true,
         first_pass: true,

@@ -97,6 +97,8 @@ pub struct Setup<'a> {
     pub public_ipv6: Option<Ipv6Addr>,
     /// `--udp-offload`.
     pub udp_offload: bool,
+    /// VTEP MACs an earlier run published (IPv4, IPv6), to keep.
+    pub macs: (Option<[u8; 6]>, Option<[u8; 6]>),
     pub health: Arc<Health>,
 }
 

@@ -192,6 +192,8 @@ pub struct Health {
     stale_after: Duration,
     pub metrics: Metrics,
     subnet_env: AtomicBool,
+    /// What start-up waits for, while it waits.
+    starting: Mutex<Option<String>>,
     loop_started: AtomicU64,
     last_pass: AtomicU64,
     last_success: AtomicU64,
@@ -208,6 +210,7 @@ pub struct Health {
 pub struct Snapshot {
     pub now: Duration,
     pub subnet_env: bool,
+    pub starting: Option<String>,
     pub loop_started: Option<Duration>,
     pub last_pass: Option<Duration>,
     pub last_success: Option<Duration>,
@@ -243,6 +246,7 @@ impl Health {
             stale_after: stale_after(resync),
             metrics: Metrics::default(),
             subnet_env: AtomicBool::new(false),
+            starting: Mutex::new(None),
             loop_started: AtomicU64::new(0),
             last_pass: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
@@ -262,6 +266,13 @@ impl Health {
 
     fn at(v: u64) -> Option<Duration> {
         v.checked_sub(1).map(Duration::from_millis)
+    }
+
+    /// Start-up waits for `why` (`None`: no longer).
+    pub fn starting(&self, why: Option<String>) {
+        if let Ok(mut w) = self.starting.lock() {
+            *w = why;
+        }
     }
 
     pub fn subnet_env_written(&self) {
@@ -302,6 +313,7 @@ impl Health {
         Snapshot {
             now: self.start.elapsed(),
             subnet_env: self.subnet_env.load(Ordering::Relaxed),
+            starting: self.starting.lock().ok().and_then(|w| w.clone()),
             loop_started: Self::at(self.loop_started.load(Ordering::Relaxed)),
             last_pass: Self::at(self.last_pass.load(Ordering::Relaxed)),
             last_success: Self::at(self.last_success.load(Ordering::Relaxed)),
@@ -343,7 +355,10 @@ pub fn healthz(s: &Snapshot, stale_after: Duration) -> Result<String, String> {
 pub fn readyz(s: &Snapshot) -> Result<String, String> {
     let mut why: Vec<String> = Vec::new();
     if !s.subnet_env {
-        why.push("subnet.env not written yet".into());
+        why.push(match &s.starting {
+            Some(w) => format!("subnet.env not written yet: {w}"),
+            None => "subnet.env not written yet".into(),
+        });
     } else if s.last_success.is_none() {
         why.push("no successful resync yet".into());
     }

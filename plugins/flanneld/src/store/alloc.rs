@@ -24,6 +24,9 @@ pub enum AllocError {
     Exhausted(String),
     #[error("lost the race for a subnet {RACE_RETRIES} times in a row")]
     Contended,
+    /// Not yet possible: the store said why, and waited a while for it.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 fn random_index(n: usize) -> usize {

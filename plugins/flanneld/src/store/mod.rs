@@ -8,10 +8,12 @@
 pub mod alloc;
 pub mod etcd;
 pub mod file;
+pub mod kube;
 pub mod probe;
 pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -48,6 +50,18 @@ impl Written {
             Written::NotOurs(_) => None,
         }
     }
+}
+
+/// What a store knows of this node before it takes its lease: what an
+/// earlier run published (its VTEP MACs, so peers' entries stay right
+/// across a restart) and what a person set (its public addresses, which
+/// stand for `--public-ip`). Only the Kubernetes store knows any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    pub mac: Option<[u8; 6]>,
+    pub mac6: Option<[u8; 6]>,
 }
 
 /// What this node asks for when it takes its lease.
@@ -94,44 +108,85 @@ pub trait Records {
 /// Why a record's name cannot be read, in either store.
 const NOT_A_SUBNET_KEY: &str = "not a subnet key such as 10.244.3.0-24";
 
-/// Lease records that cannot be read (a bad key or value): left out of the
-/// listing, and each named once in the log rather than every resync.
-#[derive(Debug, Default)]
-pub struct Unreadable(BTreeSet<String>);
+/// How many records the feeds cannot read now (the gauge
+/// `flannel_leases_unreadable`).
+pub static UNREADABLE: AtomicU64 = AtomicU64::new(0);
+
+/// Lease records that cannot be read (a bad key or value; a Node that is
+/// no lease): left out, and each named once in the log rather than every
+/// resync.
+#[derive(Debug)]
+pub struct Unreadable {
+    names: BTreeSet<String>,
+    /// What a record is, for the log ("lease record", "node").
+    noun: &'static str,
+    /// A feed's: counted in [`UNREADABLE`].
+    counted: bool,
+}
+
+impl Default for Unreadable {
+    fn default() -> Self {
+        Unreadable {
+            names: BTreeSet::new(),
+            noun: "lease record",
+            counted: false,
+        }
+    }
+}
 
 impl Unreadable {
+    /// A feed's, whose records are `noun`s.
+    pub fn for_feed(noun: &'static str) -> Unreadable {
+        Unreadable {
+            noun,
+            counted: true,
+            ..Unreadable::default()
+        }
+    }
+
+    fn counted(&self) {
+        if self.counted {
+            UNREADABLE.store(self.names.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// After a listing: every record it could not read, with why.
     pub fn update(&mut self, now: BTreeMap<String, String>) {
         for (key, why) in &now {
-            if !self.0.contains(key) {
-                Self::say(key, why);
+            if !self.names.contains(key) {
+                self.say(key, why);
             }
         }
-        self.0 = now.into_keys().collect();
+        self.names = now.into_keys().collect();
+        self.counted();
     }
 
     /// One record seen unreadable (a feed's event): logged unless it
     /// already was.
     pub fn note(&mut self, key: String, why: &str) {
-        if !self.0.contains(&key) {
-            Self::say(&key, why);
-            self.0.insert(key);
+        if !self.names.contains(&key) {
+            self.say(&key, why);
+            self.names.insert(key);
+            self.counted();
         }
-    }
-
-    fn say(key: &str, why: &str) {
-        use crate::log::escape;
-        crate::warn!(
-            "lease record {} cannot be read, so it is ignored: {}",
-            escape(key),
-            escape(why)
-        );
     }
 
     /// A record that was read fine (or is gone): a later bad write to it
     /// is logged again.
     pub fn forget(&mut self, key: &str) {
-        self.0.remove(key);
+        if self.names.remove(key) {
+            self.counted();
+        }
+    }
+
+    fn say(&self, key: &str, why: &str) {
+        use crate::log::escape;
+        crate::warn!(
+            "{} {} cannot be read, so it is ignored: {}",
+            self.noun,
+            escape(key),
+            escape(why)
+        );
     }
 }
 
@@ -145,6 +200,17 @@ pub fn jittered(d: Duration) -> Duration {
         .finish();
     let permille = 900 + u32::try_from(r % 201).unwrap_or(100);
     d.checked_mul(permille).map_or(d, |x| x / 1000)
+}
+
+/// A current-thread runtime: each store's thread and feed has its own.
+pub fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StoreError::Io {
+            what: "cannot start an async runtime for the lease store".into(),
+            source,
+        })
 }
 
 /// Waits between attempts to reach a store: 100 ms, doubling to 5 s.
@@ -209,8 +275,12 @@ pub type Sink = Box<dyn FnMut(StoreEvent) -> bool + Send>;
 pub trait Store: std::fmt::Debug + Send {
     /// The network config JSON.
     fn network_config(&mut self) -> Result<String, StoreError>;
+    /// What the store knows of this node before it takes its lease.
+    fn hints(&mut self) -> Result<Hints, StoreError> {
+        Ok(Hints::default())
+    }
     /// Takes this node's lease: the one it holds, else the subnet it had
-    /// before, else a free one.
+    /// before, else a free one (the Kubernetes store: its Node's pod CIDR).
     fn acquire(&mut self, want: &Acquire<'_>) -> Result<Lease, AllocError>;
     /// Writes our lease again (renewal, new attributes), only if the store
     /// still holds it as we last saw it.
@@ -223,6 +293,11 @@ pub trait Store: std::fmt::Debug + Send {
     /// Writes our lease again under its key after it was deleted, only if
     /// the key is free.
     fn recreate(&mut self, lease: &Lease, ttl: Option<Duration>) -> Result<Written, StoreError>;
+    /// The data plane is up: says so where the store has a place for it
+    /// (the Kubernetes store: the Node's NetworkUnavailable condition).
+    fn complete(&mut self, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Starts a thread that reports the store's changes to `sink`: a
     /// `Listed` first, then each change as it happens (etcd: a watch; the
     /// embedded store: inotify, plus expiry of leases as it comes due),

@@ -20,6 +20,8 @@ pub enum Request {
     },
     /// Write `lease` again under its key, which was found free.
     Recreate { lease: Lease, ttl: Option<Duration> },
+    /// The data plane is up with `lease` (answered with it when said).
+    Complete { lease: Lease },
 }
 
 impl Request {
@@ -27,6 +29,7 @@ impl Request {
         match self {
             Request::Renew { .. } => "renew",
             Request::Recreate { .. } => "re-create",
+            Request::Complete { .. } => "complete",
         }
     }
 }
@@ -64,6 +67,9 @@ impl Task {
                     let result = match &request {
                         Request::Renew { lease, attrs, ttl } => store.renew(lease, attrs, *ttl),
                         Request::Recreate { lease, ttl } => store.recreate(lease, *ttl),
+                        Request::Complete { lease } => {
+                            store.complete(lease).map(|()| Written::Ours(lease.clone()))
+                        }
                     }
                     .map_err(|e| e.to_string());
                     let answer = Reply {

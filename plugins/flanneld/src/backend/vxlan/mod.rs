@@ -101,6 +101,7 @@ impl Vxlan {
                     public.into(),
                     b,
                     underlay.saturating_sub(OVERHEAD),
+                    setup.macs.0,
                 ))
             }
             None => None,
@@ -114,6 +115,7 @@ impl Vxlan {
                     public.into(),
                     b,
                     underlay.saturating_sub(OVERHEAD_V6),
+                    setup.macs.1,
                 ))
             }
             None => None,
@@ -290,6 +292,7 @@ mod tests {
             public_ip: public4.map(|p| p.parse().unwrap()),
             public_ipv6: public6.map(|p| p.parse().unwrap()),
             udp_offload: false,
+            macs: (None, None),
             health: Arc::new(crate::health::Health::new(std::time::Duration::from_secs(
                 1,
             ))),

@@ -35,13 +35,16 @@ impl Vtep {
         public: IpAddr,
         config: &BackendConfig,
         mtu: u32,
+        kept: Option<[u8; 6]>,
     ) -> Vtep {
         Vtep {
             name,
             vni: config.vni,
             port: config.port,
             mtu,
-            mac: stable_mac(public, config.vni),
+            // One an earlier run published, else one derived from the
+            // public address: the same across restarts either way.
+            mac: kept.unwrap_or_else(|| stable_mac(public, config.vni)),
             local,
             public,
             own: None,

@@ -28,7 +28,7 @@ pub(super) fn start(
     sink: Sink,
     relist: Duration,
 ) -> Result<(), StoreError> {
-    let rt = super::runtime()?;
+    let rt = crate::store::runtime()?;
     // The client bounds each call itself (failed endpoints included);
     // this is a backstop a little beyond.
     let wait = spec.call_bound() + Duration::from_secs(5);
@@ -42,7 +42,7 @@ pub(super) fn start(
         relist,
         wait,
         client: None,
-        unreadable: Unreadable::default(),
+        unreadable: Unreadable::for_feed("lease record"),
     };
     std::thread::Builder::new()
         .name("etcd-feed".into())

@@ -99,7 +99,7 @@ fn tls_config(opts: &Options) -> Result<Option<ClientTlsConfig>, StoreError> {
 
 impl EtcdStore {
     pub fn connect(opts: &Options) -> Result<EtcdStore, StoreError> {
-        let rt = runtime()?;
+        let rt = super::runtime()?;
         let credentials = match (&opts.etcd_username, &opts.etcd_password) {
             (Some(user), Some(pass)) => Some((user.clone(), pass.clone())),
             _ => None,
@@ -133,17 +133,6 @@ impl EtcdStore {
     fn value(attrs: &LeaseAttrs) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(attrs).map_err(|e| StoreError::Invalid(e.to_string()))
     }
-}
-
-/// A current-thread runtime: the store's, and the feed's own.
-fn runtime() -> Result<Runtime, StoreError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| StoreError::Io {
-            what: "cannot start the etcd client".into(),
-            source,
-        })
 }
 
 /// A lease from its etcd pair, `dir` being `<prefix>/subnets/`; why not

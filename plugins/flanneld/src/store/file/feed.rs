@@ -48,7 +48,7 @@ pub(super) fn start(dir: &Path, sink: Sink, relist: Duration) -> Result<(), Stor
     let mut feed = Feed {
         store: FileStore {
             dir: dir.to_path_buf(),
-            unreadable: Unreadable::default(),
+            unreadable: Unreadable::for_feed("lease record"),
         },
         inotify,
         subnets_wd: None,
