@@ -78,7 +78,15 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// logged: line breaks and other control characters escaped, so that no
 /// writer to the store can forge a log line.
 pub fn escape(text: &str) -> String {
-    text.escape_debug().to_string()
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// One whole line, written at once so lines of threads never interleave.
@@ -150,6 +158,7 @@ mod tests {
         let forged = "10.244.9.0-24\n2025-06-01T12:00:00.000Z E forged";
         assert_eq!(escape(forged).lines().count(), 1);
         assert_eq!(escape("10.244.9.0-24"), "10.244.9.0-24");
+        assert_eq!(escape("node-h1's \"x\"\t"), "node-h1's \"x\"\\t");
     }
 
     #[test]

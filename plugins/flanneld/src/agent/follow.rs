@@ -57,7 +57,9 @@ impl Agent {
         }
         self.config_seen(config);
         let own = self.own.key();
-        self.own.seen(leases.iter().find(|l| l.key == own));
+        if self.own_in_feed {
+            self.own.seen(leases.iter().find(|l| l.key == own));
+        }
         for lease in leases.iter().filter(|l| l.key != own) {
             self.peer_put(lease);
         }

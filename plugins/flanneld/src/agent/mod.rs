@@ -121,6 +121,8 @@ pub struct Agent {
     backend: Box<dyn Backend>,
     kernel: Kernel,
     own: Own,
+    /// The store's feed reports our own lease (ownership is followed).
+    own_in_feed: bool,
     store: Task,
     feed: Feed,
     peers: Table,

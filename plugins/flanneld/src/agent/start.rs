@@ -318,6 +318,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
             full_every,
         )
         .map_err(|e| format!("cannot follow the lease store: {e}"))?;
+    let own_in_feed = store.feeds_own_lease();
     let replies = tx.clone();
     let task = Task::spawn(store, move |r| {
         replies.send(Event::Reply(Box::new(r))).is_ok()
@@ -335,6 +336,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         backend,
         kernel: Kernel::new(nl, health.clone()),
         own: Own::new(lease, lease_ttl, renew_margin, health.clone()),
+        own_in_feed,
         store: task,
         feed: Feed::default(),
         peers: Table::default(),

@@ -59,7 +59,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "flannel_leases",
                 "gauge",
@@ -119,6 +119,12 @@ impl Metrics {
                 "gauge",
                 "1 while the store's network config differs from the one this agent runs.",
                 &self.config_changed,
+            ),
+            (
+                "flannel_leases_unreadable",
+                "gauge",
+                "Records in the store that cannot be read as leases (a bad key or value; a Node that is not one), each named once in the log.",
+                &crate::store::UNREADABLE,
             ),
             (
                 "flannel_peers_absent",

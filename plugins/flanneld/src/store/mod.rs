@@ -120,6 +120,8 @@ pub struct Unreadable {
     names: BTreeSet<String>,
     /// What a record is, for the log ("lease record", "node").
     noun: &'static str,
+    /// What happens to it, for the log.
+    outcome: &'static str,
     /// A feed's: counted in [`UNREADABLE`].
     counted: bool,
 }
@@ -129,6 +131,7 @@ impl Default for Unreadable {
         Unreadable {
             names: BTreeSet::new(),
             noun: "lease record",
+            outcome: "cannot be read, so it is ignored",
             counted: false,
         }
     }
@@ -141,6 +144,14 @@ impl Unreadable {
             noun,
             counted: true,
             ..Unreadable::default()
+        }
+    }
+
+    /// A feed's of Nodes, which may simply not be peers.
+    pub fn for_nodes() -> Unreadable {
+        Unreadable {
+            outcome: "is not a peer",
+            ..Unreadable::for_feed("node")
         }
     }
 
@@ -182,9 +193,10 @@ impl Unreadable {
     fn say(&self, key: &str, why: &str) {
         use crate::log::escape;
         crate::warn!(
-            "{} {} cannot be read, so it is ignored: {}",
+            "{} {} {}: {}",
             self.noun,
             escape(key),
+            self.outcome,
             escape(why)
         );
     }
@@ -213,27 +225,39 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         })
 }
 
-/// Waits between attempts to reach a store: 100 ms, doubling to 5 s.
+/// Waits between attempts to reach a store: 100 ms, doubling to 5 s (or
+/// another most).
 #[derive(Debug)]
-pub struct Backoff(Duration);
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
 
     pub fn new() -> Backoff {
-        Backoff(Self::FIRST)
+        Backoff::up_to(Self::MAX)
+    }
+
+    /// Doubling to `max` at most.
+    pub fn up_to(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
     }
 
     /// The wait before the next attempt.
     pub fn next_wait(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (d * 2).min(Self::MAX);
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
         d
     }
 
     pub fn reset(&mut self) {
-        self.0 = Self::FIRST;
+        self.next = Self::FIRST;
     }
 }
 
@@ -275,6 +299,11 @@ pub type Sink = Box<dyn FnMut(StoreEvent) -> bool + Send>;
 pub trait Store: std::fmt::Debug + Send {
     /// The network config JSON.
     fn network_config(&mut self) -> Result<String, StoreError>;
+    /// Whether the feed reports this node's own lease (the Kubernetes
+    /// store's does not: the Node is this node's, whatever it holds).
+    fn feeds_own_lease(&self) -> bool {
+        true
+    }
     /// What the store knows of this node before it takes its lease.
     fn hints(&mut self) -> Result<Hints, StoreError> {
         Ok(Hints::default())

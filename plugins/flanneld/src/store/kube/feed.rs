@@ -56,7 +56,9 @@ pub(super) fn start(setup: Setup, sink: Sink, relist: Duration) -> Result<(), St
         sink,
         relist,
         known: HashMap::new(),
-        unreadable: Unreadable::for_feed("node"),
+        holder: HashMap::new(),
+        waiting: HashMap::new(),
+        unreadable: Unreadable::for_nodes(),
     };
     std::thread::Builder::new()
         .name("kube-feed".into())
@@ -93,6 +95,12 @@ struct Feed {
     relist: Duration,
     /// The Nodes reported as leases, by name.
     known: HashMap<String, Known>,
+    /// Which Node a reported lease's key is (two Nodes may claim one pod
+    /// CIDR: the first keeps it).
+    holder: HashMap<SubnetKey, String>,
+    /// Nodes whose pod CIDR another holds, with their lease: reported
+    /// when that one goes.
+    waiting: HashMap<String, Lease>,
     unreadable: Unreadable,
 }
 
@@ -121,7 +129,9 @@ async fn within<T>(
 
 impl Feed {
     async fn run(&mut self) {
-        let mut backoff = Backoff::new();
+        // An API server that refuses answers at once: trying again often is
+        // cheap, and a restarted one is followed within a second.
+        let mut backoff = Backoff::up_to(Duration::from_secs(1));
         let server = self.setup.config.cluster_url.to_string();
         loop {
             match self.cycle().await {
@@ -218,6 +228,8 @@ impl Feed {
         let mut leases = Vec::new();
         let mut bad = std::collections::BTreeMap::new();
         let mut known = HashMap::with_capacity(self.known.len());
+        let mut holder: HashMap<SubnetKey, String> = HashMap::with_capacity(self.known.len());
+        let mut waiting = HashMap::new();
         let mut next: Option<String> = None;
         loop {
             let mut params = ListParams::default().limit(PAGE);
@@ -231,10 +243,17 @@ impl Feed {
                     continue;
                 }
                 match node::lease_of(n, &self.setup.ann, self.setup.families) {
-                    Ok(lease) => {
-                        known.insert(name, Known::of(&lease));
-                        leases.push(lease);
-                    }
+                    Ok(lease) => match holder.get(&lease.key) {
+                        Some(other) => {
+                            bad.insert(name.clone(), taken(&lease, other));
+                            waiting.insert(name, lease);
+                        }
+                        None => {
+                            holder.insert(lease.key, name.clone());
+                            known.insert(name, Known::of(&lease));
+                            leases.push(lease);
+                        }
+                    },
                     Err(why) => {
                         bad.insert(name, why);
                     }
@@ -244,8 +263,36 @@ impl Feed {
             if next.is_none() {
                 self.unreadable.update(bad);
                 self.known = known;
+                self.holder = holder;
+                self.waiting = waiting;
                 return Ok((leases, page.metadata.resource_version.unwrap_or_default()));
             }
+        }
+    }
+
+    /// `name` no longer holds the lease `key`: reported gone, and a Node
+    /// that waited for that pod CIDR takes it. `false` when the sink is
+    /// gone.
+    fn release(&mut self, name: &str, key: SubnetKey) -> bool {
+        if self.holder.get(&key).is_some_and(|h| h == name) {
+            self.holder.remove(&key);
+        }
+        if !(self.sink)(StoreEvent::Gone(key)) {
+            return false;
+        }
+        let next = self
+            .waiting
+            .iter()
+            .find(|(_, l)| l.key == key)
+            .map(|(n, _)| n.clone());
+        match next.and_then(|n| self.waiting.remove(&n).map(|l| (n, l))) {
+            Some((n, lease)) => {
+                self.unreadable.forget(&n);
+                self.holder.insert(key, n.clone());
+                self.known.insert(n, Known::of(&lease));
+                (self.sink)(StoreEvent::Put(lease))
+            }
+            None => true,
         }
     }
 
@@ -256,29 +303,41 @@ impl Feed {
         if name == self.setup.own {
             return true;
         }
-        match node::lease_of(n, &self.setup.ann, self.setup.families) {
-            Ok(lease) => {
+        let lease = node::lease_of(n, &self.setup.ann, self.setup.families);
+        let other = lease
+            .as_ref()
+            .ok()
+            .and_then(|l| self.holder.get(&l.key))
+            .filter(|h| **h != name)
+            .cloned();
+        match (lease, other) {
+            (Ok(lease), None) => {
                 self.unreadable.forget(&name);
+                self.waiting.remove(&name);
                 let now = Known::of(&lease);
-                let before = self.known.insert(name, now);
+                let before = self.known.insert(name.clone(), now);
                 if before == Some(now) {
                     return true;
                 }
                 // Its pod CIDR changed (deleted and made again under the
                 // same name): the old lease is gone.
                 if let Some(b) = before.filter(|b| b.key != now.key)
-                    && !(self.sink)(StoreEvent::Gone(b.key))
+                    && !self.release(&name, b.key)
                 {
                     return false;
                 }
+                self.holder.insert(now.key, name);
                 (self.sink)(StoreEvent::Put(lease))
             }
-            Err(why) => {
+            (Ok(lease), Some(other)) => {
+                self.unreadable.note(name.clone(), &taken(&lease, &other));
+                self.waiting.insert(name.clone(), lease);
+                self.forget(&name)
+            }
+            (Err(why), _) => {
                 self.unreadable.note(name.clone(), &why);
-                match self.known.remove(&name) {
-                    Some(k) => (self.sink)(StoreEvent::Gone(k.key)),
-                    None => true,
-                }
+                self.waiting.remove(&name);
+                self.forget(&name)
             }
         }
     }
@@ -287,9 +346,20 @@ impl Feed {
     fn deleted(&mut self, n: &Node) -> bool {
         let name = n.metadata.name.clone().unwrap_or_default();
         self.unreadable.forget(&name);
-        match self.known.remove(&name) {
-            Some(k) => (self.sink)(StoreEvent::Gone(k.key)),
+        self.waiting.remove(&name);
+        self.forget(&name)
+    }
+
+    /// `name` is no lease any more: its lease, if reported, is gone.
+    fn forget(&mut self, name: &str) -> bool {
+        match self.known.remove(name) {
+            Some(k) => self.release(name, k.key),
             None => true,
         }
     }
+}
+
+/// Why a Node whose pod CIDR another holds is not a peer.
+fn taken(lease: &Lease, other: &str) -> String {
+    format!("its pod CIDR ({}) is node {other}'s", lease.key)
 }

@@ -48,6 +48,9 @@ pub struct KubeStore {
     ann: Annotations,
     net_config: PathBuf,
     set_network_unavailable: bool,
+    /// Said (once, at once) that the pod CIDR is waited for; later calls
+    /// wait on the Node's watch before they answer.
+    waiting: bool,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -120,6 +123,7 @@ impl KubeStore {
             ann,
             net_config: opts.net_config_path.clone(),
             set_network_unavailable: opts.set_node_network_unavailable,
+            waiting: false,
         })
     }
 
@@ -189,6 +193,10 @@ impl Store for KubeStore {
         })
     }
 
+    fn feeds_own_lease(&self) -> bool {
+        false
+    }
+
     fn hints(&mut self) -> Result<Hints, StoreError> {
         Ok(node::stored(&self.node()?, &self.ann))
     }
@@ -200,16 +208,18 @@ impl Store for KubeStore {
             .map_err(|e| AllocError::Waiting(format!("node {}: {e}", self.name)))?;
         if (fam.v4 && v4.is_none()) || (fam.v6 && v6.is_none()) {
             let what = match (fam.v4 && v4.is_none(), fam.v6 && v6.is_none()) {
-                (true, true) => "an IPv4 and an IPv6 pod CIDR",
-                (true, false) => "an IPv4 pod CIDR",
-                _ => "an IPv6 pod CIDR",
+                (true, true) => "IPv4 and IPv6 pod CIDRs",
+                (true, false) => "IPv4 pod CIDR",
+                _ => "IPv6 pod CIDR",
             };
             let why = format!(
                 "node {} has no {what} yet: waiting for one (kube-controller-manager --allocate-node-cidrs assigns it, or kubectl patch node {} -p '{{\"spec\":{{\"podCIDR\":\"...\"}}}}')",
                 self.name, self.name
             );
-            let rev = node.metadata.resource_version.clone().unwrap_or_default();
-            self.wait_for_change(&rev)?;
+            if std::mem::replace(&mut self.waiting, true) {
+                let rev = node.metadata.resource_version.clone().unwrap_or_default();
+                self.wait_for_change(&rev)?;
+            }
             return Err(AllocError::Waiting(why));
         }
         let name = &self.name;
