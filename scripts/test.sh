@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 need_root
-ensure_packages iproute2 iputils-ping nftables iptables ca-certificates containernetworking-plugins etcd-server etcd-client openssl containerd runc busybox-static e2fsprogs
+ensure_packages iproute2 iputils-ping nftables iptables ca-certificates containernetworking-plugins etcd-server etcd-client openssl containerd runc busybox-static e2fsprogs xz-utils
 ensure_rust
 
 step "cargo fmt --check"
