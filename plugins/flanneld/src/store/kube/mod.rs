@@ -161,6 +161,31 @@ impl KubeStore {
         })
     }
 
+    /// This node's subnets from its Node, or why it has none usable yet.
+    fn subnets(&self, node: &Node, config: &NetConfig) -> Result<SubnetKey, String> {
+        let name = &self.name;
+        let fam = families(config);
+        let (v4, v6) =
+            node::pod_cidrs(node.spec.as_ref()).map_err(|e| format!("node {name}: {e}"))?;
+        let (no4, no6) = (fam.v4 && v4.is_none(), fam.v6 && v6.is_none());
+        if no4 || no6 {
+            let what = match (no4, no6) {
+                (true, true) => "IPv4 and IPv6 pod CIDRs",
+                (true, false) => "IPv4 pod CIDR",
+                _ => "IPv6 pod CIDR",
+            };
+            return Err(format!(
+                "node {name} has no {what} yet: waiting for one (kube-controller-manager --allocate-node-cidrs assigns it, or kubectl patch node {name} -p '{{\"spec\":{{\"podCIDR\":\"...\"}}}}')"
+            ));
+        }
+        inside(&config.ipv4, v4, "IPv4", name)?;
+        inside(&config.ipv6, v6, "IPv6", name)?;
+        Ok(SubnetKey {
+            ipv4: v4.filter(|_| fam.v4),
+            ipv6: v6.filter(|_| fam.v6),
+        })
+    }
+
     /// Publishes `attrs` on this node: a patch of what differs, through
     /// the status subresource (as upstream, whose RBAC has only that).
     fn publish(&self, node: &Node, attrs: &LeaseAttrs) -> Result<(), StoreError> {
@@ -203,40 +228,28 @@ impl Store for KubeStore {
 
     fn acquire(&mut self, want: &Acquire<'_>) -> Result<Lease, AllocError> {
         let node = self.node()?;
-        let fam = families(want.config);
-        let (v4, v6) = node::pod_cidrs(node.spec.as_ref())
-            .map_err(|e| AllocError::Waiting(format!("node {}: {e}", self.name)))?;
-        if (fam.v4 && v4.is_none()) || (fam.v6 && v6.is_none()) {
-            let what = match (fam.v4 && v4.is_none(), fam.v6 && v6.is_none()) {
-                (true, true) => "IPv4 and IPv6 pod CIDRs",
-                (true, false) => "IPv4 pod CIDR",
-                _ => "IPv6 pod CIDR",
-            };
-            let why = format!(
-                "node {} has no {what} yet: waiting for one (kube-controller-manager --allocate-node-cidrs assigns it, or kubectl patch node {} -p '{{\"spec\":{{\"podCIDR\":\"...\"}}}}')",
-                self.name, self.name
-            );
-            if std::mem::replace(&mut self.waiting, true) {
-                let rev = node.metadata.resource_version.clone().unwrap_or_default();
-                self.wait_for_change(&rev)?;
+        match self.subnets(&node, want.config) {
+            Ok(key) => {
+                self.publish(&node, want.attrs)?;
+                self.waiting = false;
+                Ok(Lease {
+                    key,
+                    attrs: want.attrs.clone(),
+                    // Kube mode has nothing to renew: the Node is the lease.
+                    expires: None,
+                    rev: 0,
+                })
             }
-            return Err(AllocError::Waiting(why));
+            // Said at once; from then on each call first waits for the
+            // Node to change, so the caller may call again straight away.
+            Err(why) => {
+                if std::mem::replace(&mut self.waiting, true) {
+                    let rev = node.metadata.resource_version.clone().unwrap_or_default();
+                    self.wait_for_change(&rev)?;
+                }
+                Err(AllocError::Waiting(why))
+            }
         }
-        let name = &self.name;
-        inside(&want.config.ipv4, v4, "IPv4", name)
-            .and_then(|()| inside(&want.config.ipv6, v6, "IPv6", name))
-            .map_err(AllocError::Waiting)?;
-        self.publish(&node, want.attrs)?;
-        Ok(Lease {
-            key: SubnetKey {
-                ipv4: v4.filter(|_| fam.v4),
-                ipv6: v6.filter(|_| fam.v6),
-            },
-            attrs: want.attrs.clone(),
-            // Kube mode has nothing to renew: the Node is the lease.
-            expires: None,
-            rev: 0,
-        })
     }
 
     fn renew(
