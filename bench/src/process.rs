@@ -34,6 +34,17 @@ impl Proc {
         ns: &TestNetns,
         log: &Path,
     ) -> Result<Proc, String> {
+        Self::spawn_with_env(binary, args, &[], ns, log)
+    }
+
+    /// As [`Proc::spawn`], with `env` set in the child's environment.
+    pub fn spawn_with_env(
+        binary: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        ns: &TestNetns,
+        log: &Path,
+    ) -> Result<Proc, String> {
         let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out
             .try_clone()
@@ -42,6 +53,7 @@ impl Proc {
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

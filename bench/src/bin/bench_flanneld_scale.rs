@@ -1,9 +1,10 @@
 //! flanneld at scale, as a black box on a real etcd, in simulated hosts:
-//! one node with N fake peers, and a cluster of M agents (see
+//! one node with N fake peers, a cluster of M agents, and one node
+//! in kube mode beside an API server holding N Nodes (see
 //! [`bench::scale`]).
 //!
 //! usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50]
-//!        [--upstream PATH] [--only single|cluster]
+//!        [--upstream PATH] [--only single|cluster|kube]
 
 #![allow(clippy::print_stdout)] // the figures are this program's output
 

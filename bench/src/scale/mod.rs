@@ -14,8 +14,15 @@
 //! once; time until every pair is routed, steady CPU of etcd and of the
 //! agents, and how fast a node taken out of service is gone everywhere.
 //!
+//! Part 3, the kube subnet manager: a real kube-apiserver holding N Node
+//! objects as kubelets and upstream's agents leave them, one agent started
+//! with `--kube-subnet-mgr`; time until every peer is programmed, memory,
+//! idle CPU, annotation change latency, and the agent's requests while
+//! idle (from the API server's audit log). Skipped, loudly, without the
+//! Kubernetes binaries of this workspace.
+//!
 //! usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50]
-//!        [--upstream PATH] [--only single|cluster]
+//!        [--upstream PATH] [--only single|cluster|kube]
 
 // The figures are this program's output.
 #![allow(clippy::print_stdout)]
@@ -33,6 +40,7 @@ macro_rules! progress {
 }
 
 pub mod cluster;
+pub mod kube;
 pub mod report;
 pub mod setup;
 pub mod single;
@@ -46,9 +54,10 @@ pub struct Opts {
     pub upstream: Option<PathBuf>,
     pub single: bool,
     pub cluster: bool,
+    pub kube: bool,
 }
 
-pub const USAGE: &str = "usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50] [--upstream PATH] [--only single|cluster]";
+pub const USAGE: &str = "usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50] [--upstream PATH] [--only single|cluster|kube]";
 
 impl Opts {
     /// The options from the program's arguments (without its name); the
@@ -61,6 +70,7 @@ impl Opts {
             upstream: None,
             single: true,
             cluster: true,
+            kube: true,
         };
         let mut bins = None;
         while let Some(a) = args.next() {
@@ -94,11 +104,15 @@ impl Opts {
                     }
                 }
                 "--upstream" => o.upstream = Some(PathBuf::from(value("--upstream")?)),
-                "--only" => match value("--only")?.as_str() {
-                    "single" => o.cluster = false,
-                    "cluster" => o.single = false,
-                    other => return Err(format!("--only single|cluster, not {other}")),
-                },
+                "--only" => {
+                    let only = value("--only")?;
+                    if !["single", "cluster", "kube"].contains(&only.as_str()) {
+                        return Err(format!("--only single|cluster|kube, not {only}"));
+                    }
+                    o.single = only == "single";
+                    o.cluster = only == "cluster";
+                    o.kube = only == "kube";
+                }
                 "-h" | "--help" => return Err(USAGE.into()),
                 _ if flag.starts_with('-') => return Err(format!("unknown flag {flag}\n{USAGE}")),
                 _ if bins.is_none() => bins = Some(PathBuf::from(&a)),
@@ -168,6 +182,13 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         progress!("cluster of {} agents: ours", opts.agents);
         let f = cluster::cluster(&ours, opts.agents);
         report::report_cluster(&f);
+    }
+    if opts.kube && kube::available() {
+        for &n in &opts.sizes {
+            progress!("kube subnet manager, N = {n}: ours");
+            let f = kube::kube(&ours, n);
+            report::report_kube(n, &f);
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! (and beside upstream's, with the ratio, when upstream was measured).
 
 use super::cluster::ClusterFigs;
+use super::kube::{IDLE, KUBE_CHANGES, KubeFigs};
 use super::setup::{
     CHANGE_LIMIT, CHURN_SETTLE, CHURN_TIME, DEVICE_LIMIT, HEALTH_IDLE, REPAIR_LIMIT,
 };
@@ -329,5 +330,122 @@ pub fn report_cluster(f: &ClusterFigs) {
     );
     for n in &f.notes {
         println!("  [ours] {}", n.replace('\n', "\n      "));
+    }
+}
+
+/// The requests of a map as "N (verb resource xK, ...)".
+fn show_requests(m: &std::collections::BTreeMap<String, usize>) -> String {
+    let total: usize = m.values().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let each: Vec<String> = m.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    format!("{total} ({})", each.join(", "))
+}
+
+pub fn report_kube(n: usize, f: &KubeFigs) {
+    let ch = |p: f64| percentile(&f.change_ms, p);
+    let mean = (!f.change_ms.is_empty())
+        .then(|| f.change_ms.iter().sum::<f64>() / f.change_ms.len() as f64);
+    let idle = f.idle_requests.as_ref().map(|m| m.values().sum::<usize>());
+    let mut rows = vec![
+        row(
+            &format!("every peer's route in the kernel, from the start ({n} Nodes)"),
+            Some(1300.0),
+            "<= 1300 ms",
+            f.programmed_ms,
+            None,
+            show_ms,
+        ),
+        row(
+            "RSS after settling",
+            Some(15.0),
+            "<= 15 MiB",
+            f.rss_mib,
+            None,
+            show_mib,
+        ),
+        row("peak RSS (VmHWM)", None, "", f.peak_rss_mib, None, show_mib),
+        row(
+            "threads",
+            None,
+            "",
+            f.threads.map(|t| t as f64),
+            None,
+            |v| v.map_or("-".into(), |x| format!("{x:.0}")),
+        ),
+        row(
+            &format!("idle CPU over {} s (% of a core)", IDLE.as_secs()),
+            Some(0.2),
+            "<= 0.2 %",
+            f.idle_cpu,
+            None,
+            show_pct,
+        ),
+        row(
+            &format!("annotation change -> kernel, mean ({KUBE_CHANGES} changes)"),
+            None,
+            "",
+            mean,
+            None,
+            show_ms,
+        ),
+        row(
+            "annotation change -> kernel, p99",
+            None,
+            "",
+            ch(0.99),
+            None,
+            show_ms,
+        ),
+        row(
+            "annotation change -> kernel, max",
+            Some(25.0),
+            "<= 25 ms",
+            ch(1.0),
+            None,
+            show_ms,
+        ),
+    ];
+    let mut r = row(
+        &format!("requests while idle ({} s, audit log)", IDLE.as_secs()),
+        Some(0.0),
+        "none but the one watch",
+        idle.map(|v| v as f64),
+        None,
+        |v| v.map_or("-".into(), |x| format!("{x:.0}")),
+    );
+    r.ours = f.idle_requests.as_ref().map_or("-".into(), show_requests);
+    rows.push(r);
+    print_table(
+        &format!(
+            "== kube subnet manager, one node, N = {n} Nodes (vxlan; a real kube-apiserver on the simulated underlay) =="
+        ),
+        &rows,
+        false,
+    );
+    let mut lines = Vec::new();
+    if let (Some(s), Some(k)) = (f.fill_s, f.node_kib) {
+        lines.push(format!(
+            "{n} Nodes of {k:.1} KiB each (as JSON) created in {s:.1} s"
+        ));
+    }
+    if let Some(m) = &f.startup_requests {
+        lines.push(format!(
+            "requests from the start until every peer was programmed and 2 s after: {}",
+            show_requests(m)
+        ));
+    }
+    let m = missed(&f.change_ms);
+    if m > 0 {
+        lines.push(format!(
+            "{m} of {} annotation changes not seen within {} s",
+            f.change_ms.len(),
+            CHANGE_LIMIT.as_secs()
+        ));
+    }
+    lines.extend(f.notes.iter().cloned());
+    for l in lines {
+        println!("  [ours] {}", l.replace('\n', "\n      "));
     }
 }
