@@ -35,12 +35,17 @@ use crate::traffic::Traffic;
 /// One malloc arena for all threads: the feed and notification threads
 /// make records the main thread frees, and per-thread arenas would each
 /// keep their own high-water mark. Nothing here contends for the heap.
+/// Buffers of 128 KiB and more (a page of a Node listing is megabytes)
+/// always get their own mapping, returned whole when freed: glibc would
+/// otherwise raise that threshold after the first such free and put the
+/// next ones on the heap, where the records that outlive them pin it.
 fn one_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes a malloc setting; called before any
     // thread but the main one exists.
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

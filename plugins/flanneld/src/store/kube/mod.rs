@@ -13,13 +13,14 @@ mod annotations;
 mod connect;
 mod feed;
 pub mod node;
+pub mod slim;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use serde_json::json;
+use slim::Node;
 use tokio::runtime::Runtime;
 use tokio_stream::StreamExt;
 

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::slim::{Node, NodeSpec};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use netkit::link::parse_mac;
 use serde_json::Value;
 
@@ -218,9 +218,7 @@ mod tests {
             spec: Some(NodeSpec {
                 pod_cidr: cidrs.first().map(|c| c.to_string()),
                 pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
-                ..Default::default()
             }),
-            status: None,
         }
     }
 
