@@ -306,6 +306,12 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
     status_field(pid, "VmRSS")
 }
 
+/// Resident memory that is the process's own data (heap, stacks), not
+/// its program's pages, in KiB.
+pub fn anon_rss_kib(pid: u32) -> Result<u64, String> {
+    status_field(pid, "RssAnon")
+}
+
 /// The peak resident memory, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Result<u64, String> {
     status_field(pid, "VmHWM")

@@ -42,6 +42,7 @@ pub struct KubeFigs {
     pub(crate) node_kib: Option<f64>,
     pub(crate) programmed_ms: Option<f64>,
     pub(crate) rss_mib: Option<f64>,
+    pub(crate) anon_rss_mib: Option<f64>,
     pub(crate) peak_rss_mib: Option<f64>,
     pub(crate) threads: Option<u64>,
     pub(crate) idle_cpu: Option<f64>,
@@ -355,6 +356,7 @@ fn phases(agent: &Agent, n: usize, site: &mut Site, fig: &mut KubeFigs) -> Resul
     let (idle_from, startup) = audit_since(site.dir.path(), before_start)?;
     fig.startup_requests = Some(startup);
     fig.rss_mib = Some(mib(process::rss_kib(pid)?));
+    fig.anon_rss_mib = Some(mib(process::anon_rss_kib(pid)?));
     fig.peak_rss_mib = Some(mib(process::peak_rss_kib(pid)?));
     fig.threads = Some(process::threads(pid)?);
     let a = process::cpu_sample(pid)?;

@@ -365,6 +365,14 @@ pub fn report_kube(n: usize, f: &KubeFigs) {
             None,
             show_mib,
         ),
+        row(
+            "  of which data (RssAnon; the rest: the program's own pages)",
+            None,
+            "",
+            f.anon_rss_mib,
+            None,
+            show_mib,
+        ),
         row("peak RSS (VmHWM)", None, "", f.peak_rss_mib, None, show_mib),
         row(
             "threads",
