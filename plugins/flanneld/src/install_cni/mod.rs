@@ -228,17 +228,29 @@ fn read_plugin(name: &str, from: &Path) -> Result<Vec<u8>, InstallError> {
     std::fs::read(&path).map_err(err)
 }
 
+/// The running executable's directory: /proc/self/exe, else (no /proc,
+/// e.g. a chroot) the directory of argv[0] when it has one.
+fn own_dir() -> Result<PathBuf, InstallError> {
+    let exe = std::env::current_exe().or_else(|e| {
+        std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .filter(|p| p.components().count() > 1)
+            .ok_or(InstallError::OwnDir(e))
+    })?;
+    Ok(exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/")))
+}
+
 /// Reads and checks everything; writes nothing.
 fn plan(opts: &Options) -> Result<Vec<Planned>, InstallError> {
     let mut out = Vec::new();
     if !opts.plugins.is_empty() {
         let from = match &opts.plugins_from {
             Some(d) => d.clone(),
-            None => std::env::current_exe()
-                .map_err(InstallError::OwnDir)?
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("/")),
+            None => own_dir()?,
         };
         for name in &opts.plugins {
             out.push(Planned {
