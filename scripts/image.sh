@@ -14,7 +14,8 @@
 # The three CNI plugins are linked statically: install-cni copies them onto
 # the node, where they must run against whatever C library the host has.
 # Binaries are stripped; tar entries are sorted, root-owned and dated
-# 1970, so the same build gives the same bytes.
+# SOURCE_DATE_EPOCH (default: the last commit's time), as is the image, so
+# the same build of the same commit gives the same bytes.
 #
 # Load it on a node and run it:
 #   ctr -n k8s.io images import FILE     (containerd, what kubelet uses)
@@ -64,6 +65,9 @@ case "$(uname -m)" in
   aarch64) ARCH=arm64 ;;
   *) ARCH=$(dpkg --print-architecture) ;;
 esac
+EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
+[[ "$EPOCH" =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH=$EPOCH is not a number of seconds"
+CREATED=$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 HOST=$(rustc -vV | awk '/^host:/ { print $2 }')
 [ -n "$HOST" ] || die "cannot ask rustc for its host target"
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
@@ -108,7 +112,7 @@ find "$ROOTFS" -type d -exec chmod 0755 {} +
 # deterministic tar of DIR's ENTRIES into OUT
 det_tar() {
   local dir=$1 out=$2; shift 2
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu \
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" --format=gnu \
     --no-acls --no-xattrs -C "$dir" -cf "$out" "$@"
 }
 sha() { sha256sum -- "$1" | awk '{ print $1 }'; }
@@ -129,7 +133,7 @@ gzip -n -9 "$WORK/layer.tar"
 read -r LAYER LAYER_SIZE < <(blob "$WORK/layer.tar.gz")
 
 cat >"$WORK/config.json" <<EOF
-{"architecture":"$ARCH","os":"linux","config":{"Env":["PATH=/opt/bin"],"Entrypoint":["/opt/bin/flanneld"],"WorkingDir":"/","Labels":{"org.opencontainers.image.title":"cni-rs flannel","org.opencontainers.image.version":$(json_str "$VERSION"),"org.opencontainers.image.description":"flanneld, install-cni and the flannel, bridge and host-local CNI plugins"}},"rootfs":{"type":"layers","diff_ids":["sha256:$DIFF_ID"]}}
+{"created":"$CREATED","architecture":"$ARCH","os":"linux","config":{"Env":["PATH=/opt/bin"],"Entrypoint":["/opt/bin/flanneld"],"WorkingDir":"/","Labels":{"org.opencontainers.image.title":"cni-rs flannel","org.opencontainers.image.version":$(json_str "$VERSION"),"org.opencontainers.image.description":"flanneld, install-cni and the flannel, bridge and host-local CNI plugins"}},"rootfs":{"type":"layers","diff_ids":["sha256:$DIFF_ID"]}}
 EOF
 read -r CONFIG CONFIG_SIZE < <(blob "$WORK/config.json")
 
