@@ -37,11 +37,8 @@ fn install_cni(args: &[String]) -> ! {
         say([usage()]);
         std::process::exit(0);
     }
-    match run(&opts) {
-        Ok(done) => {
-            say(done.iter().map(ToString::to_string));
-            std::process::exit(0);
-        }
+    match run(&opts, |done| say([done.to_string()])) {
+        Ok(()) => std::process::exit(0),
         Err(e) => {
             flanneld::error!("install-cni: {e}");
             std::process::exit(1);

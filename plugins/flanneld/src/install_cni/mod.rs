@@ -177,8 +177,9 @@ pub enum InstallError {
     Conflist { path: PathBuf, reason: String },
     #[error("cannot install to {}: {reason}; nothing was installed", path.display())]
     Target { path: PathBuf, reason: String },
-    /// The files before this one are in place; this one is as it was.
-    #[error("cannot write {}: {source} (it is unchanged)", path.display())]
+    /// The files reported before this one are in place; this one is
+    /// whole, old or (when only the directory's sync failed) new.
+    #[error("cannot write {}: {source}; the files reported before it are installed, this one is whole (old or new)", path.display())]
     Write {
         path: PathBuf,
         #[source]
@@ -284,22 +285,21 @@ fn plan(opts: &Options) -> Result<Vec<Planned>, InstallError> {
     Ok(out)
 }
 
-/// Installs what `opts` names; answers what happened to each file, in the
-/// order written.
-pub fn run(opts: &Options) -> Result<Vec<Done>, InstallError> {
-    let mut done = Vec::new();
+/// Installs what `opts` names, telling `report` what happened to each
+/// file as it is done (so a failure part-way still shows what is in place).
+pub fn run(opts: &Options, mut report: impl FnMut(&Done)) -> Result<(), InstallError> {
     for p in plan(opts)? {
         let outcome =
             atomic::put(&p.dest, &p.content, p.mode).map_err(|source| InstallError::Write {
                 path: p.dest.clone(),
                 source,
             })?;
-        done.push(Done {
+        report(&Done {
             outcome,
             path: p.dest,
         });
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(test)]
