@@ -379,3 +379,31 @@ fn the_manifest_fits_the_binaries() {
         assert!(lines.contains(&format!("- {flag}").as_str()), "{flag}");
     }
 }
+
+/// A temporary file an install killed mid-copy left (older than ten
+/// minutes) is removed by the next run; a fresh one may be another
+/// install's and is left.
+#[test]
+fn an_interrupted_installs_leftovers_are_swept() {
+    let s = Setup::new("install-cni-sweep");
+    fs::create_dir_all(s.bin_dir()).unwrap();
+    let old = s.bin_dir().join(".bridge.1-5f-0.install-cni-tmp");
+    let young = s.bin_dir().join(".bridge.1-60-0.install-cni-tmp");
+    for f in [&old, &young] {
+        fs::write(f, b"half a plugin").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let run = s.run(&[]).ok();
+    assert!(!old.exists(), "{run:#?}");
+    assert!(young.exists());
+    assert!(
+        run.stderr.contains(&old.display().to_string()) && run.stderr.contains("interrupted"),
+        "{run:#?}"
+    );
+}

@@ -8,12 +8,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The temporary name's ending. It must not end in `.conf`, `.conflist` or
 /// `.json`: libcni loads any such file in the conf dir, and would try one
 /// that is still being written. The leading dot hides it from `ls`.
 pub const TEMP_SUFFIX: &str = ".install-cni-tmp";
+
+/// A temporary file of ours older than this was left by an install that
+/// was killed (a node losing power mid-copy) and is removed; a younger one
+/// may be another install's, still writing.
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
 
 /// What happened to one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +114,37 @@ fn create_temp(dest: &Path) -> io::Result<(PathBuf, File)> {
         }
     }
     Err(last)
+}
+
+/// Removes `dest`'s temporary files that an interrupted install left
+/// (older than [`STALE_TEMP`]); answers their paths. Best effort: what
+/// cannot be read or removed is left for the next run.
+pub fn sweep(dest: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if !file.starts_with(&prefix) || !file.ends_with(TEMP_SUFFIX) {
+            continue;
+        }
+        let stale = fs::symlink_metadata(e.path())
+            .ok()
+            .filter(|md| md.is_file())
+            .and_then(|md| md.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if stale && fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 fn write_temp(file: &mut File, content: &[u8], mode: u32) -> io::Result<()> {
@@ -216,6 +252,31 @@ mod tests {
             check_target(&d.join("file/x/y"))
                 .unwrap_err()
                 .contains("not a directory")
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn sweeps_only_old_temporary_files_of_its_target() {
+        let d = scratch("sweep");
+        let old = SystemTime::now() - STALE_TEMP - Duration::from_secs(60);
+        let make = |name: &str, when: SystemTime| {
+            let f = File::create(d.join(name)).unwrap();
+            f.set_modified(when).unwrap();
+        };
+        make(&format!(".bridge.1-a-0{TEMP_SUFFIX}"), old);
+        make(&format!(".bridge.1-b-0{TEMP_SUFFIX}"), SystemTime::now());
+        make(&format!(".flannel.1-a-0{TEMP_SUFFIX}"), old);
+        make(".bridge.keep", old);
+        let removed = sweep(&d.join("bridge"));
+        assert_eq!(removed, [d.join(format!(".bridge.1-a-0{TEMP_SUFFIX}"))]);
+        assert_eq!(
+            entries(&d),
+            [
+                format!(".bridge.1-b-0{TEMP_SUFFIX}"),
+                ".bridge.keep".to_string(),
+                format!(".flannel.1-a-0{TEMP_SUFFIX}"),
+            ]
         );
         fs::remove_dir_all(&d).unwrap();
     }

@@ -289,6 +289,12 @@ fn plan(opts: &Options) -> Result<Vec<Planned>, InstallError> {
 /// file as it is done (so a failure part-way still shows what is in place).
 pub fn run(opts: &Options, mut report: impl FnMut(&Done)) -> Result<(), InstallError> {
     for p in plan(opts)? {
+        for stale in atomic::sweep(&p.dest) {
+            crate::info!(
+                "removed {}: left by an install that was interrupted",
+                stale.display()
+            );
+        }
         let outcome =
             atomic::put(&p.dest, &p.content, p.mode).map_err(|source| InstallError::Write {
                 path: p.dest.clone(),
