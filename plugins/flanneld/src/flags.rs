@@ -321,7 +321,8 @@ pub fn usage() -> String {
      \x20 --healthz-ip IP --healthz-port N  /healthz, /readyz and /metrics (port 0: off)\n\
      \x20 -v N                            log verbosity: debug lines from 4 (errors, warnings, info always)\n\
      \x20 --version, --help\n\
-     every flag is also read from FLANNELD_<FLAG> (e.g. FLANNELD_IFACE)"
+     every flag is also read from FLANNELD_<FLAG> (e.g. FLANNELD_IFACE)\n\
+     flanneld install-cni --help: put the CNI plugins and the conflist on the node (an init container)"
         .to_string()
 }
 

@@ -7,7 +7,9 @@
 //! - `backend/`: the data planes (vxlan, host-gw, udp) behind the
 //!   `Backend` trait: what the kernel must hold for a set of peers;
 //! - `diff`: the one comparison of wanted and actual kernel state;
-//! - `peers`: the valid peers, from the leases.
+//! - `peers`: the valid peers, from the leases;
+//! - `install_cni`: the `install-cni` subcommand (an init container's copy
+//!   of the plugins and the conflist onto the node).
 
 pub mod agent;
 pub mod backend;
@@ -15,6 +17,7 @@ pub mod diff;
 pub mod flags;
 pub mod health;
 pub mod iface;
+pub mod install_cni;
 pub mod lease;
 pub mod log;
 pub mod netconfig;

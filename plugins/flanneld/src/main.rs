@@ -11,8 +11,46 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+/// Prints `lines` on stdout; a closed stdout is an error worth exiting on.
+fn say(lines: impl IntoIterator<Item = String>) {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if let Err(e) = writeln!(out, "{line}") {
+            flanneld::error!("cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `flanneld install-cni ...`: the init container's step (no shell in the
+/// image). Exit 2 on a flag error, 1 when the install failed.
+fn install_cni(args: &[String]) -> ! {
+    use flanneld::install_cni::{Options, run, usage};
+    let opts = match Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            flanneld::error!("install-cni: {e}");
+            std::process::exit(2);
+        }
+    };
+    if opts.help {
+        say([usage()]);
+        std::process::exit(0);
+    }
+    match run(&opts, |done| say([done.to_string()])) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            flanneld::error!("install-cni: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "install-cni") {
+        install_cni(&args[1..]);
+    }
     let opts = match flanneld::flags::Options::parse(&args, |k| std::env::var(k).ok()) {
         Ok(o) => o,
         Err(e) => {
@@ -29,10 +67,7 @@ fn main() {
         None
     };
     if let Some(text) = answer {
-        if let Err(e) = writeln!(std::io::stdout(), "{text}") {
-            flanneld::error!("cannot write to stdout: {e}");
-            std::process::exit(1);
-        }
+        say([text]);
         return;
     }
     let action = SigAction::new(
