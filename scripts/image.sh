@@ -73,13 +73,13 @@ HOST=$(rustc -vV | awk '/^host:/ { print $2 }')
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 [ -n "$OUT" ] || OUT=$TARGET/cni-rs-flannel-$VERSION.oci.tar
 
-step "building flanneld (release)"
-(cd "$REPO" && cargo build --locked --release --bin flanneld -p flanneld)
+step "building flanneld (profile dist: release with whole-program LTO)"
+(cd "$REPO" && cargo build --locked --profile dist --bin flanneld -p flanneld)
 # With --target, RUSTFLAGS reach the binaries but not build scripts or
 # proc macros, which cannot be static.
-step "building flannel, bridge, host-local (release, static)"
+step "building flannel, bridge, host-local (profile dist, static)"
 (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --release --target "$HOST" --bins -p flannel -p bridge -p host-local)
+  cargo build --locked --profile dist --target "$HOST" --bins -p flannel -p bridge -p host-local)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cni-rs-image.XXXXXX")
 trap 'rm -rf -- "$WORK"' EXIT
@@ -88,9 +88,9 @@ LAYOUT=$WORK/layout
 mkdir -p "$ROOTFS/opt/bin" "$LAYOUT/blobs/sha256"
 
 strip_into() { strip --strip-all -o "$2" -- "$1"; chmod 0755 -- "$2"; }
-strip_into "$TARGET/release/flanneld" "$ROOTFS/opt/bin/flanneld"
+strip_into "$TARGET/dist/flanneld" "$ROOTFS/opt/bin/flanneld"
 for p in flannel bridge host-local; do
-  bin=$TARGET/$HOST/release/$p
+  bin=$TARGET/$HOST/dist/$p
   said=$(ldd "$bin" 2>&1 || true)
   [[ "$said" == *"not a dynamic executable"* || "$said" == *"statically linked"* ]] \
     || die "$bin is not static (ldd: ${said%%$'\n'*})"
@@ -99,7 +99,7 @@ done
 
 # flanneld's libraries and loader, at the paths it asks for them.
 step "adding what flanneld loads"
-libs=$(ldd "$TARGET/release/flanneld" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+libs=$(ldd "$TARGET/dist/flanneld" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
 [ -n "$libs" ] || die "ldd lists no libraries for flanneld"
 for lib in $libs; do
   [ -f "$lib" ] || die "ldd names $lib, which is not a file"

@@ -11,8 +11,8 @@
 #   /etc/systemd/system/flanneld.service
 #   /etc/default/flanneld                       (FLANNELD_* settings, mode 0600)
 # and records each file with its sha256 in /var/lib/cni-rs/install-manifest.
-# The files come from dist/; the binaries from a release build
-# (cargo build --locked --release), or from --bin-from.
+# The files come from dist/; the binaries from a build with the dist profile
+# (cargo build --locked --profile dist), or from --bin-from.
 #
 #   --root DIR          install under DIR (a packager's or a test's staging
 #                       root); nothing outside DIR is touched, systemd is not
@@ -252,9 +252,9 @@ if [ -z "$BIN_FROM" ]; then
   # shellcheck source=/dev/null
   if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1.89 or newer), or give built binaries with --bin-from DIR"
-  step "building the suite (release)"
-  (cd "$REPO" && cargo build --locked --release --bins -p flannel -p bridge -p host-local -p flanneld)
-  BIN_FROM=${CARGO_TARGET_DIR:-$REPO/target}/release
+  step "building the suite (profile dist: release with whole-program LTO)"
+  (cd "$REPO" && cargo build --locked --profile dist --bins -p flannel -p bridge -p host-local -p flanneld)
+  BIN_FROM=${CARGO_TARGET_DIR:-$REPO/target}/dist
 fi
 BIN_FROM=$(realpath -m -- "$BIN_FROM")
 missing=()
