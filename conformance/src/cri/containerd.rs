@@ -227,7 +227,7 @@ impl Containerd {
         for (i, (key, value)) in opts.sysctls.iter().enumerate() {
             write(&dir.join(format!("sysctl{i}")), &format!("{value}\n"));
             extra.push_str(&format!(
-                "mount -n --bind \"$d/sysctl{i}\" /proc/sys/{key}\n"
+                "if [ -e /proc/sys/{key} ]; then mount -n --bind \"$d/sysctl{i}\" /proc/sys/{key}; fi\n"
             ));
         }
         write(&dir.join("inner.sh"), &INNER.replace("@EXTRA@", &extra));
