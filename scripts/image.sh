@@ -2,12 +2,17 @@
 # Builds the container image of the suite, for dist/kube-flannel.yml, as an
 # OCI image archive: no registry, no daemon, no network once built.
 #
-#   scripts/image.sh [--out FILE] [--tag NAME]
+#   scripts/image.sh [--out FILE] [--tag NAME] [--bin-from DIR]
 #
-#   --out FILE   the archive (default target/cni-rs-flannel-VERSION.oci.tar)
-#   --tag NAME   the image's name (default cni-rs/flannel:VERSION, the name
-#                dist/kube-flannel.yml runs; VERSION is the workspace's)
-#   -h, --help   this text
+#   --out FILE      the archive (default target/cni-rs-flannel-VERSION.oci.tar)
+#   --tag NAME      the image's name (default cni-rs/flannel:VERSION, the name
+#                   dist/kube-flannel.yml runs; VERSION is the workspace's)
+#   --bin-from DIR  take flanneld, flannel, bridge and host-local already
+#                   built from DIR (e.g. target/debug, as the cluster test
+#                   does) instead of building them; plugins that are not
+#                   static are taken with a warning (they then need a C
+#                   library like this machine's on the node)
+#   -h, --help      this text
 #
 # One layer, /opt/bin/{flanneld,flannel,bridge,host-local}, plus what
 # flanneld loads (its shared libraries per ldd, and the dynamic loader).
@@ -32,12 +37,15 @@ VERSION=$(awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version *=/ { pri
 [ -n "$VERSION" ] || die "cannot read the workspace version from Cargo.toml"
 OUT=
 TAG=cni-rs/flannel:$VERSION
+BIN_FROM=
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || die "--out needs a file"; OUT=$2; shift 2 ;;
     --out=*) OUT=${1#*=}; shift ;;
     --tag) [ $# -ge 2 ] || die "--tag needs a name"; TAG=$2; shift 2 ;;
     --tag=*) TAG=${1#*=}; shift ;;
+    --bin-from) [ $# -ge 2 ] || die "--bin-from needs a directory"; BIN_FROM=$2; shift 2 ;;
+    --bin-from=*) BIN_FROM=${1#*=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -58,7 +66,7 @@ full_name() {
 NAME=$(full_name "$TAG")
 
 ensure_packages tar gzip binutils coreutils libc-bin
-ensure_rust
+[ -n "$BIN_FROM" ] || ensure_rust
 
 case "$(uname -m)" in
   x86_64) ARCH=amd64 ;;
@@ -68,18 +76,29 @@ esac
 EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
 [[ "$EPOCH" =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH=$EPOCH is not a number of seconds"
 CREATED=$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)
-HOST=$(rustc -vV | awk '/^host:/ { print $2 }')
-[ -n "$HOST" ] || die "cannot ask rustc for its host target"
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 [ -n "$OUT" ] || OUT=$TARGET/cni-rs-flannel-$VERSION.oci.tar
 
-step "building flanneld (profile dist: release with whole-program LTO)"
-(cd "$REPO" && cargo build --locked --profile dist --bin flanneld -p flanneld)
-# With --target, RUSTFLAGS reach the binaries but not build scripts or
-# proc macros, which cannot be static.
-step "building flannel, bridge, host-local (profile dist, static)"
-(cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --profile dist --target "$HOST" --bins -p flannel -p bridge -p host-local)
+if [ -n "$BIN_FROM" ]; then
+  [ -d "$BIN_FROM" ] || die "--bin-from $BIN_FROM is not a directory"
+  FLANNELD=$BIN_FROM/flanneld
+  PLUGIN_DIR=$BIN_FROM
+  for b in flanneld flannel bridge host-local; do
+    [ -f "$BIN_FROM/$b" ] && [ -x "$BIN_FROM/$b" ] || die "--bin-from $BIN_FROM lacks $b"
+  done
+else
+  HOST=$(rustc -vV | awk '/^host:/ { print $2 }')
+  [ -n "$HOST" ] || die "cannot ask rustc for its host target"
+  step "building flanneld (profile dist: release with whole-program LTO)"
+  (cd "$REPO" && cargo build --locked --profile dist --bin flanneld -p flanneld)
+  # With --target, RUSTFLAGS reach the binaries but not build scripts or
+  # proc macros, which cannot be static.
+  step "building flannel, bridge, host-local (profile dist, static)"
+  (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --locked --profile dist --target "$HOST" --bins -p flannel -p bridge -p host-local)
+  FLANNELD=$TARGET/dist/flanneld
+  PLUGIN_DIR=$TARGET/$HOST/dist
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cni-rs-image.XXXXXX")
 trap 'rm -rf -- "$WORK"' EXIT
@@ -88,18 +107,20 @@ LAYOUT=$WORK/layout
 mkdir -p "$ROOTFS/opt/bin" "$LAYOUT/blobs/sha256"
 
 strip_into() { strip --strip-all -o "$2" -- "$1"; chmod 0755 -- "$2"; }
-strip_into "$TARGET/dist/flanneld" "$ROOTFS/opt/bin/flanneld"
+strip_into "$FLANNELD" "$ROOTFS/opt/bin/flanneld"
 for p in flannel bridge host-local; do
-  bin=$TARGET/$HOST/dist/$p
+  bin=$PLUGIN_DIR/$p
   said=$(ldd "$bin" 2>&1 || true)
-  [[ "$said" == *"not a dynamic executable"* || "$said" == *"statically linked"* ]] \
-    || die "$bin is not static (ldd: ${said%%$'\n'*})"
+  if [[ "$said" != *"not a dynamic executable"* && "$said" != *"statically linked"* ]]; then
+    [ -n "$BIN_FROM" ] || die "$bin is not static (ldd: ${said%%$'\n'*})"
+    echo "warning: $bin is not static: on a node it needs a C library like this machine's" >&2
+  fi
   strip_into "$bin" "$ROOTFS/opt/bin/$p"
 done
 
 # flanneld's libraries and loader, at the paths it asks for them.
 step "adding what flanneld loads"
-libs=$(ldd "$TARGET/dist/flanneld" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+libs=$(ldd "$FLANNELD" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
 [ -n "$libs" ] || die "ldd lists no libraries for flanneld"
 for lib in $libs; do
   [ -f "$lib" ] || die "ldd names $lib, which is not a file"

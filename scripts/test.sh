@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 need_root
 ensure_packages iproute2 iputils-ping nftables iptables ca-certificates containernetworking-plugins etcd-server etcd-client openssl containerd runc busybox-static e2fsprogs xz-utils
+# kubectl for the kube-flannel tests: Debian's (kubernetes-client) only where
+# none is on PATH, since it conflicts with other packagings (e.g. google-cloud-sdk's).
+command -v kubectl >/dev/null || ensure_packages kubernetes-client
 ensure_rust
 
 step "cargo fmt --check"

@@ -14,6 +14,7 @@ pub mod cri;
 pub mod daemon;
 pub mod etcd;
 pub mod kube;
+pub mod kubecluster;
 pub mod netns;
 pub mod node;
 pub mod runner;

@@ -98,7 +98,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 /// needs; then `/run` and `/var/lib` hidden behind our directories, and
 /// containerd's root on a tmpfs, since overlayfs snapshots cannot have their
 /// upper layer on an overlayfs (what /tmp is on a machine whose root is one).
-/// `-n`: the machine's `/run/mount/utab` is not written.
+/// `-n`: the machine's `/run/mount/utab` is not written. `@EXTRA@` is where
+/// [`ContainerdOptions`] adds its mounts.
 const INNER: &str = r#"#!/bin/sh
 set -eu
 d=$1
@@ -108,9 +109,46 @@ mount -n --move "$d/mnt" /sys/fs/cgroup
 mount -n --bind "$d/run" /run
 mount -n --bind "$d/varlib" /var/lib
 mount -n -t tmpfs -o mode=0700 tmpfs "$d/root"
+# bind_over SRC TARGET: SRC over TARGET; a missing TARGET is made on a
+# writable overlay (its upper layer on a tmpfs here) of its nearest
+# existing parent, so the machine's own tree is never written.
+bind_over() {
+  if [ ! -e "$2" ]; then
+    p=$(dirname "$2")
+    while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+    o="$d/ov$(printf '%s' "$p" | tr / _)"
+    if [ ! -d "$o" ]; then
+      mkdir -p "$o"
+      mount -n -t tmpfs tmpfs "$o"
+      mkdir "$o/u" "$o/w"
+      mount -n -t overlay overlay -o "lowerdir=$p,upperdir=$o/u,workdir=$o/w" "$p"
+    fi
+    if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")"; : >"$2"; fi
+  fi
+  mount -n --bind "$1" "$2"
+}
+@EXTRA@
 exec containerd -c "$d/config.toml"
 "#;
 
+/// What [`Containerd::start_with`] adds to [`Containerd::start`]'s set-up,
+/// for a node that a real kubelet runs in the same mount namespace.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdOptions {
+    /// Directories made in the runtime's scratch directory (by their name
+    /// there) and bind-mounted over absolute paths of its mount namespace:
+    /// e.g. `("cni-bin", "/opt/cni/bin")`, so a DaemonSet's hostPath
+    /// volumes land in the scratch directory.
+    pub binds: Vec<(String, String)>,
+    /// Files under `/proc/sys` that read as the given value in the mount
+    /// namespace (a file of ours bind-mounted over them; a write lands in
+    /// it): kubelet "corrects" machine-wide sysctls (`kernel/panic`,
+    /// `vm/overcommit_memory`, ...) that a test must not change.
+    pub sysctls: Vec<(String, String)>,
+    /// Return when the runtime is ready, without waiting for a CNI
+    /// network config (which a DaemonSet will install).
+    pub no_network_yet: bool,
+}
 fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) S ...: comm may hold spaces, so look after the last ')'.
@@ -146,6 +184,17 @@ impl Containerd {
     /// `cni_bin` and `cni_conf`, waits until the CRI reports the runtime and
     /// the network ready, and imports the pause image.
     pub fn start(host: &TestNetns, cni_bin: &Path, cni_conf: &Path) -> Containerd {
+        Self::start_with(host, cni_bin, cni_conf, &ContainerdOptions::default())
+    }
+
+    /// As [`Containerd::start`], set up as `opts` say (`cni_bin` and
+    /// `cni_conf` are paths in its mount namespace).
+    pub fn start_with(
+        host: &TestNetns,
+        cni_bin: &Path,
+        cni_conf: &Path,
+        opts: &ContainerdOptions,
+    ) -> Containerd {
         assert!(
             Path::new(CONTAINERD).is_file() && Path::new("/usr/bin/ctr").is_file(),
             "apt-get install containerd runc (scripts/test.sh does)"
@@ -170,7 +219,18 @@ impl Containerd {
             &dir.join("config.toml"),
             &config_toml(&dir, &socket, cni_bin, cni_conf),
         );
-        write(&dir.join("inner.sh"), INNER);
+        let mut extra = String::new();
+        for (name, target) in &opts.binds {
+            std::fs::create_dir_all(dir.join(name)).expect("cannot make a bind-mounted directory");
+            extra.push_str(&format!("bind_over \"$d/{name}\" {target}\n"));
+        }
+        for (i, (key, value)) in opts.sysctls.iter().enumerate() {
+            write(&dir.join(format!("sysctl{i}")), &format!("{value}\n"));
+            extra.push_str(&format!(
+                "if [ -e /proc/sys/{key} ]; then mount -n --bind \"$d/sysctl{i}\" /proc/sys/{key}; fi\n"
+            ));
+        }
+        write(&dir.join("inner.sh"), &INNER.replace("@EXTRA@", &extra));
         let image = dir.join("pause.tar");
         build_pause_image(&dir.join("image"), &image);
 
@@ -212,7 +272,12 @@ impl Containerd {
             if socket.exists()
                 && let Ok(c) = CriClient::connect(&socket)
                 && c.conditions().is_ok_and(|conds| {
-                    conds.iter().filter(|c| c.status).count() >= 2 && conds.iter().all(|c| c.status)
+                    if opts.no_network_yet {
+                        conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status)
+                    } else {
+                        conds.iter().filter(|c| c.status).count() >= 2
+                            && conds.iter().all(|c| c.status)
+                    }
                 })
             {
                 break c;
@@ -226,19 +291,49 @@ impl Containerd {
         };
         rt.client = Some(client);
 
+        rt.import(&image);
+        rt
+    }
+
+    /// Imports the image archive `file` (`ctr -n k8s.io images import`).
+    pub fn import(&self, file: &Path) {
         let out = Command::new("ctr")
             .args(["-n", "k8s.io", "--address"])
-            .arg(&socket)
+            .arg(&self.socket)
             .args(["images", "import"])
-            .arg(&image)
+            .arg(file)
             .output()
             .expect("cannot run ctr");
         assert!(
             out.status.success(),
-            "ctr images import failed: {}",
+            "ctr images import {} failed: {}",
+            file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        rt
+    }
+
+    /// The CRI socket, for a kubelet.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The cgroup every pod goes under (`/<name>`), for a kubelet's
+    /// `--cgroup-root`: so its pods are found and removed on drop.
+    pub fn cgroup_root(&self) -> String {
+        format!("/{}", self.cgroup_parent)
+    }
+
+    /// The runtime's mount namespace (`/proc/<pid>/ns/mnt`), for programs
+    /// that must share it (kubelet, kube-proxy).
+    pub fn mount_ns_path(&self) -> PathBuf {
+        let pid = self.child.as_ref().map(Child::id).expect("containerd runs");
+        PathBuf::from(format!("/proc/{pid}/ns/mnt"))
+    }
+
+    /// Its scratch directory as the machine sees it (what
+    /// [`ContainerdOptions::binds`] names are under).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn client(&self) -> &CriClient {

@@ -7,4 +7,4 @@ pub mod image;
 pub mod wire;
 
 pub use client::CriClient;
-pub use containerd::Containerd;
+pub use containerd::{Containerd, ContainerdOptions};
