@@ -171,12 +171,37 @@ impl KubeCluster {
         let registered = wait_for(Duration::from_secs(90), || {
             names.iter().all(|n| !cluster.pod_cidr(n).is_empty())
         });
-        assert!(
-            registered,
-            "the nodes did not register with a pod CIDR: {}\nkubelet: {}",
-            cluster.kubectl_text(&["get", "nodes", "-o", "wide"]),
-            cluster.nodes[0].kubelet_log()
-        );
+        if !registered {
+            // What the first node's mount namespace shows of the kubeconfig.
+            let seen = std::process::Command::new("nsenter")
+                .arg(format!(
+                    "--mount={}",
+                    cluster.nodes[0].runtime.mount_ns_path().display()
+                ))
+                .args(["--", "sh", "-c"])
+                .arg(format!(
+                    "ls -la {}; grep -E ' / | /tmp | /etc | /opt ' /proc/self/mountinfo",
+                    cluster
+                        .kubeconfig
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ))
+                .output()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_default();
+            panic!(
+                "the nodes did not register with a pod CIDR: {}\nkubelet: {}\nin the node's mount namespace: {seen}",
+                cluster.kubectl_text(&["get", "nodes", "-o", "wide"]),
+                cluster.nodes[0].kubelet_log()
+            );
+        }
         Some(cluster)
     }
 

@@ -111,11 +111,18 @@ mount -n --bind "$d/varlib" /var/lib
 mount -n -t tmpfs -o mode=0700 tmpfs "$d/root"
 # bind_over SRC TARGET: SRC over TARGET; a missing TARGET is made on a
 # writable overlay (its upper layer on a tmpfs here) of its nearest
-# existing parent, so the machine's own tree is never written.
+# existing parent, so the machine's own tree is never written. Never an
+# overlay of /: it would hide every mount under it (/tmp, /proc, ...); a
+# missing top-level directory (/opt on a minimal machine) is made, empty,
+# as any CNI install would.
 bind_over() {
   if [ ! -e "$2" ]; then
     p=$(dirname "$2")
     while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+    if [ "$p" = / ]; then
+      p=/$(printf '%s' "$2" | cut -d/ -f2)
+      mkdir -p "$p"
+    fi
     o="$d/ov$(printf '%s' "$p" | tr / _)"
     if [ ! -d "$o" ]; then
       mkdir -p "$o"
