@@ -173,11 +173,9 @@ impl KubeCluster {
         });
         if !registered {
             // What the first node's mount namespace shows of the kubeconfig.
+            let pid = cluster.nodes[0].runtime.pid().to_string();
             let seen = std::process::Command::new("nsenter")
-                .arg(format!(
-                    "--mount={}",
-                    cluster.nodes[0].runtime.mount_ns_path().display()
-                ))
+                .args(["--target", &pid, "--mount", "--root", "--wd"])
                 .args(["--", "sh", "-c"])
                 .arg(format!(
                     "ls -la {}; grep -E ' / | /tmp | /etc | /opt ' /proc/self/mountinfo",
@@ -246,60 +244,74 @@ impl KubeCluster {
         std::fs::create_dir_all(dir.join("kubelet/pki")).unwrap();
         let d = |p: &str| dir.join(p).display().to_string();
         let kc = self.kubeconfig.display().to_string();
-        let mnt = format!("--mount={}", runtime.mount_ns_path().display());
-        let kubelet_bin = bin.join("kubelet").display().to_string();
-        let kubelet_args: Vec<String> = vec![
-            mnt.clone(),
+        // containerd's mount namespace, with its root and working
+        // directory: entering a mount namespace alone resets the root to
+        // the namespace's own, not ours when the tests run under chroot.
+        let mnt: Vec<String> = [
+            "--target".to_string(),
+            runtime.pid().to_string(),
+            "--mount".into(),
+            "--root".into(),
+            "--wd".into(),
             "--".into(),
-            kubelet_bin,
-            format!("--kubeconfig={kc}"),
-            "--container-runtime=remote".into(),
-            format!(
-                "--container-runtime-endpoint=unix://{}",
-                runtime.socket().display()
-            ),
-            format!("--root-dir={}", d("kubelet")),
-            format!("--cert-dir={}", d("kubelet/pki")),
-            format!("--volume-plugin-dir={}", d("kubelet/volume-plugins")),
-            "--fail-swap-on=false".into(),
-            "--cgroup-driver=cgroupfs".into(),
-            // Pods under kubepods/ of our cgroup root: without QoS cgroups
-            // kubelet gives the CRI no parent at all, and containerd puts
-            // them in the machine's /k8s.io.
-            "--cgroups-per-qos=true".into(),
-            "--enforce-node-allocatable=".into(),
-            format!("--cgroup-root={}", runtime.cgroup_root()),
-            format!("--hostname-override={name}"),
-            format!("--node-ip={ip}"),
-            format!("--pod-infra-container-image={PAUSE_IMAGE}"),
-            "--read-only-port=0".into(),
-            "--authentication-token-webhook=false".into(),
-            "--authorization-mode=AlwaysAllow".into(),
-            "--node-status-update-frequency=4s".into(),
-            "--oom-score-adj=0".into(),
-        ];
+        ]
+        .to_vec();
+        let kubelet_bin = bin.join("kubelet").display().to_string();
+        let kubelet_args: Vec<String> = mnt
+            .iter()
+            .cloned()
+            .chain([
+                kubelet_bin,
+                format!("--kubeconfig={kc}"),
+                "--container-runtime=remote".into(),
+                format!(
+                    "--container-runtime-endpoint=unix://{}",
+                    runtime.socket().display()
+                ),
+                format!("--root-dir={}", d("kubelet")),
+                format!("--cert-dir={}", d("kubelet/pki")),
+                format!("--volume-plugin-dir={}", d("kubelet/volume-plugins")),
+                "--fail-swap-on=false".into(),
+                "--cgroup-driver=cgroupfs".into(),
+                // Pods under kubepods/ of our cgroup root: without QoS cgroups
+                // kubelet gives the CRI no parent at all, and containerd puts
+                // them in the machine's /k8s.io.
+                "--cgroups-per-qos=true".into(),
+                "--enforce-node-allocatable=".into(),
+                format!("--cgroup-root={}", runtime.cgroup_root()),
+                format!("--hostname-override={name}"),
+                format!("--node-ip={ip}"),
+                format!("--pod-infra-container-image={PAUSE_IMAGE}"),
+                "--read-only-port=0".into(),
+                "--authentication-token-webhook=false".into(),
+                "--authorization-mode=AlwaysAllow".into(),
+                "--node-status-update-frequency=4s".into(),
+                "--oom-score-adj=0".into(),
+            ])
+            .collect();
         let kubelet = Daemon::start(
             Path::new("nsenter"),
             &kubelet_args,
             &ns,
             &dir.join("kubelet.log"),
         );
-        let proxy_args: Vec<String> = vec![
-            mnt,
-            "--".into(),
-            bin.join("kube-proxy").display().to_string(),
-            format!("--kubeconfig={kc}"),
-            format!("--hostname-override={name}"),
-            "--proxy-mode=iptables".into(),
-            format!("--cluster-cidr={CLUSTER_CIDR}"),
-            // Machine-wide conntrack limits are left alone.
-            "--conntrack-max-per-core=0".into(),
-            "--conntrack-tcp-timeout-established=0".into(),
-            "--conntrack-tcp-timeout-close-wait=0".into(),
-            "--oom-score-adj=0".into(),
-            "--healthz-bind-address=127.0.0.1:10256".into(),
-            "--metrics-bind-address=127.0.0.1:10249".into(),
-        ];
+        let proxy_args: Vec<String> = mnt
+            .into_iter()
+            .chain([
+                bin.join("kube-proxy").display().to_string(),
+                format!("--kubeconfig={kc}"),
+                format!("--hostname-override={name}"),
+                "--proxy-mode=iptables".into(),
+                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                // Machine-wide conntrack limits are left alone.
+                "--conntrack-max-per-core=0".into(),
+                "--conntrack-tcp-timeout-established=0".into(),
+                "--conntrack-tcp-timeout-close-wait=0".into(),
+                "--oom-score-adj=0".into(),
+                "--healthz-bind-address=127.0.0.1:10256".into(),
+                "--metrics-bind-address=127.0.0.1:10249".into(),
+            ])
+            .collect();
         let proxy = Daemon::start(
             Path::new("nsenter"),
             &proxy_args,

@@ -330,11 +330,10 @@ impl Containerd {
         format!("/{}", self.cgroup_parent)
     }
 
-    /// The runtime's mount namespace (`/proc/<pid>/ns/mnt`), for programs
-    /// that must share it (kubelet, kube-proxy).
-    pub fn mount_ns_path(&self) -> PathBuf {
-        let pid = self.child.as_ref().map(Child::id).expect("containerd runs");
-        PathBuf::from(format!("/proc/{pid}/ns/mnt"))
+    /// containerd's pid, for programs that must share its mount namespace
+    /// (kubelet, kube-proxy: `nsenter --target PID --mount --root --wd`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("containerd runs")
     }
 
     /// Its scratch directory as the machine sees it (what
