@@ -51,6 +51,26 @@ impl std::fmt::Debug for KubeApi {
     }
 }
 
+/// The repository's root (where dist/ and scripts/ are).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// Whether a kubectl runs here; when not, says loudly that `skipped` (what
+/// did not happen) and what to install.
+pub fn kubectl_present(skipped: &str) -> bool {
+    let found = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: no kubectl (Debian: kubernetes-client): {skipped}");
+    }
+    found
+}
+
 fn sh(args: &[&str]) {
     let out = std::process::Command::new(args[0])
         .args(&args[1..])

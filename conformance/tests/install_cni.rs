@@ -14,17 +14,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use conformance::kube::repo;
 use conformance::{TempDir, plugin_binary};
 
 const PLUGINS: [&str; 3] = ["flannel", "bridge", "host-local"];
 const CONFLIST: &str = "10-flannel.conflist";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// A node and an image under one scratch directory.
 struct Setup {

@@ -16,38 +16,19 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conformance::bins::bin_dir;
+use conformance::cri::containerd::exec_in_net_of;
 use conformance::cri::image::PAUSE_IMAGE;
-use conformance::kube::KubeApi;
+use conformance::kube::{KubeApi, kubectl_present, repo};
 use conformance::kubecluster::KubeCluster;
 use conformance::netns::in_netns;
 use conformance::{TempDir, require_root, wait_for};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn kubectl_present() -> bool {
-    let found = Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!(
-            "SKIPPED: no kubectl (Debian: kubernetes-client): the kube-flannel cluster test did not run"
-        );
-    }
-    found
-}
 
 /// scripts/image.sh from the binaries this suite built, its default name.
 fn build_image(out: &Path) {
@@ -142,13 +123,7 @@ fn subnet_of(pod_cidr: &str) -> String {
 
 /// `program args` in the network namespace of process `pid`.
 fn in_pod(pid: u32, program: &str, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .output()
-        .expect("cannot run nsenter")
+    exec_in_net_of(pid, program, args)
 }
 
 /// An app pod: name, node, address, uid.
@@ -393,7 +368,9 @@ fn service_answers_across(c: &KubeCluster, apps: &[App], ip: &str, within: Durat
 
 #[test]
 fn kube_flannel_on_a_two_node_cluster() {
-    if KubeApi::binaries().is_none() || !kubectl_present() {
+    if KubeApi::binaries().is_none()
+        || !kubectl_present("the kube-flannel cluster test did not run")
+    {
         return;
     }
     require_root();

@@ -6,34 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
-use conformance::kube::{ADMIN_TOKEN, KubeApi};
+use conformance::kube::{ADMIN_TOKEN, KubeApi, kubectl_present, repo};
 use conformance::{TempDir, TestNetns};
 use serde_json::Value;
 
 const FLANNEL_USER: &str = "system:serviceaccount:kube-flannel:flannel";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn kubectl_present() -> bool {
-    let found = Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!(
-            "SKIPPED: no kubectl (Debian: kubernetes-client): dist/kube-flannel.yml was not applied"
-        );
-    }
-    found
-}
 
 struct Kubectl<'a> {
     ns: &'a TestNetns,
@@ -93,7 +73,7 @@ impl Kubectl<'_> {
 
 #[test]
 fn the_manifest_applies_to_a_real_api_server() {
-    if KubeApi::binaries().is_none() || !kubectl_present() {
+    if KubeApi::binaries().is_none() || !kubectl_present("dist/kube-flannel.yml was not applied") {
         return;
     }
     let ns = TestNetns::new("kfyml");

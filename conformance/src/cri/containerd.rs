@@ -392,13 +392,7 @@ impl Containerd {
         let pid = self
             .sandbox_pid(id)
             .expect("the sandbox has no running pause process");
-        Command::new("nsenter")
-            .arg(format!("--net=/proc/{pid}/ns/net"))
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .output()
-            .expect("cannot run nsenter")
+        exec_in_net_of(pid, program, args)
     }
 
     fn teardown(&mut self) {
@@ -551,6 +545,18 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Runs `program args` in the network namespace of process `pid` (a pod's
+/// pause process).
+pub fn exec_in_net_of(pid: u32, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("cannot run nsenter")
 }
 
 #[cfg(test)]
