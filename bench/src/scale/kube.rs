@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::setup::{
     Agent, CHANGE_LIMIT, DEVICE, FAST_POLL, Fakes, METRICS_PORT, NET, POLL, PROGRAM_LIMIT, SETTLE,
-    SWITCH_IP, UNDERLAY_LEN, config, host_ip, mib, poll_until,
+    SWITCH_IP, UNDERLAY_LEN, config, host_ip, mib, poll_until, segment,
 };
 use crate::cleanup::Scratch;
 use crate::kernel::{Kernel, Peer, Want, format_mac};
@@ -156,14 +156,7 @@ struct Site {
 impl Site {
     fn new() -> Result<Site, String> {
         let dir = Scratch::new("k")?;
-        let mut net = Underlay::new("k");
-        net.switch.ip(&[
-            "addr",
-            "add",
-            &format!("{SWITCH_IP}/{UNDERLAY_LEN}"),
-            "dev",
-            "br0",
-        ]);
+        let mut net = segment("k");
         let host = net.add_host("kn", &[&format!("{}/{UNDERLAY_LEN}", host_ip(0))]);
         let policy = dir.path().join("audit-policy.yaml");
         std::fs::write(&policy, audit_policy()).map_err(|e| format!("audit policy: {e}"))?;

@@ -373,9 +373,8 @@ impl Fakes {
     }
 }
 
-/// The underlay with etcd on it and the network config written.
-pub(crate) fn underlay(tag: &str) -> Result<(Underlay, Etcd, Gateway, Scratch), String> {
-    let dir = Scratch::new(tag)?;
+/// The underlay segment, the switch holding [`SWITCH_IP`] on it.
+pub(crate) fn segment(tag: &str) -> Underlay {
     let net = Underlay::new(tag);
     net.switch.ip(&[
         "addr",
@@ -384,6 +383,13 @@ pub(crate) fn underlay(tag: &str) -> Result<(Underlay, Etcd, Gateway, Scratch), 
         "dev",
         "br0",
     ]);
+    net
+}
+
+/// The underlay with etcd on it and the network config written.
+pub(crate) fn underlay(tag: &str) -> Result<(Underlay, Etcd, Gateway, Scratch), String> {
+    let dir = Scratch::new(tag)?;
+    let net = segment(tag);
     let etcd = crate::etcd::start(&net.switch, &SWITCH_IP.to_string(), dir.path())?;
     let mut gw = crate::etcd::client(&etcd)?;
     gw.put(&format!("{PREFIX}/config"), &config().to_string(), 0)?;

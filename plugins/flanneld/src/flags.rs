@@ -140,6 +140,45 @@ const FLAGS: &[&str] = &[
     "healthz-port",
 ];
 
+/// The flags of a command line in order, each with its value
+/// (`--flag value`, `--flag=value`, `-flag` as `--flag`; a flag `is_bool`
+/// says takes no value is "true" alone); `None` when help was asked.
+/// `see` names where the usage is, for the errors.
+pub fn command_line(
+    args: &[String],
+    known: impl Fn(&str) -> bool,
+    is_bool: impl Fn(&str) -> bool,
+    see: &str,
+) -> Result<Option<Vec<(String, String)>>, String> {
+    let mut out = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            return Err(format!("unexpected argument {arg:?} (see {see})"));
+        };
+        let (flag, inline) = match body.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (body, None),
+        };
+        if flag == "help" || flag == "h" {
+            return Ok(None);
+        }
+        if !known(flag) {
+            return Err(format!("unknown flag --{flag} (see {see})"));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None if is_bool(flag) => "true".to_string(),
+            None => rest
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("flag --{flag} needs a value"))?,
+        };
+        out.push((flag.to_string(), value));
+    }
+    Ok(Some(out))
+}
+
 fn bool_value(flag: &str, v: &str) -> Result<bool, String> {
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
@@ -248,37 +287,15 @@ impl Options {
     /// given from `env` (`FLANNELD_*`).
     pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
         let mut opts = Options::default();
+        let known = |f: &str| FLAGS.contains(&f) || BOOLS.contains(&f) || CLI_ONLY.contains(&f);
+        let Some(flags) = command_line(args, known, |f| BOOLS.contains(&f), "--help")? else {
+            opts.help = true;
+            return Ok(opts);
+        };
         let mut given: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < args.len() {
-            let arg = &args[i];
-            let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-                return Err(format!("unexpected argument {arg:?}"));
-            };
-            let (flag, inline) = match body.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_string())),
-                None => (body, None),
-            };
-            if flag == "help" || flag == "h" {
-                opts.help = true;
-                return Ok(opts);
-            }
-            if !FLAGS.contains(&flag) && !BOOLS.contains(&flag) && !CLI_ONLY.contains(&flag) {
-                return Err(format!("unknown flag --{flag} (see --help)"));
-            }
-            let value = match inline {
-                Some(v) => v,
-                None if BOOLS.contains(&flag) => "true".to_string(),
-                None => {
-                    i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| format!("flag --{flag} needs a value"))?
-                }
-            };
-            opts.set(flag, &value)?;
-            given.push(flag.to_string());
-            i += 1;
+        for (flag, value) in flags {
+            opts.set(&flag, &value)?;
+            given.push(flag);
         }
         for flag in FLAGS {
             if given.iter().any(|g| g == *flag) {

@@ -119,36 +119,18 @@ impl Options {
     /// `--flag=value`, `-flag` as flanneld's own).
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut opts = Options::default();
-        let mut i = 0;
-        while i < args.len() {
-            let arg = &args[i];
-            let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-                return Err(format!(
-                    "unexpected argument {arg:?} (see install-cni --help)"
-                ));
-            };
-            let (flag, value) = match body.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_string())),
-                None => (body, None),
-            };
-            if flag == "help" || flag == "h" {
-                opts.help = true;
-                return Ok(opts);
-            }
-            if !FLAGS.contains(&flag) {
-                return Err(format!("unknown flag --{flag} (see install-cni --help)"));
-            }
-            let value = match value {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| format!("flag --{flag} needs a value"))?
-                }
-            };
-            opts.set(flag, &value)?;
-            i += 1;
+        let flags = crate::flags::command_line(
+            args,
+            |f| FLAGS.contains(&f),
+            |_| false,
+            "install-cni --help",
+        )?;
+        let Some(flags) = flags else {
+            opts.help = true;
+            return Ok(opts);
+        };
+        for (flag, value) in flags {
+            opts.set(&flag, &value)?;
         }
         Ok(opts)
     }

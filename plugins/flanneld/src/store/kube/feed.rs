@@ -120,11 +120,9 @@ async fn within<T>(
     what: &str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, End> {
-    match tokio::time::timeout(CALL_WAIT, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(End::Unreachable(format!("{what}: {}", describe(&e)))),
-        Err(_) => Err(End::Unreachable(format!("{what}: no answer in time"))),
-    }
+    super::answered(CALL_WAIT, what, call)
+        .await
+        .map_err(End::Unreachable)
 }
 
 impl Feed {

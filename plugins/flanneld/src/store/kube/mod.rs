@@ -67,15 +67,26 @@ fn kube_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Invalid(format!("kubernetes API: {what}: {e}"))
 }
 
+/// `call` within `wait`; what failed worded `<what>: <why>`.
+async fn answered<T>(
+    wait: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, call).await {
+        Ok(r) => r.map_err(|e| format!("{what}: {}", connect::describe(&e))),
+        Err(_) => Err(format!("{what}: no answer in time")),
+    }
+}
+
 /// `call` within [`CALL_WAIT`].
 async fn within<T>(
     what: &str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_WAIT, call).await {
-        Ok(r) => r.map_err(|e| kube_err(what, connect::describe(&e))),
-        Err(_) => Err(kube_err(what, "no answer in time")),
-    }
+    answered(CALL_WAIT, what, call)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("kubernetes API: {e}")))
 }
 
 fn families(config: &NetConfig) -> Families {
@@ -195,16 +206,15 @@ impl KubeStore {
             return Ok(());
         }
         let patch = json!({"metadata": {"annotations": changes}});
-        let what = format!("cannot annotate node {}", self.name);
-        self.rt.block_on(within(
-            &what,
-            self.nodes.patch_status(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            ),
-        ))?;
-        Ok(())
+        self.patch_status(&format!("cannot annotate node {}", self.name), patch)
+    }
+
+    /// A strategic merge patch of this node's Node through the status
+    /// subresource (all upstream's RBAC allows).
+    fn patch_status(&self, what: &str, patch: serde_json::Value) -> Result<(), StoreError> {
+        let (pp, patch) = (PatchParams::default(), Patch::Strategic(patch));
+        let call = self.nodes.patch_status(&self.name, &pp, &patch);
+        self.rt.block_on(within(what, call)).map(drop)
     }
 }
 
@@ -287,15 +297,7 @@ impl Store for KubeStore {
             "cannot set node {}'s NetworkUnavailable condition",
             self.name
         );
-        self.rt.block_on(within(
-            &what,
-            self.nodes.patch_status(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            ),
-        ))?;
-        Ok(())
+        self.patch_status(&what, patch)
     }
 
     fn feed(&mut self, sink: Sink, relist: Duration) -> Result<(), StoreError> {
