@@ -1,26 +1,40 @@
 //! flanneld's data planes against the same paths built by hand, in one run:
 //! pod-to-pod TCP throughput (iperf3) across two simulated hosts over our
 //! vxlan and host-gw, beside a hand-built kernel vxlan and hand-built
-//! routes; plus how long after a new host's lease appears every other host
-//! reaches its pods (10 hosts, p50/p99).
+//! routes; our wireguard beside Debian's wireguard-go set up with `wg`;
+//! plus how long after a new host's lease appears every other host reaches
+//! its pods (10 hosts, p50/p99).
 //!
 //! Rows: flanneld's udp backend with offloads on and off
-//! (`--udp-offload=false`), our vxlan and host-gw, and the two paths by
-//! hand, each on a fresh pair of hosts per round; columns, pod to pod: TCP
-//! 1 and 4 streams (Gbit/s), 64-byte UDP datagrams/s received, machine-wide
-//! busy CPU seconds per GB for each, and TCP relative to hand-built vxlan.
+//! (`--udp-offload=false`), our wireguard, Debian's wireguard-go
+//! (0.0.20220316, no TUN offloads) configured by hand, our vxlan and
+//! host-gw, and the two kernel paths by hand, each on a fresh pair of hosts
+//! per round; columns, pod to pod: TCP 1 and 4 streams (Gbit/s), 64-byte
+//! UDP datagrams/s received, machine-wide busy CPU seconds per GB for each,
+//! and each relative to hand-built vxlan (the ceiling).
+//!
+//!     bench-flanneld BIN_DIR [--only ROW,...]
+//!
+//! `--only` runs just the rows named (keys: see [`PATHS`]; `propagation`
+//! for the 10-host test), e.g. `--only wireguard,wireguard-go,udp,vxlan-hand`;
+//! without it every row and the propagation test run.
 
 #![allow(clippy::print_stdout)] // the figures are this program's output
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark set-up step that fails ends the run
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bench::cleanup::Scratch;
 use bench::process::machine_busy_seconds;
 use bench::stats::{self, percentile};
 use conformance::util::addresses;
-use conformance::{Daemon, Invocation, TestNetns, Underlay, wait_for};
+use conformance::{Daemon, DaemonOptions, Invocation, TestNetns, Underlay, wait_for};
 use serde_json::{Value, json};
 
 struct Host {
@@ -71,7 +85,9 @@ impl Net {
         }
     }
 
-    fn start_agent(&mut self, h: usize, config: &Value, extra: &[&str]) {
+    /// Starts host `h`'s flanneld and waits for its subnet.env; on failure,
+    /// says why with the end of the agent's log.
+    fn start_agent(&mut self, h: usize, config: &Value, extra: &[&str]) -> Result<(), String> {
         let store = self.dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         std::fs::write(store.join("config"), config.to_string()).unwrap();
@@ -88,14 +104,28 @@ impl Net {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        host.agent = Some(Daemon::start(
+        // The simulated hosts share one filesystem: each agent its own
+        // wireguard key (the other backends never read it).
+        let key = host.dir.join("wgkey");
+        let agent = host.agent.insert(Daemon::start_with_env(
             &bins().join("flanneld"),
             &args,
             &host.ns,
             &host.dir.join("log"),
+            &[("WIREGUARD_KEY_FILE", key.to_str().unwrap())],
         ));
         let env = host.dir.join("subnet.env");
-        assert!(wait_for(Duration::from_secs(10), || env.exists()));
+        if wait_for(Duration::from_secs(10), || env.exists()) {
+            return Ok(());
+        }
+        let log = agent.log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!(
+            "host {h}'s flanneld wrote no subnet.env within 10 s (still running: {}); the end of its log:\n{}",
+            agent.alive(),
+            tail.join("\n")
+        ))
     }
 
     /// Wires the host's pod through our CNI chain; returns its address.
@@ -229,8 +259,19 @@ impl Row {
 }
 
 /// Everything measured pod to pod, client in host 0's pod, server in host
-/// 1's pod at `server`.
+/// 1's pod at `server`; nothing (and a note) when no ping crosses.
 fn measure(net: &Net, server: &str) -> Row {
+    let crosses = wait_for(Duration::from_secs(10), || {
+        net.hosts[0]
+            .pod
+            .exec("ping", &["-c1", "-W1", server])
+            .status
+            .success()
+    });
+    if !crosses {
+        eprintln!("host 0's pod never reached {server}: no figures for this path");
+        return Row::NONE;
+    }
     let (tcp1, tcp1_cpu) = tcp(net, server, "1");
     let (tcp4, tcp4_cpu) = tcp(net, server, "4");
     let (udp_pps, udp_cpu) = udp64(net, server);
@@ -258,8 +299,12 @@ fn write_env(net: &Net, h: usize, mtu: u32) {
 fn ours(backend: &str, extra: &[&str]) -> Row {
     let mut net = Net::new(2);
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}});
-    net.start_agent(0, &config, extra);
-    net.start_agent(1, &config, extra);
+    for h in 0..2 {
+        if let Err(e) = net.start_agent(h, &config, extra) {
+            eprintln!("{backend}: {e}\nno figures for this path");
+            return Row::NONE;
+        }
+    }
     net.add_pod(0);
     let b = net.add_pod(1);
     measure(&net, &b)
@@ -351,17 +396,219 @@ fn by_hand(vxlan: bool) -> Row {
     measure(&net, &b)
 }
 
+/// Runs `program args` (on the machine: `wg genkey`/`pubkey` need no
+/// namespace) with `input` on its stdin; its stdout, trimmed.
+fn output_of(program: &str, args: &[&str], input: &str) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("{program}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The directory where wireguard-go puts its UAPI sockets (`IFNAME.sock`),
+/// on the one filesystem all simulated hosts share.
+const WG_SOCKETS: &str = "/var/run/wireguard";
+
+/// The UAPI sockets of the wireguard-go processes running now, for the
+/// panic hook to remove (a release build aborts without any `Drop`).
+static WG_SOCKETS_LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Chains onto the panic hook (after the sweep, which kills what runs in
+/// our namespaces): removes the sockets of [`WG_SOCKETS_LIVE`].
+fn install_socket_sweep() {
+    let sweep = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        sweep(info);
+        // Not waiting: the panicking thread may hold the lock.
+        let live = match WG_SOCKETS_LIVE.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for s in live.iter() {
+            let _ = std::fs::remove_file(s);
+        }
+    }));
+}
+
+/// One host's wireguard-go: stopped, and its UAPI socket removed, on drop.
+struct WgGo {
+    daemon: Daemon,
+    socket: PathBuf,
+}
+
+impl WgGo {
+    fn new(daemon: Daemon, socket: PathBuf) -> WgGo {
+        WG_SOCKETS_LIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(socket.clone());
+        WgGo { daemon, socket }
+    }
+}
+
+impl Drop for WgGo {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        let _ = std::fs::remove_file(&self.socket);
+        WG_SOCKETS_LIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| *s != self.socket);
+    }
+}
+
+/// A device name no other run uses: wireguard-go's sockets are named by it
+/// in one directory for every namespace. At most 15 bytes (IFNAMSIZ).
+fn wg_ifname(h: usize) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+    format!("wg{}r{n}h{h}", std::process::id() % 10_000_000)
+}
+
+/// Debian's wireguard-go (0.0.20220316: userspace, no TUN offloads) on
+/// each host, configured by hand with `wg` and `ip` as flanneld would: a
+/// peer per other host whose allowed IPs are its pod subnet, MTU 80 below
+/// the underlay's, the peer's subnet routed into the device. Nothing (and
+/// a note) when wireguard-go or `wg` is missing or fails.
+fn wireguard_go() -> Row {
+    match wireguard_go_path() {
+        Ok(row) => row,
+        Err(e) => {
+            eprintln!("wireguard-go (Debian): {e}\nno figures for this path");
+            Row::NONE
+        }
+    }
+}
+
+fn wireguard_go_path() -> Result<Row, String> {
+    const PORT: &str = "51820";
+    let net = Net::new(2);
+    for h in 0..2 {
+        write_env(&net, h, 1420);
+    }
+    net.add_pod(0);
+    let b = net.add_pod(1);
+    let mut keys = Vec::new();
+    for h in 0..2 {
+        let private = output_of("wg", &["genkey"], "")?;
+        let public = output_of("wg", &["pubkey"], &private)?;
+        let file = net.hosts[h].dir.join("wg-go.key");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(format!("{private}\n").as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        keys.push((file, public));
+    }
+    let mut devices = Vec::new();
+    for h in 0..2 {
+        let host = &net.hosts[h];
+        let ifname = wg_ifname(h);
+        let socket = Path::new(WG_SOCKETS).join(format!("{ifname}.sock"));
+        let opts = DaemonOptions {
+            env: vec![("WG_PROCESS_FOREGROUND".into(), "1".into())],
+            die_with_parent: true,
+        };
+        let daemon = Daemon::try_start(
+            Path::new("/usr/bin/wireguard-go"),
+            &["-f".to_string(), ifname.clone()],
+            &host.ns,
+            &host.dir.join("wireguard-go.log"),
+            &opts,
+        )?;
+        let mut dev = WgGo::new(daemon, socket);
+        if !wait_for(Duration::from_secs(10), || dev.socket.exists()) {
+            return Err(format!(
+                "wireguard-go -f {ifname} made no {} within 10 s (running: {}): {}",
+                dev.socket.display(),
+                dev.daemon.alive(),
+                dev.daemon.log().trim()
+            ));
+        }
+        devices.push((ifname, dev));
+    }
+    for (h, other) in [(0usize, 1usize), (1, 0)] {
+        let ns = &net.hosts[h].ns;
+        let ifname = &devices[h].0;
+        let peer_subnet = format!("10.245.{}.0/24", other + 1);
+        let endpoint = format!("{}:{PORT}", net.hosts[other].ip);
+        let out = ns.exec(
+            "wg",
+            &[
+                "set",
+                ifname,
+                "private-key",
+                keys[h].0.to_str().unwrap(),
+                "listen-port",
+                PORT,
+                "peer",
+                &keys[other].1,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &peer_subnet,
+            ],
+        );
+        if !out.status.success() {
+            return Err(format!(
+                "wg set {ifname} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.245.{}.0/32", h + 1),
+            "dev",
+            ifname,
+        ]);
+        ns.ip(&["link", "set", ifname, "mtu", "1420", "up"]);
+        ns.ip(&["route", "add", &peer_subnet, "dev", ifname]);
+    }
+    let row = measure(&net, &b);
+    // The devices (and their sockets) before the hosts they live in.
+    drop(devices);
+    Ok(row)
+}
+
 /// Times from a new host's agent start until every other host's pod
 /// reaches the new host's pod.
 fn propagation(hosts: usize) -> Vec<Duration> {
     let mut net = Net::new(hosts);
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}});
     for h in 0..hosts - 1 {
-        net.start_agent(h, &config, &[]);
+        net.start_agent(h, &config, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
         net.add_pod(h);
     }
     let start = Instant::now();
-    net.start_agent(hosts - 1, &config, &[]);
+    net.start_agent(hosts - 1, &config, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     let target = net.add_pod(hosts - 1);
     let net = &net;
     let target = &target;
@@ -392,25 +639,205 @@ enum Build {
     Ours(&'static str, &'static [&'static str]),
     /// Kernel vxlan (`true`) or plain routes (`false`), set up with `ip`.
     ByHand(bool),
+    /// Debian's wireguard-go, set up with `wg` and `ip`.
+    WireguardGo,
 }
 
-const PATHS: [(&str, Build); 6] = [
-    ("udp (offload)", Build::Ours("udp", &[])),
-    (
-        "udp (no offload)",
-        Build::Ours("udp", &["--udp-offload=false"]),
-    ),
-    ("vxlan (ours)", Build::Ours("vxlan", &[])),
-    ("vxlan (by hand)", Build::ByHand(true)),
-    ("host-gw (ours)", Build::Ours("host-gw", &[])),
-    ("host-gw (by hand)", Build::ByHand(false)),
+/// One row of the tables: its key for `--only`, its name, its path.
+#[derive(Debug)]
+struct PathSpec {
+    key: &'static str,
+    name: &'static str,
+    build: Build,
+}
+
+const PATHS: [PathSpec; 8] = [
+    PathSpec {
+        key: "udp",
+        name: "udp (offload)",
+        build: Build::Ours("udp", &[]),
+    },
+    PathSpec {
+        key: "udp-no-offload",
+        name: "udp (no offload)",
+        build: Build::Ours("udp", &["--udp-offload=false"]),
+    },
+    PathSpec {
+        key: "wireguard",
+        name: "wireguard (ours)",
+        build: Build::Ours("wireguard", &[]),
+    },
+    PathSpec {
+        key: "wireguard-go",
+        name: "wireguard-go (Debian)",
+        build: Build::WireguardGo,
+    },
+    PathSpec {
+        key: "vxlan",
+        name: "vxlan (ours)",
+        build: Build::Ours("vxlan", &[]),
+    },
+    PathSpec {
+        key: "vxlan-hand",
+        name: "vxlan (by hand)",
+        build: Build::ByHand(true),
+    },
+    PathSpec {
+        key: "host-gw",
+        name: "host-gw (ours)",
+        build: Build::Ours("host-gw", &[]),
+    },
+    PathSpec {
+        key: "host-gw-hand",
+        name: "host-gw (by hand)",
+        build: Build::ByHand(false),
+    },
 ];
-// Rows of PATHS the targets compare.
-const UDP_OFFLOAD: usize = 0;
-const VXLAN_OURS: usize = 2;
-const VXLAN_HAND: usize = 3;
-const HOSTGW_OURS: usize = 4;
-const HOSTGW_HAND: usize = 5;
+/// The `--only` key of the 10-host propagation test.
+const PROPAGATION: &str = "propagation";
+
+fn usage() -> String {
+    let keys: Vec<&str> = PATHS.iter().map(|p| p.key).collect();
+    format!(
+        "usage: bench-flanneld BIN_DIR [--only ROW,...]\n  rows: {}, {PROPAGATION} (default: all)",
+        keys.join(", ")
+    )
+}
+
+/// What to run: the rows (in table order) and whether the propagation test.
+fn parse_args() -> Result<(Vec<&'static PathSpec>, bool), String> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None | Some("-h" | "--help") => return Err(usage()),
+        Some(_) => {} // the binaries' directory: see bins()
+    }
+    let mut only: Option<Vec<String>> = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--only" => {
+                let list = args.next().ok_or_else(usage)?;
+                only = Some(list.split(',').map(|k| k.trim().to_string()).collect());
+            }
+            _ => return Err(format!("unknown argument {a}\n{}", usage())),
+        }
+    }
+    let Some(only) = only else {
+        return Ok((PATHS.iter().collect(), true));
+    };
+    for k in &only {
+        if k != PROPAGATION && !PATHS.iter().any(|p| p.key == k) {
+            return Err(format!("unknown row {k}\n{}", usage()));
+        }
+    }
+    let rows = PATHS
+        .iter()
+        .filter(|p| only.iter().any(|k| k == p.key))
+        .collect();
+    Ok((rows, only.iter().any(|k| k == PROPAGATION)))
+}
+
+/// One round's figures (or the bests), row by row beside the paths run.
+struct Table<'a> {
+    paths: &'a [&'static PathSpec],
+    rows: Vec<Row>,
+}
+
+impl Table<'_> {
+    /// The row `key`, when it was run.
+    fn get(&self, key: &str) -> Option<Row> {
+        self.paths
+            .iter()
+            .position(|p| p.key == key)
+            .map(|i| self.rows[i])
+    }
+
+    fn name(key: &str) -> &'static str {
+        PATHS.iter().find(|p| p.key == key).map_or("?", |p| p.name)
+    }
+
+    /// A row per path, ratios against `vxlan (by hand)`'s row ("-" when
+    /// that was not run).
+    fn print(&self, title: &str) {
+        let hand = self.get("vxlan-hand").unwrap_or(Row::NONE);
+        println!("{title}");
+        println!(
+            "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
+            "path",
+            "TCP x1",
+            "CPU s/GB",
+            "TCP x4",
+            "CPU s/GB",
+            "UDP64 pps",
+            "CPU s/GB",
+            "x1/hand",
+            "x4/hand",
+            "pps/hand"
+        );
+        for (p, r) in self.paths.iter().zip(&self.rows) {
+            println!(
+                "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
+                p.name,
+                cell(r.tcp1, 2),
+                cell(r.tcp1_cpu, 1),
+                cell(r.tcp4, 2),
+                cell(r.tcp4_cpu, 1),
+                cell(r.udp_pps, 0),
+                cell(r.udp_cpu, 1),
+                cell(r.tcp1 / hand.tcp1, 3),
+                cell(r.tcp4 / hand.tcp4, 3),
+                cell(r.udp_pps / hand.udp_pps, 3),
+            );
+        }
+    }
+
+    /// `ours`'s TCP (1 and 4 streams) against `base`'s, as a target of
+    /// `target` times, when both rows were run.
+    fn target(&self, ours: &str, base: &str, target: f64, streams: &[usize]) {
+        let (Some(o), Some(b)) = (self.get(ours), self.get(base)) else {
+            return;
+        };
+        for &s in streams {
+            let (x, y) = if s == 1 {
+                (o.tcp1, b.tcp1)
+            } else {
+                (o.tcp4, b.tcp4)
+            };
+            println!(
+                "  target: {} TCP {s} stream{} >= {target}x {}: {} (ratio {}: {}/{} Gbit/s)",
+                Self::name(ours),
+                if s == 1 { "" } else { "s" },
+                Self::name(base),
+                met(x / y, target),
+                cell(x / y, 3),
+                cell(x, 2),
+                cell(y, 2),
+            );
+        }
+    }
+
+    /// Every target whose rows were run, and wireguard against the ceiling.
+    fn print_targets(&self) {
+        self.target("vxlan", "vxlan-hand", 0.95, &[1]);
+        self.target("host-gw", "host-gw-hand", 0.95, &[1]);
+        self.target("udp", "vxlan-hand", 0.5, &[1]);
+        self.target("wireguard", "wireguard-go", 4.0, &[1, 4]);
+        self.target("wireguard", "udp", 0.5, &[1, 4]);
+        if let (Some(o), Some(h)) = (self.get("wireguard"), self.get("vxlan-hand")) {
+            println!(
+                "  wireguard (ours) / vxlan (by hand), no target: TCP 1 stream {}, 4 streams {}, UDP64 pps {}",
+                cell(o.tcp1 / h.tcp1, 3),
+                cell(o.tcp4 / h.tcp4, 3),
+                cell(o.udp_pps / h.udp_pps, 3),
+            );
+        }
+        if let (Some(o), Some(g)) = (self.get("wireguard"), self.get("wireguard-go")) {
+            println!(
+                "  wireguard (ours) / wireguard-go (Debian), UDP64 pps: {}",
+                cell(o.udp_pps / g.udp_pps, 3),
+            );
+        }
+    }
+}
 
 /// A figure, or "-" when its test failed.
 fn cell(v: f64, decimals: usize) -> String {
@@ -421,41 +848,14 @@ fn cell(v: f64, decimals: usize) -> String {
     }
 }
 
-/// One table: a row per path, ratios against `vxlan (by hand)`'s row.
-fn print_table(title: &str, rows: &[Row]) {
-    let hand = rows[VXLAN_HAND];
-    println!("{title}");
-    println!(
-        "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
-        "path",
-        "TCP x1",
-        "CPU s/GB",
-        "TCP x4",
-        "CPU s/GB",
-        "UDP64 pps",
-        "CPU s/GB",
-        "x1/hand",
-        "x4/hand",
-        "pps/hand"
-    );
-    for ((name, _), r) in PATHS.iter().zip(rows) {
-        println!(
-            "  {name:<18} {:>8} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8}",
-            cell(r.tcp1, 2),
-            cell(r.tcp1_cpu, 1),
-            cell(r.tcp4, 2),
-            cell(r.tcp4_cpu, 1),
-            cell(r.udp_pps, 0),
-            cell(r.udp_cpu, 1),
-            cell(r.tcp1 / hand.tcp1, 3),
-            cell(r.tcp4 / hand.tcp4, 3),
-            cell(r.udp_pps / hand.udp_pps, 3),
-        );
-    }
-}
-
 fn met(ratio: f64, target: f64) -> &'static str {
-    if ratio >= target { "MET" } else { "NOT MET" }
+    if !ratio.is_finite() {
+        "NOT MEASURED"
+    } else if ratio >= target {
+        "MET"
+    } else {
+        "NOT MET"
+    }
 }
 
 fn main() {
@@ -465,6 +865,14 @@ fn main() {
     // not started through `process::Proc`, so they would inherit the
     // signals it blocks.)
     bench::cleanup::install_panic_hook();
+    install_socket_sweep();
+    let (paths, propagate) = match parse_args() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
 
     println!(
         "pod to pod across two simulated hosts (client in host 0's pod, server in host 1's), iperf3:"
@@ -483,42 +891,43 @@ fn main() {
     println!(
         "  x1/hand, x4/hand, pps/hand: TCP throughput, UDP64 rate / vxlan (by hand)'s in the same round"
     );
-    let mut rounds: Vec<Vec<Row>> = Vec::new();
-    for round in 0..2 {
-        let rows: Vec<Row> = PATHS
+    if paths.iter().any(|p| matches!(p.build, Build::WireguardGo)) {
+        println!(
+            "  wireguard-go (Debian): wireguard-go -f with `wg set` by hand, MTU 1420, peer subnet routed into the device"
+        );
+    }
+    let mut rounds: Vec<Table> = Vec::new();
+    let round_count = if paths.is_empty() { 0 } else { 2 };
+    for round in 0..round_count {
+        let rows: Vec<Row> = paths
             .iter()
-            .map(|(_, build)| match *build {
+            .map(|p| match p.build {
                 Build::Ours(backend, extra) => ours(backend, extra),
                 Build::ByHand(vxlan) => by_hand(vxlan),
+                Build::WireguardGo => wireguard_go(),
             })
             .collect();
-        print_table(&format!("round {round}:"), &rows);
-        rounds.push(rows);
+        let table = Table {
+            paths: &paths,
+            rows,
+        };
+        table.print(&format!("round {round}:"));
+        table.print_targets();
+        rounds.push(table);
     }
-    let best: Vec<Row> = (0..PATHS.len())
-        .map(|p| rounds.iter().fold(Row::NONE, |b, r| b.best(r[p])))
-        .collect();
-    print_table(
-        "best of rounds (each figure on its own; ratios of the bests):",
-        &best,
-    );
-    let (vo, vh) = (best[VXLAN_OURS].tcp1, best[VXLAN_HAND].tcp1);
-    let (go, gh) = (best[HOSTGW_OURS].tcp1, best[HOSTGW_HAND].tcp1);
-    println!(
-        "best of rounds: vxlan ours/hand {:.3} ({vo:.2}/{vh:.2}), host-gw ours/hand {:.3} ({go:.2}/{gh:.2})",
-        vo / vh,
-        go / gh
-    );
-    println!(
-        "target >= 0.95: vxlan {}, host-gw {}",
-        met(vo / vh, 0.95),
-        met(go / gh, 0.95)
-    );
-    let udp = best[UDP_OFFLOAD].tcp1 / vh;
-    println!(
-        "target: udp (offload) TCP >= 0.5 of hand-built VXLAN: {} (ratio {udp:.3})",
-        met(udp, 0.5)
-    );
+    if round_count > 0 {
+        let best = Table {
+            paths: &paths,
+            rows: (0..paths.len())
+                .map(|p| rounds.iter().fold(Row::NONE, |b, r| b.best(r.rows[p])))
+                .collect(),
+        };
+        best.print("best of rounds (each figure on its own; ratios of the bests):");
+        best.print_targets();
+    }
+    if !propagate {
+        return;
+    }
     let times: Vec<f64> = propagation(10).into_iter().map(stats::ms).collect();
     let pct = |p: f64| percentile(&times, p).expect("no propagation times");
     println!(
