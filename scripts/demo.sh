@@ -7,9 +7,10 @@
 # host's subnet, each pod's address and a pod-to-pod reachability matrix.
 # Then it removes everything it made, also on failure. Run as root.
 #
-#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw|udp] [--etcd]
+#   scripts/demo.sh [--hosts N] [--backend vxlan|host-gw|udp|wireguard] [--etcd]
 # --etcd runs Debian's etcd-server on the underlay (in the switch namespace)
-# and the agents use it instead of the embedded store.
+# and the agents use it instead of the embedded store. wireguard encrypts
+# pod traffic in userspace; each host keeps its key in its own work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -22,11 +23,11 @@ while [ $# -gt 0 ]; do
     --hosts) HOSTS=$2; shift 2 ;;
     --backend) BACKEND=$2; shift 2 ;;
     --etcd) ETCD=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-case "$BACKEND" in vxlan|host-gw|udp) ;; *) die "unknown backend $BACKEND (vxlan, host-gw or udp)" ;; esac
+case "$BACKEND" in vxlan|host-gw|udp|wireguard) ;; *) die "unknown backend $BACKEND (vxlan, host-gw, udp or wireguard)" ;; esac
 [[ "$HOSTS" =~ ^[0-9]+$ ]] && [ "$HOSTS" -ge 2 ] && [ "$HOSTS" -le 20 ] || die "--hosts must be between 2 and 20"
 
 need_root
@@ -86,8 +87,10 @@ if [ -n "$ETCD" ]; then
   STORE=(--etcd-endpoints $EP)
 fi
 step "starting flanneld on every host (backend $BACKEND, store: ${STORE[*]})"
+# The simulated hosts share one filesystem: each agent gets its own
+# wireguard key file (the other backends never read it).
 for h in $(seq 0 $((HOSTS - 1))); do
-  ip netns exec "$(host "$h")" "$BIN/flanneld" "${STORE[@]}" --iface eth0 \
+  ip netns exec "$(host "$h")" env WIREGUARD_KEY_FILE="$WORK/h$h/wgkey" "$BIN/flanneld" "${STORE[@]}" --iface eth0 \
     --subnet-file "$WORK/h$h/subnet.env" 2>"$WORK/h$h/flanneld.log" &
   AGENTS+=($!)
 done
@@ -147,6 +150,7 @@ fi
 step "what host h0 programmed"
 ip -n "$(host 0)" route | grep -v "^192.168.77" || true
 [ "$BACKEND" = vxlan ] && ip -n "$(host 0)" -d link show "flannel.1" | head -3 || true
+[ "$BACKEND" = wireguard ] && ip -n "$(host 0)" -d link show "flannel-wg" | head -3 || true
 [ $ok -eq $total ] || die "some pods could not reach each other"
 echo
 echo "demo finished; agents, namespaces and files are removed on exit"
