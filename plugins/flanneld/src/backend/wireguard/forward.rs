@@ -714,6 +714,12 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
             let snap = table.snapshot();
             for peer in &snap.peers {
                 let mut tunn = peer.session.tunn();
+                if peer.session.greet.swap(false, Ordering::Relaxed)
+                    && let TunnResult::WriteToNetwork(p) =
+                        tunn.format_handshake_initiation(&mut buf, false)
+                {
+                    send_one(socks, peer.endpoint, p, ctx);
+                }
                 if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut buf) {
                     send_one(socks, peer.endpoint, p, ctx);
                 }
