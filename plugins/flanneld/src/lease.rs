@@ -73,15 +73,36 @@ pub struct LeaseAttrs {
     #[serde(
         rename = "BackendData",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "in_upstream_order"
     )]
     pub backend_data: Option<Value>,
     #[serde(
         rename = "BackendV6Data",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "in_upstream_order"
     )]
     pub backend_v6_data: Option<Value>,
+}
+
+/// Backend data's fields in the order upstream's Go structs declare them
+/// (`{"PublicKey":..,"Port":..}` for wireguard, where sorted keys would
+/// put Port first), any others after them, sorted.
+fn in_upstream_order<S: serde::Serializer>(v: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    const ORDER: [&str; 4] = ["VNI", "VtepMAC", "PublicKey", "Port"];
+    let Some(Value::Object(map)) = v else {
+        return v.serialize(s);
+    };
+    let rank = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.len());
+    let mut fields: Vec<(&String, &Value)> = map.iter().collect();
+    fields.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(a.0.cmp(b.0)));
+    let mut m = s.serialize_map(Some(fields.len()))?;
+    for (k, v) in fields {
+        m.serialize_entry(k, v)?;
+    }
+    m.end()
 }
 
 fn ipv4_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {

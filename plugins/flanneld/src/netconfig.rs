@@ -12,6 +12,7 @@ pub enum BackendType {
     Vxlan,
     HostGw,
     Udp,
+    Wireguard,
 }
 
 impl BackendType {
@@ -20,6 +21,7 @@ impl BackendType {
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
             BackendType::Udp => "udp",
+            BackendType::Wireguard => "wireguard",
         }
     }
 }
@@ -34,6 +36,69 @@ pub struct Backend {
     pub direct_routing: bool,
     /// 0: the external interface's MTU.
     pub mtu: u32,
+    /// The wireguard backend's settings (defaults for the others).
+    pub wg: Wireguard,
+}
+
+/// Which underlay carries which inner family (upstream's `Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WgMode {
+    /// A device per family, each over its own underlay family.
+    #[default]
+    Separate,
+    /// One device; each peer over IPv6 when both ends have a public
+    /// (non-private) IPv6 address and it has no public IPv4, else IPv4.
+    Auto,
+    Ipv4,
+    Ipv6,
+}
+
+impl WgMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WgMode::Separate => "separate",
+            WgMode::Auto => "auto",
+            WgMode::Ipv4 => "ipv4",
+            WgMode::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// `Backend` of a wireguard network, upstream's names and defaults.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wireguard {
+    pub listen_port: u16,
+    pub listen_port_v6: u16,
+    /// `PSK`, decoded.
+    pub psk: Option<[u8; 32]>,
+    /// `PersistentKeepaliveInterval`, seconds; 0: none.
+    pub keepalive: u16,
+    pub mode: WgMode,
+}
+
+impl Default for Wireguard {
+    fn default() -> Wireguard {
+        Wireguard {
+            listen_port: 51820,
+            listen_port_v6: 51821,
+            psk: None,
+            keepalive: 0,
+            mode: WgMode::Separate,
+        }
+    }
+}
+
+// The PSK is a secret: never in a log line or a panic message.
+impl std::fmt::Debug for Wireguard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wireguard")
+            .field("listen_port", &self.listen_port)
+            .field("listen_port_v6", &self.listen_port_v6)
+            .field("psk", &self.psk.map(|_| "(set)"))
+            .field("keepalive", &self.keepalive)
+            .field("mode", &self.mode)
+            .finish()
+    }
 }
 
 /// One family's cut: the network and the node subnets inside it.
@@ -223,9 +288,10 @@ fn backend(raw: Option<&Value>) -> Result<Backend, String> {
         Some(Ok("vxlan")) => BackendType::Vxlan,
         Some(Ok("host-gw")) => BackendType::HostGw,
         Some(Ok("udp")) => BackendType::Udp,
+        Some(Ok("wireguard")) => BackendType::Wireguard,
         Some(Ok(other)) => {
             return Err(format!(
-                "Backend.Type: {other:?} is not supported (use vxlan, host-gw or udp)"
+                "Backend.Type: {other:?} is not supported (use vxlan, host-gw, udp or wireguard)"
             ));
         }
         Some(Err(e)) => return Err(e.into()),
@@ -256,12 +322,66 @@ fn backend(raw: Option<&Value>) -> Result<Backend, String> {
             .as_bool()
             .ok_or("Backend.DirectRouting: must be true or false")?,
     };
+    let wg = if kind == BackendType::Wireguard {
+        wireguard(obj, &num)?
+    } else {
+        Wireguard::default()
+    };
     Ok(Backend {
         kind,
         vni: u32::try_from(vni).unwrap_or(1),
         port: u16::try_from(port).unwrap_or(0),
         direct_routing,
         mtu: u32::try_from(mtu).unwrap_or(0),
+        wg,
+    })
+}
+
+/// A numeric field of `Backend`, checked against its maximum.
+type Num<'a> = dyn Fn(&str, u64) -> Result<Option<u64>, String> + 'a;
+
+fn wireguard(obj: &serde_json::Map<String, Value>, num: &Num<'_>) -> Result<Wireguard, String> {
+    let d = Wireguard::default();
+    // 0 is "unset" in upstream's Go struct, as for Port.
+    let port = |key: &str, default: u16| -> Result<u16, String> {
+        Ok(num(key, 65535)?
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(default))
+    };
+    let psk = match obj.get("PSK") {
+        None => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(
+            crate::backend::wireguard::key::decode(s)
+                .map_err(|e| format!("Backend.PSK: {e} (make one with `wg genpsk`)"))?,
+        ),
+        Some(_) => {
+            return Err("Backend.PSK: must be a string (base64, as `wg genpsk` prints)".into());
+        }
+    };
+    let mode = match obj.get("Mode") {
+        None => d.mode,
+        Some(v) => match v.as_str() {
+            Some("separate") | Some("") => WgMode::Separate,
+            Some("auto") => WgMode::Auto,
+            Some("ipv4") => WgMode::Ipv4,
+            Some("ipv6") => WgMode::Ipv6,
+            _ => {
+                return Err(format!(
+                    "Backend.Mode: {v} is not a mode (use separate, auto, ipv4 or ipv6)"
+                ));
+            }
+        },
+    };
+    Ok(Wireguard {
+        listen_port: port("ListenPort", d.listen_port)?,
+        listen_port_v6: port("ListenPortV6", d.listen_port_v6)?,
+        psk,
+        keepalive: num("PersistentKeepaliveInterval", 65535)?
+            .and_then(|k| u16::try_from(k).ok())
+            .unwrap_or(0),
+        mode,
     })
 }
 
@@ -359,6 +479,39 @@ pub fn describe_change(old: &NetConfig, new: &NetConfig) -> String {
             nb.direct_routing.to_string(),
         ),
         ("MTU", ob.mtu.to_string(), nb.mtu.to_string()),
+        (
+            "ListenPort",
+            ob.wg.listen_port.to_string(),
+            nb.wg.listen_port.to_string(),
+        ),
+        (
+            "ListenPortV6",
+            ob.wg.listen_port_v6.to_string(),
+            nb.wg.listen_port_v6.to_string(),
+        ),
+        (
+            "PersistentKeepaliveInterval",
+            ob.wg.keepalive.to_string(),
+            nb.wg.keepalive.to_string(),
+        ),
+        (
+            "Mode",
+            ob.wg.mode.as_str().to_string(),
+            nb.wg.mode.as_str().to_string(),
+        ),
+        // Said to differ, never shown.
+        (
+            "PSK",
+            if ob.wg.psk.is_some() { "set" } else { "unset" }.to_string(),
+            if ob.wg.psk == nb.wg.psk {
+                if ob.wg.psk.is_some() { "set" } else { "unset" }
+            } else if nb.wg.psk.is_some() {
+                "another"
+            } else {
+                "unset"
+            }
+            .to_string(),
+        ),
     ];
     let mut out: Vec<String> = fields
         .iter()

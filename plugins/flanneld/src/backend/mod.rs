@@ -7,6 +7,7 @@
 pub mod host_gw;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -34,13 +35,19 @@ pub enum PeerData {
         v4: Option<[u8; 6]>,
         v6: Option<[u8; 6]>,
     },
+    /// Its WireGuard key and port, one per family (`BackendData`,
+    /// `BackendV6Data`).
+    Wireguard {
+        v4: Option<wireguard::PeerKey>,
+        v6: Option<wireguard::PeerKey>,
+    },
 }
 
 impl PeerData {
     /// The link-layer addresses a peer claims (no two peers may share one).
     pub fn macs(&self) -> impl Iterator<Item = [u8; 6]> {
         let (a, b) = match *self {
-            PeerData::None => (None, None),
+            PeerData::None | PeerData::Wireguard { .. } => (None, None),
             PeerData::Vxlan { v4, v6 } => (v4, v6.filter(|m| Some(*m) != v4)),
         };
         a.into_iter().chain(b)
@@ -118,6 +125,7 @@ pub fn new(setup: Setup<'_>) -> Result<Box<dyn Backend>, String> {
         BackendType::Vxlan => Box::new(vxlan::Vxlan::new(&setup)?),
         BackendType::HostGw => Box::new(host_gw::HostGw::new(&setup)?),
         BackendType::Udp => Box::new(udp::Udp::new(&setup)?),
+        BackendType::Wireguard => Box::new(wireguard::Wireguard::new(&setup)?),
     })
 }
 

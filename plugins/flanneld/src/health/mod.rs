@@ -3,14 +3,15 @@
 //!
 //! - `/healthz` (liveness): 200 while starting; once the resync loop runs,
 //!   503 when no resync pass has finished for [`stale_after`] (a wedged
-//!   loop), and at once when the udp forwarding threads died: what a
+//!   loop), and at once when the forwarding threads (udp, wireguard) died: what a
 //!   restart would cure. A store or a peer that keeps failing is not (a
 //!   liveness probe would only restart the agent in a loop): `/readyz`
 //!   says so.
 //! - `/readyz`: 503 until subnet.env is written and the peers were listed
 //!   and programmed; then 503 whenever the store is failing, our lease is
 //!   held by another node, the store's network config changed under us, a
-//!   kernel change is failing, or the udp forwarder died. The body says why.
+//!   kernel change is failing, the forwarder died, or a wireguard peer's
+//!   handshakes fail to authenticate. The body says why.
 //!
 //! The agent's loop records where it stands each time round (at least
 //! every second), whether anything happened or not.
@@ -55,6 +56,24 @@ pub struct Metrics {
     pub udp_drop_not_peer: AtomicU64,
     pub udp_drop_spoofed: AtomicU64,
     pub udp_drop_not_ours: AtomicU64,
+    pub wg: WgMetrics,
+}
+
+/// The wireguard backend's counters.
+#[derive(Debug, Default)]
+pub struct WgMetrics {
+    pub handshakes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub drop_malformed: AtomicU64,
+    pub drop_unknown_peer: AtomicU64,
+    pub drop_auth_failed: AtomicU64,
+    pub drop_replayed: AtomicU64,
+    pub drop_spoofed: AtomicU64,
+    pub drop_not_ours: AtomicU64,
+    pub drop_send_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -149,7 +168,8 @@ impl Metrics {
             })
             .collect();
         // The udp backend's traffic, by direction, and what it refused.
-        let labelled: [(&str, &str, &[Series<'_>]); 3] = [
+        let wg = &self.wg;
+        let labelled: [(&str, &str, &[Series<'_>]); 6] = [
             (
                 "flannel_udp_packets_total",
                 "Packets the udp backend carried, by direction.",
@@ -176,7 +196,40 @@ impl Metrics {
                     ("reason=\"not_for_this_node\"", &self.udp_drop_not_ours),
                 ],
             ),
+            (
+                "flannel_wireguard_packets_total",
+                "Inner packets the wireguard backend carried, by direction.",
+                &[
+                    ("direction=\"tx\"", &wg.tx_packets),
+                    ("direction=\"rx\"", &wg.rx_packets),
+                ],
+            ),
+            (
+                "flannel_wireguard_bytes_total",
+                "Bytes of inner packets the wireguard backend carried, by direction.",
+                &[
+                    ("direction=\"tx\"", &wg.tx_bytes),
+                    ("direction=\"rx\"", &wg.rx_bytes),
+                ],
+            ),
+            (
+                "flannel_wireguard_dropped_total",
+                "Packets the wireguard backend dropped, by reason: datagrams that never reached the pod network, and sends that failed.",
+                &[
+                    ("reason=\"malformed\"", &wg.drop_malformed),
+                    ("reason=\"unknown_peer\"", &wg.drop_unknown_peer),
+                    ("reason=\"auth_failed\"", &wg.drop_auth_failed),
+                    ("reason=\"replayed\"", &wg.drop_replayed),
+                    ("reason=\"spoofed_source\"", &wg.drop_spoofed),
+                    ("reason=\"not_for_this_node\"", &wg.drop_not_ours),
+                    ("reason=\"send_failed\"", &wg.drop_send_failed),
+                ],
+            ),
         ];
+        out.push_str(&format!(
+            "# HELP flannel_wireguard_handshakes_total WireGuard handshakes completed with peers.\n# TYPE flannel_wireguard_handshakes_total counter\nflannel_wireguard_handshakes_total {}\n",
+            wg.handshakes.load(Ordering::Relaxed)
+        ));
         for (name, help, series) in labelled {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             for (label, v) in series {
@@ -209,6 +262,9 @@ pub struct Health {
     dataplane_failing: AtomicBool,
     forwarder_dead: AtomicBool,
     conflict: AtomicBool,
+    /// Peers the data plane cannot talk to, and why (wireguard handshakes
+    /// that fail to authenticate).
+    peers_failing: Mutex<Option<String>>,
 }
 
 /// A copy of [`Health`] at one instant, for the verdicts.
@@ -226,6 +282,7 @@ pub struct Snapshot {
     pub forwarder_dead: bool,
     pub conflict: bool,
     pub config_changed: bool,
+    pub peers_failing: Option<String>,
 }
 
 /// Where the agent stands after handling what happened (events, ticks,
@@ -261,6 +318,7 @@ impl Health {
             dataplane_failing: AtomicBool::new(false),
             forwarder_dead: AtomicBool::new(false),
             conflict: AtomicBool::new(false),
+            peers_failing: Mutex::new(None),
         }
     }
 
@@ -289,7 +347,16 @@ impl Health {
         self.loop_started.store(self.stamp(), Ordering::Relaxed);
     }
 
-    /// The udp forwarding threads stopped.
+    /// Peers the data plane cannot talk to (`None`: all can be).
+    pub fn peers_failing(&self, why: Option<String>) {
+        if let Ok(mut w) = self.peers_failing.lock()
+            && *w != why
+        {
+            *w = why;
+        }
+    }
+
+    /// The forwarding threads (udp, wireguard) stopped.
     pub fn forwarder_died(&self) {
         self.forwarder_dead.store(true, Ordering::Relaxed);
     }
@@ -329,6 +396,7 @@ impl Health {
             forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
             conflict: self.conflict.load(Ordering::Relaxed),
             config_changed: self.metrics.config_changed.load(Ordering::Relaxed) != 0,
+            peers_failing: self.peers_failing.lock().ok().and_then(|w| w.clone()),
         }
     }
 
@@ -340,7 +408,7 @@ impl Health {
 /// `/healthz`: `Ok(body)` for 200, `Err(body)` for 503.
 pub fn healthz(s: &Snapshot, stale_after: Duration) -> Result<String, String> {
     if s.forwarder_dead {
-        return Err("the udp forwarding threads stopped\n".into());
+        return Err("the forwarding threads stopped\n".into());
     }
     let Some(started) = s.loop_started else {
         return Ok("ok: starting\n".into());
@@ -384,7 +452,10 @@ pub fn readyz(s: &Snapshot) -> Result<String, String> {
         why.push("the data plane could not be programmed".into());
     }
     if s.forwarder_dead {
-        why.push("the udp forwarding threads stopped".into());
+        why.push("the forwarding threads stopped".into());
+    }
+    if let Some(w) = &s.peers_failing {
+        why.push(w.clone());
     }
     if why.is_empty() {
         Ok("ready\n".into())
@@ -449,7 +520,11 @@ mod tests {
             forwarder_dead: true,
             ..running(11, 10)
         };
-        assert!(healthz(&dead, STALE).unwrap_err().contains("udp"));
+        assert!(
+            healthz(&dead, STALE)
+                .unwrap_err()
+                .contains("forwarding threads")
+        );
     }
 
     #[test]

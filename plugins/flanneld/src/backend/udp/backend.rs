@@ -73,42 +73,53 @@ impl Udp {
         })
     }
 
-    /// The device up, with our addresses and MTU; `true` when it had to be
-    /// brought up (its routes went down with it).
     fn ensure(&self, nl: &mut Netlink, index: u32) -> Result<bool, String> {
-        let err = |what: &str, e: netkit::NetlinkError| format!("{what} {TUN_NAME}: {e}");
-        let dev = nl
-            .link_by_index(index)
-            .map_err(|e| err("cannot look up", e))?
-            .ok_or_else(|| {
-                format!("{TUN_NAME} was deleted: restart flanneld to make it again (pods on this node are cut off until then)")
-            })?;
-        if dev.mtu != self.mtu {
-            nl.set_mtu(index, self.mtu)
-                .map_err(|e| err("cannot set the MTU of", e))?;
-        }
-        let addrs = nl
-            .addresses(Some(index))
-            .map_err(|e| err("cannot read the addresses of", e))?;
-        for own in &self.own {
-            let host = if own.is_ipv4() { 32 } else { 128 };
-            if addrs
-                .iter()
-                .any(|a| a.addr == own.network() && a.prefix == host)
-            {
-                continue;
-            }
-            match nl.add_address(index, own.network(), host) {
-                Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
-                _ => {}
-            }
-        }
-        if dev.is_up() {
-            return Ok(false);
-        }
-        nl.set_up(index).map_err(|e| err("cannot bring up", e))?;
-        Ok(true)
+        ensure_device(nl, index, TUN_NAME, self.mtu, &self.own)
     }
+}
+
+/// A TUN device of ours up, with `own`'s addresses (one host address per
+/// subnet) and `mtu`; `true` when it had to be brought up (its routes went
+/// down with it).
+pub fn ensure_device(
+    nl: &mut Netlink,
+    index: u32,
+    name: &str,
+    mtu: u32,
+    own: &[ipnetwork::IpNetwork],
+) -> Result<bool, String> {
+    let err = |what: &str, e: netkit::NetlinkError| format!("{what} {name}: {e}");
+    let dev = nl
+        .link_by_index(index)
+        .map_err(|e| err("cannot look up", e))?
+        .ok_or_else(|| {
+            format!("{name} was deleted: restart flanneld to make it again (pods on this node are cut off until then)")
+        })?;
+    if dev.mtu != mtu {
+        nl.set_mtu(index, mtu)
+            .map_err(|e| err("cannot set the MTU of", e))?;
+    }
+    let addrs = nl
+        .addresses(Some(index))
+        .map_err(|e| err("cannot read the addresses of", e))?;
+    for own in own {
+        let host = if own.is_ipv4() { 32 } else { 128 };
+        if addrs
+            .iter()
+            .any(|a| a.addr == own.network() && a.prefix == host)
+        {
+            continue;
+        }
+        match nl.add_address(index, own.network(), host) {
+            Err(e) if !e.is_exists() => return Err(err("cannot address", e)),
+            _ => {}
+        }
+    }
+    if dev.is_up() {
+        return Ok(false);
+    }
+    nl.set_up(index).map_err(|e| err("cannot bring up", e))?;
+    Ok(true)
 }
 
 impl Backend for Udp {

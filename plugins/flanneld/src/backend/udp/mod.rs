@@ -17,7 +17,7 @@ mod backend;
 mod forward;
 pub mod offload;
 pub mod packet;
-mod sys;
+pub mod sys;
 pub mod table;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::health::Health;
-pub use backend::Udp;
-use forward::{Ctx, Offloads, Sockets};
+pub use backend::{Udp, ensure_device};
+use forward::Ctx;
+pub use forward::{Offloads, Sockets};
 pub use table::{Entry, Refused, Table};
 
 pub const TUN_NAME: &str = "flannel0";
@@ -54,17 +55,21 @@ fn queues() -> usize {
 }
 
 /// The device's queues, with the offloads the kernel grants; falls back
-/// step by step (no offloads, no header, one queue) and says so.
-fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool), String> {
-    let err = |e: std::io::Error| format!("cannot create TUN device {TUN_NAME}: {e}");
+/// step by step (no offloads, no header, one queue) and says so. `tag`
+/// names the backend in the log.
+fn open_device(
+    name: &str,
+    tag: &str,
+    want: usize,
+    offload: bool,
+) -> Result<(Vec<std::fs::File>, bool), String> {
+    let err = |e: std::io::Error| format!("cannot create TUN device {name}: {e}");
     let multi = want > 1;
     let first = if offload {
-        match sys::tun_queue(TUN_NAME, true, multi) {
+        match sys::tun_queue(name, true, multi) {
             Ok(f) => Some(f),
             Err(e) => {
-                crate::warn!(
-                    "udp: no virtio-net header on {TUN_NAME} ({e}): packets one at a time"
-                );
+                crate::warn!("{tag}: no virtio-net header on {name} ({e}): packets one at a time");
                 None
             }
         }
@@ -73,12 +78,12 @@ fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool),
     };
     let (first, vnet, multi) = match first {
         Some(f) => (f, true, multi),
-        None => match sys::tun_queue(TUN_NAME, false, multi) {
+        None => match sys::tun_queue(name, false, multi) {
             Ok(f) => (f, false, multi),
             Err(e) if multi => {
-                crate::warn!("udp: no multi-queue TUN ({e}): one queue");
+                crate::warn!("{tag}: no multi-queue TUN ({e}): one queue");
                 (
-                    sys::tun_queue(TUN_NAME, false, false).map_err(err)?,
+                    sys::tun_queue(name, false, false).map_err(err)?,
                     false,
                     false,
                 )
@@ -90,20 +95,20 @@ fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool),
         match sys::tun_offload(&first) {
             Ok(true) => {}
             Ok(false) => crate::info!(
-                "udp: no UDP super-packets from {TUN_NAME} (a kernel before 6.2): TCP ones only"
+                "{tag}: no UDP super-packets from {name} (a kernel before 6.2): TCP ones only"
             ),
             Err(e) => {
-                crate::warn!("udp: the kernel refused TUN offloads ({e}): packets one at a time")
+                crate::warn!("{tag}: the kernel refused TUN offloads ({e}): packets one at a time")
             }
         }
     }
     let mut files = vec![first];
     while multi && files.len() < want {
-        match sys::tun_queue(TUN_NAME, vnet, true) {
+        match sys::tun_queue(name, vnet, true) {
             Ok(f) => files.push(f),
             Err(e) => {
                 crate::warn!(
-                    "udp: cannot add a queue to {TUN_NAME} ({e}): {} queues",
+                    "{tag}: cannot add a queue to {name} ({e}): {} queues",
                     files.len()
                 );
                 break;
@@ -113,68 +118,102 @@ fn open_device(want: usize, offload: bool) -> Result<(Vec<std::fs::File>, bool),
     Ok((files, vnet))
 }
 
-/// Opens the device and the sockets, and starts the forwarding threads.
-/// The device lives as long as the process (it is not persistent), like
-/// upstream's.
-pub fn start(local: Local, peers: Arc<Table>, health: Arc<Health>) -> Result<(), String> {
-    let (tuns, vnet) = open_device(queues(), local.offload)?;
+/// One queue of a device and its sockets.
+#[derive(Debug)]
+pub struct Queue {
+    pub tun: std::fs::File,
+    pub socks: Sockets,
+}
+
+/// A TUN device `name` with a queue per core, and per queue a socket for
+/// each address in `binds` (one per underlay family), with the offloads
+/// the kernel grants (all off without `offload`), said in the log.
+pub fn open(
+    name: &str,
+    tag: &str,
+    binds: &[SocketAddr],
+    offload: bool,
+) -> Result<(Vec<Queue>, Arc<Offloads>), String> {
+    let (tuns, vnet) = open_device(name, tag, queues(), offload)?;
     let shared = tuns.len() > 1;
-    let mut gro = local.offload;
-    let mut gso = local.offload;
-    let mut per_queue = Vec::new();
-    for _ in &tuns {
+    let mut gro = offload;
+    let mut gso = offload;
+    let mut out = Vec::new();
+    for tun in tuns {
         let mut socks = Sockets { v4: None, v6: None };
-        for ip in [local.v4.map(IpAddr::V4), local.v6.map(IpAddr::V6)]
-            .into_iter()
-            .flatten()
-        {
-            let at = SocketAddr::new(ip, local.port);
+        for &at in binds {
             let s =
                 sys::udp_socket(at, shared).map_err(|e| format!("cannot bind UDP {at}: {e}"))?;
             if gro && let Err(e) = sys::enable_gro(&s) {
                 crate::warn!(
-                    "udp: no UDP receive coalescing (UDP_GRO: {e}): one datagram per packet"
+                    "{tag}: no UDP receive coalescing (UDP_GRO: {e}): one datagram per packet"
                 );
                 gro = false;
             }
             if gso && let Err(e) = sys::probe_gso(&s) {
-                crate::warn!("udp: no UDP segmentation (UDP_SEGMENT: {e}): one datagram per send");
+                crate::warn!(
+                    "{tag}: no UDP segmentation (UDP_SEGMENT: {e}): one datagram per send"
+                );
                 gso = false;
             }
-            match ip {
-                IpAddr::V4(_) => socks.v4 = Some(s),
-                IpAddr::V6(_) => socks.v6 = Some(s),
+            match at {
+                SocketAddr::V4(_) => socks.v4 = Some(s),
+                SocketAddr::V6(_) => socks.v6 = Some(s),
             }
         }
-        per_queue.push(socks);
+        out.push(Queue { tun, socks });
     }
     crate::info!(
-        "udp: {} queue(s) on {TUN_NAME}; TUN offloads {}, UDP segmentation {}, coalescing {}{}",
-        tuns.len(),
+        "{tag}: {} queue(s) on {name}; TUN offloads {}, UDP segmentation {}, coalescing {}{}",
+        out.len(),
         on(vnet),
         on(gso),
         on(gro),
-        if local.offload {
+        if offload {
             ""
         } else {
             " (--udp-offload=false)"
         }
     );
-    let off = Arc::new(Offloads {
-        vnet,
-        gso: AtomicBool::new(gso),
-    });
+    Ok((
+        out,
+        Arc::new(Offloads {
+            vnet,
+            gso: AtomicBool::new(gso),
+        }),
+    ))
+}
+
+/// A copy of each of `socks`' sockets (for another thread).
+pub fn clone_sockets(socks: &Sockets) -> Result<Sockets, String> {
+    let clone = |s: &Option<std::net::UdpSocket>| -> Result<_, String> {
+        s.as_ref()
+            .map(|s| s.try_clone().map_err(|e| e.to_string()))
+            .transpose()
+    };
+    Ok(Sockets {
+        v4: clone(&socks.v4)?,
+        v6: clone(&socks.v6)?,
+    })
+}
+
+/// Opens the device and the sockets, and starts the forwarding threads.
+/// The device lives as long as the process (it is not persistent), like
+/// upstream's.
+pub fn start(local: Local, peers: Arc<Table>, health: Arc<Health>) -> Result<(), String> {
+    let binds: Vec<SocketAddr> = [local.v4.map(IpAddr::V4), local.v6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+        .map(|ip| SocketAddr::new(ip, local.port))
+        .collect();
+    let (queues, off) = open(TUN_NAME, "udp", &binds, local.offload)?;
     let ctx = || Ctx {
         health: health.clone(),
         off: off.clone(),
     };
-    for (tun, socks) in tuns.into_iter().zip(per_queue) {
-        let clone = |s: &Option<std::net::UdpSocket>| -> Result<_, String> {
-            s.as_ref()
-                .map(|s| s.try_clone().map_err(|e| e.to_string()))
-                .transpose()
-        };
-        for sock in [clone(&socks.v4)?, clone(&socks.v6)?].into_iter().flatten() {
+    for Queue { tun, socks } in queues {
+        let copies = clone_sockets(&socks)?;
+        for sock in [copies.v4, copies.v6].into_iter().flatten() {
             let (t, r, c) = (
                 tun.try_clone().map_err(|e| e.to_string())?,
                 peers.reader(),
@@ -194,7 +233,7 @@ fn on(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)

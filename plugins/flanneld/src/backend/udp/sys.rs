@@ -254,6 +254,12 @@ impl std::fmt::Debug for SendBatch {
 /// The most messages in one `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
 
+impl Default for SendBatch {
+    fn default() -> SendBatch {
+        SendBatch::new()
+    }
+}
+
 impl SendBatch {
     pub fn new() -> SendBatch {
         SendBatch {

@@ -46,14 +46,14 @@ pub struct Subnets {
 }
 
 impl Subnets {
-    fn add(&mut self, n: IpNetwork) {
+    pub fn add(&mut self, n: IpNetwork) {
         match n {
             IpNetwork::V4(n) => self.v4.push((u32::from(n.network()), mask4(n.prefix()))),
             IpNetwork::V6(n) => self.v6.push((u128::from(n.network()), mask6(n.prefix()))),
         }
     }
 
-    fn holds(&self, ip: IpAddr) -> bool {
+    pub fn holds(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => self.v4.iter().any(|&(n, m)| u32::from(a) & m == n),
             IpAddr::V6(a) => self.v6.iter().any(|&(n, m)| u128::from(a) & m == n),
@@ -61,11 +61,11 @@ impl Subnets {
     }
 }
 
-fn mask4(len: u8) -> u32 {
+pub fn mask4(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
 }
 
-fn mask6(len: u8) -> u128 {
+pub fn mask6(len: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }
 

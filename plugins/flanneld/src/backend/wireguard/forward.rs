@@ -1,0 +1,736 @@
+//! The forwarding threads of one device: per queue, one from the device to
+//! the network (cut super-packets, encrypt each packet under its peer's
+//! session, send runs of equal datagrams as one segmented send) and one
+//! per socket from the network to the device (decrypt, check the inner
+//! addresses, join TCP segments back into super-packets); and one timer
+//! thread for every device (handshake retries, rekeys, keepalives, and
+//! what `/readyz` says about peers that fail to authenticate).
+
+use std::fs::File;
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::peers::{Peer, Reader, Snapshot, Table};
+use crate::backend::udp::offload::{
+    self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
+    Wrote,
+};
+use crate::backend::udp::packet;
+use crate::backend::udp::sys::{self, BATCH, RecvBatch, SendBatch};
+use crate::backend::udp::{Offloads, Sockets};
+use crate::health::{Health, WgMetrics};
+
+/// WireGuard's data message: type, receiver, counter before the
+/// ciphertext, the tag after it.
+const DATA_OVERHEAD: usize = 32;
+const MSG_DATA: u8 = 4;
+/// Most bytes and datagrams in one segmented send.
+const GSO_MAX_BYTES: usize = 65000;
+const GSO_MAX_SEGS: usize = 64;
+/// Encrypted datagrams queued for sending.
+const OUT_BUF: usize = 1 << 20;
+/// Room one super-packet may take in `out` once encrypted.
+const SUPER_ROOM: usize = 96 << 10;
+/// Room the cut headers of one super-packet may take.
+const HDR_ROOM: usize = 128 << 10;
+/// Messages per receive.
+const RECV_SLOTS: usize = 16;
+
+/// What every forwarding thread of a device shares.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub health: Arc<Health>,
+    pub off: Arc<Offloads>,
+    pub dev: &'static str,
+}
+
+impl Ctx {
+    fn m(&self) -> &WgMetrics {
+        &self.health.metrics.wg
+    }
+}
+
+/// Held by a forwarding thread: however it ends, the health endpoints
+/// learn of it.
+struct Running(Arc<Health>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.forwarder_died();
+    }
+}
+
+fn stopped(what: &str, e: &io::Error) {
+    crate::error!("wireguard: {what}: {e}; the forwarder stopped (restart flanneld)");
+}
+
+/// Counts packets that could not be passed on; logs the 1st, 2nd, 4th,
+/// 8th... so a lasting failure shows without flooding the log.
+fn send_failed(ctx: &Ctx, what: std::fmt::Arguments<'_>, e: &io::Error, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let before = ctx.m().drop_send_failed.fetch_add(n, Ordering::Relaxed);
+    if (before + 1..=before + n).any(u64::is_power_of_two) {
+        crate::warn!(
+            "wireguard: {what}: {e} ({} packets lost so far)",
+            before + n
+        );
+    }
+}
+
+/// Sends one handshake or keepalive message on whichever socket has the
+/// endpoint's family.
+fn send_one(socks: &Sockets, to: SocketAddr, msg: &[u8], ctx: &Ctx) {
+    let sock = if to.is_ipv4() { &socks.v4 } else { &socks.v6 };
+    let r = match sock {
+        Some(s) => s.send_to(msg, to).map(|_| ()),
+        None => Err(io::Error::from(ErrorKind::AddrNotAvailable)),
+    };
+    if let Err(e) = r {
+        send_failed(ctx, format_args!("cannot send to {to}"), &e, 1);
+    }
+}
+
+/// Datagrams bound for one peer, consecutive in `out`: all of one size
+/// but the last, which may be shorter (what one segmented send carries).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    to: SocketAddr,
+    start: usize,
+    size: usize,
+    count: usize,
+    end: usize,
+    /// A shorter datagram closed it.
+    closed: bool,
+}
+
+/// Device to network.
+struct Sender {
+    socks: Sockets,
+    out: Vec<u8>,
+    used: usize,
+    run: Option<Run>,
+    b4: SendBatch,
+    b6: SendBatch,
+    /// One cut packet, made whole for encryption.
+    plain: Vec<u8>,
+    hdrs: Vec<u8>,
+    packets: u64,
+    bytes: u64,
+    malformed: u64,
+}
+
+impl Sender {
+    fn batch(&mut self, v4: bool) -> &mut SendBatch {
+        if v4 { &mut self.b4 } else { &mut self.b6 }
+    }
+
+    /// Queues the open run as one message.
+    fn close_run(&mut self, ctx: &Ctx) {
+        let Some(r) = self.run.take() else {
+            return;
+        };
+        let v4 = r.to.is_ipv4();
+        if self.batch(v4).len() >= BATCH {
+            self.send(v4, ctx);
+        }
+        let seg = if r.count > 1 { r.size as u16 } else { 0 };
+        let parts = (0..r.count).map(|i| {
+            let at = r.start + i * r.size;
+            (0, at, r.size.min(r.end - at))
+        });
+        self.batch(v4).push(r.to, seg, r.count, parts);
+    }
+
+    /// The datagram just written at `out[start..start + len]`, for `to`.
+    fn add(&mut self, to: SocketAddr, start: usize, len: usize, ctx: &Ctx) {
+        if let Some(r) = &mut self.run
+            && r.to == to
+            && r.end == start
+            && !r.closed
+            && len <= r.size
+            && r.count < GSO_MAX_SEGS
+            && r.end - r.start + len <= GSO_MAX_BYTES
+            && ctx.off.gso.load(Ordering::Relaxed)
+        {
+            r.count += 1;
+            r.end += len;
+            r.closed = len < r.size;
+            return;
+        }
+        self.close_run(ctx);
+        self.run = Some(Run {
+            to,
+            start,
+            size: len,
+            count: 1,
+            end: start + len,
+            closed: false,
+        });
+    }
+
+    fn send(&mut self, v4: bool, ctx: &Ctx) {
+        let Sender {
+            socks, out, b4, b6, ..
+        } = self;
+        let (batch, sock) = if v4 {
+            (b4, socks.v4.as_ref())
+        } else {
+            (b6, socks.v6.as_ref())
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let Some(sock) = sock else {
+            batch.clear();
+            return;
+        };
+        let done = batch.flush(sock, &[out]);
+        if let Some(e) = &done.unsegmented
+            && ctx.off.gso.swap(false, Ordering::Relaxed)
+        {
+            crate::warn!(
+                "wireguard: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
+            );
+        }
+        if let Some((e, to)) = &done.error {
+            send_failed(
+                ctx,
+                format_args!("cannot send to {to}"),
+                e,
+                done.lost as u64,
+            );
+        }
+    }
+
+    fn send_all(&mut self, ctx: &Ctx) {
+        self.close_run(ctx);
+        self.send(true, ctx);
+        self.send(false, ctx);
+        self.used = 0;
+        let m = ctx.m();
+        for (c, v) in [
+            (&m.tx_packets, &mut self.packets),
+            (&m.tx_bytes, &mut self.bytes),
+            (&m.drop_malformed, &mut self.malformed),
+        ] {
+            if *v > 0 {
+                c.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        }
+    }
+
+    /// Encrypts `plain` for `peer` (under its lock, held by the caller)
+    /// into `out` and queues it.
+    fn seal(&mut self, tunn: &mut Tunn, peer: &Peer, plain: &[u8], ctx: &Ctx) {
+        let start = self.used;
+        let len = match tunn.encapsulate(plain, &mut self.out[start..]) {
+            TunnResult::WriteToNetwork(d) => d.len(),
+            // Queued until the handshake in progress completes.
+            TunnResult::Done => return,
+            TunnResult::Err(_) => {
+                self.malformed += 1;
+                return;
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => return,
+        };
+        if self.out[start] != MSG_DATA {
+            // A handshake initiation: the packet waits in the session's
+            // queue until it completes.
+            self.close_run(ctx);
+            self.used += len;
+            self.add(peer.endpoint, start, len, ctx);
+            self.close_run(ctx);
+            return;
+        }
+        self.used += len;
+        self.packets += 1;
+        self.bytes += plain.len() as u64;
+        self.add(peer.endpoint, start, len, ctx);
+    }
+
+    /// The packet at `buf[skip..n]`: to its peer, or answered as
+    /// unreachable.
+    fn packet(&mut self, buf: &mut [u8], skip: usize, snap: &Snapshot, tun: &mut File, ctx: &Ctx) {
+        let hdr = if ctx.off.vnet {
+            VnetHdr::read(buf).unwrap_or_default()
+        } else {
+            VnetHdr::default()
+        };
+        let p = &mut buf[skip..];
+        let Some(dst) = packet::destination(p) else {
+            return;
+        };
+        let Some(peer) = snap.route(dst) else {
+            return unreachable(p, tun, ctx);
+        };
+        if !packet::decrement_hop(p) {
+            return;
+        }
+        let gso = hdr.gso_type & !GSO_ECN;
+        let session = peer.session.clone();
+        if gso == GSO_NONE {
+            if hdr.flags & F_NEEDS_CSUM != 0
+                && !offload::complete_checksum(
+                    p,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+            {
+                self.malformed += 1;
+                return;
+            }
+            let Some(len) = packet::ip_len(p) else {
+                self.malformed += 1;
+                return;
+            };
+            let mut tunn = session.tunn();
+            return self.seal(&mut tunn, peer, &p[..len], ctx);
+        }
+        if gso != GSO_TCPV4 && gso != GSO_TCPV6 && gso != GSO_UDP_L4 {
+            self.malformed += 1;
+            return;
+        }
+        let mut hdrs = std::mem::take(&mut self.hdrs);
+        let mut plain = std::mem::take(&mut self.plain);
+        if let Some(cut) = offload::segment(p, usize::from(hdr.gso_size), &mut hdrs) {
+            let mut tunn = session.tunn();
+            for i in 0..cut.count {
+                let h = &hdrs[i * cut.hdr..(i + 1) * cut.hdr];
+                let data = &p[cut.payload_of(i)];
+                let whole = h.len() + data.len();
+                if whole > plain.len() {
+                    self.malformed += 1;
+                    continue;
+                }
+                plain[..h.len()].copy_from_slice(h);
+                plain[h.len()..whole].copy_from_slice(data);
+                self.seal(&mut tunn, peer, &plain[..whole], ctx);
+            }
+        } else {
+            self.malformed += 1;
+        }
+        self.hdrs = hdrs;
+        self.plain = plain;
+    }
+}
+
+/// Answers a packet for a subnet no peer holds, as a router would.
+fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
+    let Some(reply) = packet::unreachable(p) else {
+        return;
+    };
+    let r = if ctx.off.vnet {
+        tun.write_vectored(&[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&reply)])
+    } else {
+        tun.write(&reply)
+    };
+    if let Err(e) = r {
+        send_failed(
+            ctx,
+            format_args!("cannot answer net unreachable on {}", ctx.dev),
+            &e,
+            1,
+        );
+    }
+}
+
+/// Reads the device's queue until it is empty, sending in batches; then
+/// waits for more.
+pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx: Ctx) {
+    let _running = Running(ctx.health.clone());
+    if let Err(e) = sys::set_nonblocking(tun.as_raw_fd()) {
+        return stopped(&format!("cannot set up {}", ctx.dev), &e);
+    }
+    let mut s = Sender {
+        socks,
+        out: vec![0; OUT_BUF],
+        used: 0,
+        run: None,
+        b4: SendBatch::new(),
+        b6: SendBatch::new(),
+        plain: vec![0; sys::RECV_BUF],
+        hdrs: vec![0; HDR_ROOM],
+        packets: 0,
+        bytes: 0,
+        malformed: 0,
+    };
+    let mut buf = vec![0u8; VNET_HDR_LEN + sys::RECV_BUF];
+    let skip = if ctx.off.vnet { VNET_HDR_LEN } else { 0 };
+    loop {
+        if s.out.len() - s.used < SUPER_ROOM {
+            s.send_all(&ctx);
+        }
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                s.send_all(&ctx);
+                if let Err(e) = sys::wait_readable(tun.as_raw_fd())
+                    && e.kind() != ErrorKind::Interrupted
+                {
+                    return stopped(&format!("cannot wait for {}", ctx.dev), &e);
+                }
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return stopped(&format!("cannot read {}", ctx.dev), &e),
+        };
+        if n > skip {
+            let snap = reader.get();
+            s.packet(&mut buf[..n], skip, &snap, &mut tun, &ctx);
+        }
+    }
+}
+
+/// What the receiving side counts, added to the metrics once per batch.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    handshakes: u64,
+    malformed: u64,
+    unknown: u64,
+    auth: u64,
+    replayed: u64,
+    spoofed: u64,
+    not_ours: u64,
+}
+
+impl Tally {
+    fn add_to(&mut self, m: &WgMetrics) {
+        for (c, v) in [
+            (&m.rx_packets, self.packets),
+            (&m.rx_bytes, self.bytes),
+            (&m.handshakes, self.handshakes),
+            (&m.drop_malformed, self.malformed),
+            (&m.drop_unknown_peer, self.unknown),
+            (&m.drop_auth_failed, self.auth),
+            (&m.drop_replayed, self.replayed),
+            (&m.drop_spoofed, self.spoofed),
+            (&m.drop_not_ours, self.not_ours),
+        ] {
+            if v > 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *self = Tally::default();
+    }
+
+    fn error(&mut self, e: &WireGuardError) {
+        match e {
+            WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => self.replayed += 1,
+            WireGuardError::InvalidAeadTag
+            | WireGuardError::InvalidMac
+            | WireGuardError::WrongKey
+            | WireGuardError::InvalidTai64nTimestamp
+            | WireGuardError::WrongTai64nTimestamp => self.auth += 1,
+            WireGuardError::NoCurrentSession
+            | WireGuardError::WrongIndex
+            | WireGuardError::UnexpectedPacket => self.unknown += 1,
+            _ => self.malformed += 1,
+        }
+    }
+}
+
+/// A handshake response from `peer` did not authenticate: said once per
+/// failing spell, and on `/readyz` (by the timer thread) until one does.
+fn handshake_failed(peer: &Peer, why: &str, ctx: &Ctx) {
+    let s = &peer.session;
+    s.failing.store(true, Ordering::Relaxed);
+    if !s.said.swap(true, Ordering::Relaxed) {
+        crate::error!(
+            "wireguard: the handshake with {} (key {}) on {} fails: {why}; check that both nodes have the same Backend.PSK",
+            peer.endpoint,
+            super::key::encode(&peer.key),
+            ctx.dev
+        );
+    }
+}
+
+/// The peer now talks to us: clears a failing spell.
+fn handshake_done(peer: &Peer, tally: &mut Tally) {
+    let s = &peer.session;
+    tally.handshakes += 1;
+    s.answered.store(0, Ordering::Relaxed);
+    if s.failing.swap(false, Ordering::Relaxed) {
+        s.said.store(false, Ordering::Relaxed);
+        crate::info!(
+            "wireguard: the handshake with {} completes again",
+            peer.endpoint
+        );
+    }
+}
+
+/// Answered handshake initiations in a row, with no data after any of
+/// them, before the peer counts as failing (it cannot use our responses).
+const UNANSWERED_INITS: u64 = 3;
+
+/// Receives datagrams in batches, decrypts, admits and writes them to the
+/// device, consecutive TCP segments joined into one write.
+/// `replies`: the queue's sockets, for handshake messages to peers of
+/// either family.
+pub fn network_to_device(
+    sock: UdpSocket,
+    replies: Sockets,
+    mut tun: File,
+    mut reader: Reader,
+    ctx: Ctx,
+) {
+    let _running = Running(ctx.health.clone());
+    let mut batch = RecvBatch::new(RECV_SLOTS);
+    let mut plain = vec![0u8; RECV_SLOTS * sys::RECV_BUF];
+    let mut small = vec![0u8; sys::RECV_BUF + DATA_OVERHEAD];
+    let mut wrote: Vec<(usize, usize)> = Vec::with_capacity(RECV_SLOTS * GSO_MAX_SEGS);
+    let mut joiner = offload::Joiner::default();
+    let mut tally = Tally::default();
+    let mut failed: Option<io::Error> = None;
+    let mut lost = 0u64;
+    let table = reader.table.clone();
+    loop {
+        let n = match batch.recv(&sock) {
+            Ok(n) => n,
+            Err(e) => return stopped("cannot receive", &e),
+        };
+        let snap = reader.get();
+        let bytes = batch.bytes();
+        // Decrypted packets go to `plain` at `at`, then to the joiner.
+        let mut at = 0;
+        wrote.clear();
+        for i in 0..n {
+            let (from, start, len, seg) = batch.message(i);
+            let mut d0 = start;
+            while d0 < start + len {
+                let d = seg.min(start + len - d0);
+                let datagram = &bytes[d0..d0 + d];
+                d0 += d;
+                let bufs = Bufs {
+                    data: &mut plain[at..at + d],
+                    small: &mut small,
+                };
+                if let Some(len) = receive(
+                    datagram, from, &snap, &table, bufs, &replies, &mut tally, &ctx,
+                ) {
+                    wrote.push((at, len));
+                    at += len;
+                }
+            }
+        }
+        let mut write = |s: &[IoSlice<'_>]| match tun.write_vectored(s) {
+            Ok(_) => Wrote::Taken,
+            Err(e) => {
+                let invalid = e.raw_os_error() == Some(nix::libc::EINVAL);
+                if !(invalid && offload::joined(s)) {
+                    lost += s.len().saturating_sub(1).max(1) as u64;
+                    failed = Some(e);
+                }
+                if invalid {
+                    Wrote::Invalid
+                } else {
+                    Wrote::Failed
+                }
+            }
+        };
+        for &(a, l) in &wrote {
+            if ctx.off.vnet {
+                joiner.push(&plain, a, l, &mut write);
+            } else {
+                write(&[IoSlice::new(&plain[a..a + l])]);
+            }
+        }
+        joiner.flush(&plain, &mut write);
+        tally.add_to(ctx.m());
+        if let Some(e) = failed.take() {
+            if e.raw_os_error() == Some(nix::libc::EBADFD) {
+                return stopped(&format!("cannot write {}", ctx.dev), &e);
+            }
+            send_failed(&ctx, format_args!("cannot write {}", ctx.dev), &e, lost);
+            lost = 0;
+        }
+    }
+}
+
+/// Where a received datagram's results go: a data message's inner packet
+/// to `data`, handshake replies and packets that waited for a handshake
+/// to `small`.
+struct Bufs<'a> {
+    data: &'a mut [u8],
+    small: &'a mut [u8],
+}
+
+/// One datagram from the network: handled, and the length of the inner
+/// packet it left in `bufs.data` for the device, if any.
+#[allow(clippy::too_many_arguments)]
+fn receive(
+    datagram: &[u8],
+    from: Option<IpAddr>,
+    snap: &Snapshot,
+    table: &Table,
+    bufs: Bufs<'_>,
+    socks: &Sockets,
+    tally: &mut Tally,
+    ctx: &Ctx,
+) -> Option<usize> {
+    let packet = match Tunn::parse_incoming_packet(datagram) {
+        Ok(p) => p,
+        Err(_) => {
+            tally.malformed += 1;
+            return None;
+        }
+    };
+    let peer = match &packet {
+        Packet::PacketData(p) => snap.by_receiver(p.receiver_idx),
+        Packet::HandshakeResponse(p) => snap.by_receiver(p.receiver_idx),
+        Packet::PacketCookieReply(p) => snap.by_receiver(p.receiver_idx),
+        Packet::HandshakeInit(p) => {
+            let id = &table.identity;
+            match parse_handshake_anon(&id.secret, &id.public, p) {
+                Ok(half) => snap.by_key(&half.peer_static_public),
+                Err(e) => {
+                    tally.error(&e);
+                    return None;
+                }
+            }
+        }
+    };
+    let Some(peer) = peer else {
+        tally.unknown += 1;
+        return None;
+    };
+    let kind = match packet {
+        Packet::HandshakeInit(_) => 1,
+        Packet::HandshakeResponse(_) => 2,
+        Packet::PacketCookieReply(_) => 3,
+        Packet::PacketData(_) => 4,
+    };
+    let mut tunn = peer.session.tunn();
+    let Bufs { data, small } = bufs;
+    let out: &mut [u8] = if kind == 4 { data } else { &mut *small };
+    let r = tunn.decapsulate(from, datagram, out);
+    let inner = match r {
+        TunnResult::Done => {
+            if kind == 4 {
+                // A keepalive: the session works.
+                note_data(peer, tally);
+            }
+            None
+        }
+        TunnResult::Err(e) => {
+            if kind == 2
+                && matches!(
+                    e,
+                    WireGuardError::InvalidAeadTag | WireGuardError::InvalidMac
+                )
+            {
+                handshake_failed(peer, "its response does not authenticate", ctx);
+            }
+            tally.error(&e);
+            None
+        }
+        TunnResult::WriteToNetwork(reply) => {
+            send_one(socks, peer.endpoint, reply, ctx);
+            if kind == 1 {
+                let n = peer.session.answered.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= UNANSWERED_INITS {
+                    handshake_failed(
+                        peer,
+                        "it keeps starting handshakes that never complete (our responses do not authenticate for it)",
+                        ctx,
+                    );
+                }
+            } else if kind == 2 {
+                handshake_done(peer, tally);
+            }
+            // Packets that waited for the handshake.
+            while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], small) {
+                send_one(socks, peer.endpoint, p, ctx);
+            }
+            None
+        }
+        TunnResult::WriteToTunnelV4(p, src) => admit(peer, table, p, IpAddr::V4(src), tally),
+        TunnResult::WriteToTunnelV6(p, src) => admit(peer, table, p, IpAddr::V6(src), tally),
+    };
+    if inner.is_some() {
+        note_data(peer, tally);
+    }
+    inner
+}
+
+/// Data decrypted under `peer`'s session.
+fn note_data(peer: &Peer, tally: &mut Tally) {
+    let s = &peer.session;
+    if s.answered.load(Ordering::Relaxed) > 0 || s.failing.load(Ordering::Relaxed) {
+        handshake_done(peer, tally);
+    }
+}
+
+/// WireGuard's rule (the inner source within the sender's allowed IPs)
+/// and ours (the inner destination within this node's subnet on this
+/// device); the length of the packet to write when both hold.
+fn admit(peer: &Peer, table: &Table, p: &[u8], src: IpAddr, tally: &mut Tally) -> Option<usize> {
+    if !peer.allowed.holds(src) {
+        tally.spoofed += 1;
+        return None;
+    }
+    match packet::destination(p) {
+        Some(dst) if table.own.holds(dst) => {
+            tally.packets += 1;
+            tally.bytes += p.len() as u64;
+            Some(p.len())
+        }
+        Some(_) => {
+            tally.not_ours += 1;
+            None
+        }
+        None => {
+            tally.malformed += 1;
+            None
+        }
+    }
+}
+
+/// How often each peer's timers are looked at (boringtun's own device
+/// does it every 250 ms).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Handshake retries, rekeys and keepalives for every device's peers;
+/// and `/readyz`'s word on peers whose handshakes fail.
+pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
+    let _running = Running(health.clone());
+    let mut buf = vec![0u8; sys::RECV_BUF + DATA_OVERHEAD];
+    loop {
+        std::thread::sleep(TICK);
+        let mut failing = Vec::new();
+        for (table, socks, ctx) in &tables {
+            let snap = table.snapshot();
+            for peer in &snap.peers {
+                let mut tunn = peer.session.tunn();
+                if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut buf) {
+                    send_one(socks, peer.endpoint, p, ctx);
+                }
+                drop(tunn);
+                if peer.session.failing.load(Ordering::Relaxed) {
+                    failing.push(peer.endpoint.to_string());
+                }
+            }
+        }
+        health.peers_failing((!failing.is_empty()).then(|| {
+            let more = failing.len().saturating_sub(3);
+            failing.truncate(3);
+            format!(
+                "wireguard handshakes with {}{} fail to authenticate (a different Backend.PSK? see the log)",
+                failing.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            )
+        }));
+    }
+}

@@ -1,0 +1,326 @@
+//! One device's peers as its forwarders see them: where each subnet goes,
+//! which peer a message's receiver index or a handshake's key names, and
+//! each peer's WireGuard state. The agent replaces the whole table when
+//! the leases change; a peer whose key stays keeps its sessions (and its
+//! index), a peer that is gone is forgotten with everything it held.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use boringtun::noise::Tunn;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnetwork::IpNetwork;
+
+use crate::backend::udp::table::{Subnets, mask4, mask6};
+
+/// One peer as the agent gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: [u8; 32],
+    pub endpoint: SocketAddr,
+    /// Its allowed IPs: its lease's subnets carried by this device.
+    pub subnets: Vec<IpNetwork>,
+}
+
+/// A peer's WireGuard state, kept while its key is.
+pub struct Session {
+    /// Our 24-bit index for it: the top bits of every receiver index it
+    /// sends us.
+    pub index: u32,
+    tunn: Mutex<Tunn>,
+    /// Its handshake responses fail to authenticate (a different PSK, or
+    /// a key that is not the one its lease says); cleared by a handshake
+    /// that completes.
+    pub failing: AtomicBool,
+    /// Said in the log already (once per failing spell).
+    pub said: AtomicBool,
+    /// Its handshake initiations we answered since data last came.
+    pub answered: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.index)
+    }
+}
+
+impl Session {
+    /// The Noise state; a forwarder that panicked while holding it left
+    /// it as it was, which is still a consistent state to go on from.
+    pub fn tunn(&self) -> MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A peer at one moment.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub key: [u8; 32],
+    pub endpoint: SocketAddr,
+    pub allowed: Subnets,
+    pub session: Arc<Session>,
+}
+
+/// The table at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    entries: Vec<Entry>,
+    pub peers: Vec<Peer>,
+    lens4: Vec<u8>,
+    lens6: Vec<u8>,
+    to4: HashMap<(u32, u8), usize>,
+    to6: HashMap<(u128, u8), usize>,
+    by_index: HashMap<u32, usize>,
+    by_key: HashMap<[u8; 32], usize>,
+}
+
+impl Snapshot {
+    /// The peer that carries packets for `dst`.
+    pub fn route(&self, dst: IpAddr) -> Option<&Peer> {
+        let i = match dst {
+            IpAddr::V4(a) => self
+                .lens4
+                .iter()
+                .find_map(|&l| self.to4.get(&(u32::from(a) & mask4(l), l)))?,
+            IpAddr::V6(a) => self
+                .lens6
+                .iter()
+                .find_map(|&l| self.to6.get(&(u128::from(a) & mask6(l), l)))?,
+        };
+        self.peers.get(*i)
+    }
+
+    /// The peer a receiver index of ours belongs to.
+    pub fn by_receiver(&self, receiver: u32) -> Option<&Peer> {
+        self.peers.get(*self.by_index.get(&(receiver >> 8))?)
+    }
+
+    pub fn by_key(&self, key: &[u8; 32]) -> Option<&Peer> {
+        self.peers.get(*self.by_key.get(key)?)
+    }
+}
+
+/// What every peer's Noise state is made with.
+pub struct Identity {
+    pub secret: StaticSecret,
+    pub public: PublicKey,
+    pub psk: Option<[u8; 32]>,
+    pub keepalive: Option<u16>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Identity({})",
+            super::key::encode(self.public.as_bytes())
+        )
+    }
+}
+
+/// The table the agent writes and the forwarders read.
+#[derive(Debug)]
+pub struct Table {
+    pub identity: Identity,
+    /// This node's subnets on this device: the only destinations a
+    /// peer's packets may have.
+    pub own: Subnets,
+    generation: AtomicU64,
+    current: Mutex<Arc<Snapshot>>,
+    /// The next peer index to hand out (24 bits, never 0).
+    next: AtomicU64,
+}
+
+impl Table {
+    pub fn new(identity: Identity, own: impl IntoIterator<Item = IpNetwork>) -> Table {
+        let mut subnets = Subnets::default();
+        for n in own {
+            subnets.add(n);
+        }
+        Table {
+            identity,
+            own: subnets,
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(Snapshot::default())),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Noise state for a new peer with `key`, under a fresh index.
+    fn session_for(&self, key: &[u8; 32]) -> Arc<Session> {
+        // Wrapping past 2^24 reuses indices of peers long gone; a stale
+        // message to one fails to authenticate.
+        let index = (self.next.fetch_add(1, Ordering::Relaxed) % ((1 << 24) - 1)) as u32 + 1;
+        let id = &self.identity;
+        Arc::new(Session {
+            index,
+            tunn: Mutex::new(Tunn::new(
+                id.secret.clone(),
+                PublicKey::from(*key),
+                id.psk,
+                id.keepalive,
+                index,
+                None,
+            )),
+            failing: AtomicBool::new(false),
+            said: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the peers when `entries` differ; a key seen before keeps
+    /// its session. Entries with our own key or a key seen twice are
+    /// skipped (the agent has refused such leases already).
+    pub fn set(&self, mut entries: Vec<Entry>) {
+        entries.sort_by_key(|e| e.key);
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.entries == entries {
+            return;
+        }
+        let old: HashMap<[u8; 32], Arc<Session>> = cur
+            .peers
+            .iter()
+            .map(|p| (p.key, p.session.clone()))
+            .collect();
+        let mut s = Snapshot::default();
+        for e in &entries {
+            if e.key == *self.identity.public.as_bytes() || s.by_key.contains_key(&e.key) {
+                continue;
+            }
+            let session = old
+                .get(&e.key)
+                .cloned()
+                .unwrap_or_else(|| self.session_for(&e.key));
+            let i = s.peers.len();
+            let mut allowed = Subnets::default();
+            for n in &e.subnets {
+                allowed.add(*n);
+                match n {
+                    IpNetwork::V4(n) => {
+                        s.to4.insert((u32::from(n.network()), n.prefix()), i);
+                        s.lens4.push(n.prefix());
+                    }
+                    IpNetwork::V6(n) => {
+                        s.to6.insert((u128::from(n.network()), n.prefix()), i);
+                        s.lens6.push(n.prefix());
+                    }
+                }
+            }
+            s.by_index.insert(session.index, i);
+            s.by_key.insert(e.key, i);
+            s.peers.push(Peer {
+                key: e.key,
+                endpoint: e.endpoint,
+                allowed,
+                session,
+            });
+        }
+        for lens in [&mut s.lens4, &mut s.lens6] {
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+        }
+        s.entries = entries;
+        *cur = Arc::new(s);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The table now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        Reader {
+            table: self.clone(),
+            seen: u64::MAX,
+            snap: Arc::new(Snapshot::default()),
+        }
+    }
+}
+
+/// A forwarder's view: refreshed only when the generation moved, so the
+/// hot path takes no lock but its peer's.
+#[derive(Debug)]
+pub struct Reader {
+    pub table: Arc<Table>,
+    seen: u64,
+    snap: Arc<Snapshot>,
+}
+
+impl Reader {
+    pub fn get(&mut self) -> Arc<Snapshot> {
+        let g = self.table.generation.load(Ordering::Acquire);
+        if g != self.seen {
+            self.snap = self.table.snapshot();
+            self.seen = g;
+        }
+        self.snap.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(seed: u8) -> Identity {
+        let secret = StaticSecret::from([seed; 32]);
+        let public = PublicKey::from(&secret);
+        Identity {
+            secret,
+            public,
+            psk: None,
+            keepalive: None,
+        }
+    }
+
+    fn entry(key: u8, subnet: &str, ep: &str) -> Entry {
+        let public = PublicKey::from(&StaticSecret::from([key; 32]));
+        Entry {
+            key: *public.as_bytes(),
+            endpoint: ep.parse().unwrap(),
+            subnets: vec![subnet.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_kept_key_keeps_its_session_and_a_removed_one_is_forgotten() {
+        let t = Table::new(identity(1), ["10.244.1.0/24".parse().unwrap()]);
+        t.set(vec![
+            entry(2, "10.244.2.0/24", "192.168.1.2:51820"),
+            entry(3, "10.244.3.0/24", "192.168.1.3:51820"),
+        ]);
+        let s = t.snapshot();
+        let p2 = s.route("10.244.2.9".parse().unwrap()).unwrap();
+        let idx2 = p2.session.index;
+        assert_eq!(s.by_receiver(idx2 << 8 | 5).unwrap().key, p2.key);
+        let gone = s.route("10.244.3.9".parse().unwrap()).unwrap().clone();
+        assert!(s.route("10.244.4.1".parse().unwrap()).is_none());
+        // Peer 3 leaves; peer 2 moves to another address.
+        t.set(vec![entry(2, "10.244.2.0/24", "192.168.1.22:51820")]);
+        let s = t.snapshot();
+        let p2 = s.route("10.244.2.9".parse().unwrap()).unwrap();
+        assert_eq!(p2.session.index, idx2);
+        assert_eq!(p2.endpoint, "192.168.1.22:51820".parse().unwrap());
+        assert!(s.by_receiver(gone.session.index << 8).is_none());
+        assert!(s.by_key(&gone.key).is_none());
+        assert!(s.route("10.244.3.9".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn our_own_key_is_never_a_peer() {
+        let me = identity(1);
+        let mine = *me.public.as_bytes();
+        let t = Table::new(me, []);
+        t.set(vec![Entry {
+            key: mine,
+            endpoint: "192.168.1.1:51820".parse().unwrap(),
+            subnets: vec!["10.244.1.0/24".parse().unwrap()],
+        }]);
+        assert!(t.snapshot().peers.is_empty());
+    }
+}
