@@ -515,8 +515,11 @@ pub fn udp_datagrams(packets: &[Packet]) -> Vec<Datagram> {
 /// The WireGuard message type of a UDP payload (1 handshake initiation,
 /// 2 response, 3 cookie reply, 4 transport data), checked as the protocol
 /// lays them out: three reserved zero bytes, 148, 92 and 64 bytes for
-/// types 1 to 3, and for data a 16-byte header and an encrypted,
-/// authenticated payload padded to 16 bytes (32 bytes: a keepalive).
+/// types 1 to 3, and for data a 16-byte header and a 16-byte tag around
+/// the encrypted packet (32 bytes: a keepalive). The protocol pads the
+/// packet to a multiple of 16 bytes, but receivers do not insist on it
+/// (boringtun does not pad), and neither does this check: see
+/// [`wireguard_padded`].
 pub fn wireguard_message(payload: &[u8]) -> Result<u8, String> {
     let (&ty, rest) = payload
         .split_first()
@@ -532,16 +535,23 @@ pub fn wireguard_message(payload: &[u8]) -> Result<u8, String> {
         1 => len == 148,
         2 => len == 92,
         3 => len == 64,
-        4 => len >= 32 && (len - 32).is_multiple_of(16),
+        4 => len >= 32,
         _ => return Err(format!("message type {ty} is none of WireGuard's 1 to 4")),
     };
     if ok {
         Ok(ty)
     } else {
         Err(format!(
-            "a type {ty} message of {len} bytes (WireGuard's are 148, 92, 64, or 32 + 16n for data)"
+            "a type {ty} message of {len} bytes (WireGuard's are 148, 92, 64, or 32 or more for data)"
         ))
     }
+}
+
+/// Whether a data message's packet was padded to a multiple of 16 bytes,
+/// as the protocol says (Linux and wireguard-go do; a packet that fills
+/// the MTU may end unpadded).
+pub fn wireguard_padded(payload: &[u8]) -> bool {
+    payload.len() >= 32 && (payload.len() - 32).is_multiple_of(16)
 }
 
 /// Whether `needle` occurs in `hay`.
@@ -642,7 +652,9 @@ mod tests {
         assert_eq!(wireguard_message(&msg(3, 64)), Ok(3));
         assert_eq!(wireguard_message(&msg(4, 32)), Ok(4));
         assert_eq!(wireguard_message(&msg(4, 32 + 96)), Ok(4));
-        assert!(wireguard_message(&msg(4, 40)).is_err());
+        assert_eq!(wireguard_message(&msg(4, 40)), Ok(4));
+        assert!(wireguard_padded(&msg(4, 48)) && !wireguard_padded(&msg(4, 40)));
+        assert!(wireguard_message(&msg(4, 31)).is_err());
         assert!(wireguard_message(&msg(1, 147)).is_err());
         assert!(wireguard_message(&msg(5, 148)).is_err());
         let mut reserved = msg(4, 48);
