@@ -396,7 +396,10 @@ fn three_hosts_dual_stack_in_upstreams_layout_and_only_wireguard_on_the_wire() {
 /// etcd by the test, two wireguard-go devices (one per family, as our
 /// "separate" mode has them, one key) configured by hand from our agents'
 /// leases. An address behind wireguard-go and our pods reach each other
-/// both ways over both families: the wire protocol, PSK included.
+/// both ways over both families: the wire protocol, PSK included. Then,
+/// as an authenticated peer, wireguard-go sends what host 0 must refuse
+/// (counted, never in a pod): from an address outside its subnet
+/// (`spoofed_source`), and to a pod of another node (`not_for_this_node`).
 #[test]
 fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other() {
     let psk = genpsk();
@@ -484,6 +487,7 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
             tail(&c.log(0), 20)
         )
     };
+    let mut pods = Vec::new();
     for h in 0..2 {
         let pod = c.add_pod_all(h, 0);
         assert_eq!(pod.len(), 2, "{pod:?}");
@@ -493,6 +497,7 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
         for target in &pod {
             assert_reaches(&ns, target, why);
         }
+        pods.push(pod[0].clone());
     }
     for (dev, name) in [(&w4, "IPv4"), (&w6, "IPv6")] {
         for line in dev.dump().lines().skip(1) {
@@ -503,6 +508,69 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
             );
         }
     }
+    // WireGuard's rule, from a peer that authenticates: a packet from an
+    // address outside its subnets (here, one of host 1's) is dropped as
+    // spoofed ...
+    let spoof = c.subnet(1).replacen(".0/24", ".250", 1);
+    w4.address(&format!("{spoof}/32"));
+    let pod0 = Capture::start(
+        &c.hosts[0].pods[0],
+        "eth0",
+        "icmp",
+        &c.dir.path().join("pod0.pcap"),
+    );
+    let spoofed = dropped(&c, 0, "spoofed_source");
+    let (ok, text) = ping(&ns, &["-c", "2", "-W", "1", "-I", &spoof, &pods[0]]);
+    assert!(
+        !ok,
+        "a ping from {spoof} (host 1's subnet) through wireguard-go was answered: {text}"
+    );
+    let mut now = spoofed;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            now = dropped(&c, 0, "spoofed_source");
+            now >= spoofed + 2.0
+        }),
+        "packets from {spoof} under wireguard-go's key were not counted as spoofed_source ({spoofed} before, {now} now):\n{}",
+        metrics(&c, 0)
+    );
+    // ... and ours: one for another node's subnet (wireguard-go told to
+    // send host 1's pod's packets to host 0) is not this node's to deliver.
+    let host0 = pubkey(&key_file(&c, 0).0);
+    w4.set(&[
+        "peer",
+        &host0,
+        "allowed-ips",
+        &format!("{},{}/32", c.subnet(0), pods[1]),
+    ]);
+    let pod1 = Capture::start(
+        &c.hosts[1].pods[0],
+        "eth0",
+        "icmp",
+        &c.dir.path().join("pod1.pcap"),
+    );
+    let foreign = dropped(&c, 0, "not_for_this_node");
+    let (ok, text) = ping(&ns, &["-c", "2", "-W", "1", &pods[1]]);
+    assert!(!ok, "host 1's pod answered through host 0: {text}");
+    let mut now = foreign;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            now = dropped(&c, 0, "not_for_this_node");
+            now >= foreign + 2.0
+        }),
+        "packets for host 1's pod sent to host 0 were not counted as not_for_this_node ({foreign} before, {now} now):\n{}",
+        metrics(&c, 0)
+    );
+    let reached: Vec<_> = pod0
+        .packets()
+        .into_iter()
+        .chain(pod1.packets())
+        .filter(|p| p.src.to_string() == spoof || p.src.to_string() == me4)
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "refused packets reached a pod: {reached:?}"
+    );
 }
 
 /// Issue 21, "restart keeps the key": the lease's PublicKey and the key
