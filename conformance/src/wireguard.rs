@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::daemon::{Daemon, DaemonOptions, wait_for};
@@ -276,16 +277,22 @@ impl Drop for WgGo {
 pub struct Capture {
     child: Option<Child>,
     pub file: PathBuf,
-    err: PathBuf,
+    /// What tcpdump said on stderr so far.
+    err: Arc<Mutex<String>>,
 }
 
 impl Capture {
     /// Captures what `filter` (a pcap expression, e.g. `udp`) passes on
-    /// `iface` in `ns` into `file`; returns once tcpdump listens.
+    /// `iface` in `ns` into `file`; returns once tcpdump listens. `file`
+    /// ends in `.pcap`: Debian's AppArmor profile for tcpdump lets it
+    /// write only such files (and its stderr is a pipe, for the same
+    /// reason).
     pub fn start(ns: &TestNetns, iface: &str, filter: &str, file: &Path) -> Capture {
-        let err = file.with_extension("stderr");
-        let err_file = std::fs::File::create(&err)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", err.display()));
+        assert!(
+            file.extension().is_some_and(|e| e == "pcap"),
+            "{}: tcpdump may write only *.pcap files under AppArmor",
+            file.display()
+        );
         let mut cmd = Command::new("tcpdump");
         // Each packet written as it comes (-U, --immediate-mode); as root
         // (-Z root), since the scratch directory is root's.
@@ -303,9 +310,26 @@ impl Capture {
         .args(filter.split_whitespace())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(err_file);
-        let child = crate::netns::spawn_in(&mut cmd, ns)
+        .stderr(Stdio::piped());
+        let mut child = crate::netns::spawn_in(&mut cmd, ns)
             .unwrap_or_else(|e| panic!("cannot start tcpdump (apt-get install tcpdump): {e}"));
+        let err = Arc::new(Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let err = err.clone();
+            // Ends at EOF: when tcpdump does.
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut e) = err.lock() {
+                        e.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
         let mut cap = Capture {
             child: Some(child),
             file: file.to_path_buf(),
@@ -329,7 +353,7 @@ impl Capture {
 
     /// What tcpdump said on stderr.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
+        self.err.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// The IP packets captured so far (a record still being written is

@@ -391,9 +391,9 @@ fn three_hosts_dual_stack_in_upstreams_layout_and_only_wireguard_on_the_wire() {
     );
 }
 
-/// Host 2 plays a node run by the reference implementation: its lease
-/// (upstream's layout, the wireguard-go key's public key) written into
-/// etcd by the test, two wireguard-go devices (one per family, as our
+/// Issue 21, interop: host 3, beside three of ours, plays a node run by
+/// the reference implementation: its lease (upstream's layout, the
+/// wireguard-go key's public key) written into etcd by the test, two wireguard-go devices (one per family, as our
 /// "separate" mode has them, one key) configured by hand from our agents'
 /// leases. An address behind wireguard-go and our pods reach each other
 /// both ways over both families: the wire protocol, PSK included. Then,
@@ -403,12 +403,13 @@ fn three_hosts_dual_stack_in_upstreams_layout_and_only_wireguard_on_the_wire() {
 #[test]
 fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other() {
     let psk = genpsk();
-    let mut c = Cluster::prepare(3, 1, &wg_dual(&psk), true);
-    c.start_with(0, &["--healthz-port", HEALTH]);
-    c.start_with(1, &["--healthz-port", HEALTH]);
+    let mut c = Cluster::prepare(4, 1, &wg_dual(&psk), true);
+    for h in 0..3 {
+        c.start_with(h, &["--healthz-port", HEALTH]);
+    }
     let (s4, s6) = ("10.244.200.0/24", "fd00:244:0:c8::/64");
     let (me4, me6) = ("10.244.200.1", "fd00:244:0:c8::1");
-    let ns = c.hosts[2].ns.handle();
+    let ns = c.hosts[3].ns.handle();
     let dir = c.dir.path().join("wg-go");
     std::fs::create_dir_all(&dir).unwrap();
     let w4 = WgGo::start(&ns, &dir, PORT4);
@@ -426,7 +427,7 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
         "--lease",
         &id,
         &key,
-        &upstream_lease("192.168.77.12", "fd00:77::12", &public),
+        &upstream_lease("192.168.77.13", "fd00:77::13", &public),
     ]);
     let psk_file = dir.join("psk");
     write_key(&psk_file, &psk);
@@ -460,18 +461,18 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
             });
         }
     }
-    assert_eq!(ours, 2, "{:?}", etcd_leases(&c));
+    assert_eq!(ours, 3, "{:?}", etcd_leases(&c));
     w4.address(&format!("{me4}/32"));
     w4.route("10.244.0.0/16", Some(me4));
     w6.address(&format!("{me6}/128"));
     w6.route("fd00:244::/56", Some(me6));
-    // Ours took the lease as a peer: each has the other and host 2.
-    for h in 0..2 {
+    // Ours took the lease as a peer: each has the two others and host 3.
+    for h in 0..3 {
         assert!(
             wait_for(Duration::from_secs(5), || metric(
                 &metrics(&c, h),
                 "flannel_peers"
-            ) == Some(2.0)),
+            ) == Some(3.0)),
             "host {h} did not take wireguard-go's lease as a peer:\n{}\n{}",
             metrics(&c, h),
             tail(&c.log(h), 20)
@@ -488,7 +489,7 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
         )
     };
     let mut pods = Vec::new();
-    for h in 0..2 {
+    for h in 0..3 {
         let pod = c.add_pod_all(h, 0);
         assert_eq!(pod.len(), 2, "{pod:?}");
         for target in [me4, me6] {
