@@ -714,6 +714,12 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
             let snap = table.snapshot();
             for peer in &snap.peers {
                 let mut tunn = peer.session.tunn();
+                if peer.session.greet.swap(false, Ordering::Relaxed)
+                    && let TunnResult::WriteToNetwork(p) =
+                        tunn.format_handshake_initiation(&mut buf, false)
+                {
+                    send_one(socks, peer.endpoint, p, ctx);
+                }
                 if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut buf) {
                     send_one(socks, peer.endpoint, p, ctx);
                 }
@@ -732,5 +738,206 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
                 if more > 0 { format!(" and {more} more") } else { String::new() }
             )
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::super::peers::{Entry, Identity};
+    use super::*;
+    use crate::backend::udp::packet::tests::ipv4;
+
+    /// Node A (under test, with its receive path) and a peer B speaking
+    /// WireGuard through boringtun directly; B's socket gets A's replies.
+    struct Pair {
+        table: Arc<Table>,
+        socks: Sockets,
+        b: Tunn,
+        b_sock: UdpSocket,
+        ctx: Ctx,
+        tally: Tally,
+    }
+
+    fn key(seed: u8) -> (StaticSecret, PublicKey) {
+        let s = StaticSecret::from([seed; 32]);
+        let p = PublicKey::from(&s);
+        (s, p)
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let (sa, pa) = key(1);
+            let (sb, pb) = key(2);
+            let b_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            b_sock
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let identity = Identity {
+                secret: sa,
+                public: pa,
+                psk: None,
+                keepalive: None,
+            };
+            let table = Arc::new(Table::new(identity, ["10.244.1.0/24".parse().unwrap()]));
+            table.set(vec![Entry {
+                key: *pb.as_bytes(),
+                endpoint: b_sock.local_addr().unwrap(),
+                subnets: vec!["10.244.2.0/24".parse().unwrap()],
+            }]);
+            let socks = Sockets {
+                v4: Some(UdpSocket::bind("127.0.0.1:0").unwrap()),
+                v6: None,
+            };
+            let ctx = Ctx {
+                health: Arc::new(Health::new(Duration::from_secs(10))),
+                off: Arc::new(Offloads {
+                    vnet: false,
+                    gso: AtomicBool::new(false),
+                }),
+                dev: "flannel-wg",
+            };
+            let b = Tunn::new(sb, pa, None, None, 77, None);
+            Pair {
+                table,
+                socks,
+                b,
+                b_sock,
+                ctx,
+                tally: Tally::default(),
+            }
+        }
+
+        /// A receives `d`; the inner packet's length if it was delivered.
+        fn a_gets(&mut self, d: &[u8]) -> Option<usize> {
+            let snap = self.table.snapshot();
+            let mut data = vec![0u8; 2048];
+            let mut small = vec![0u8; 2048];
+            let bufs = Bufs {
+                data: &mut data,
+                small: &mut small,
+            };
+            let from = Some(IpAddr::from([127, 0, 0, 1]));
+            receive(
+                d,
+                from,
+                &snap,
+                &self.table,
+                bufs,
+                &self.socks,
+                &mut self.tally,
+                &self.ctx,
+            )
+        }
+
+        /// What A sent B.
+        fn b_receives(&self) -> Vec<u8> {
+            let mut buf = vec![0u8; 2048];
+            let (n, _) = self.b_sock.recv_from(&mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        }
+
+        fn handshake(&mut self) {
+            let mut buf = vec![0u8; 2048];
+            let init = match self.b.format_handshake_initiation(&mut buf, false) {
+                TunnResult::WriteToNetwork(d) => d.to_vec(),
+                other => panic!("no initiation: {other:?}"),
+            };
+            assert_eq!(self.a_gets(&init), None);
+            let resp = self.b_receives();
+            let keepalive = match self.b.decapsulate(None, &resp, &mut buf) {
+                TunnResult::WriteToNetwork(d) => d.to_vec(),
+                other => panic!("B took no response: {other:?}"),
+            };
+            assert_eq!(self.a_gets(&keepalive), None);
+        }
+
+        fn b_seals(&mut self, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+            let p = ipv4(1, 64, src, dst, &[8, 0, 0, 0, 0, 0, 0, 0]);
+            let mut buf = vec![0u8; 2048];
+            match self.b.encapsulate(&p, &mut buf) {
+                TunnResult::WriteToNetwork(d) => d.to_vec(),
+                other => panic!("B sealed nothing: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_authentic_fresh_data_from_a_peers_subnet_to_ours_is_delivered() {
+        let mut t = Pair::new();
+        t.handshake();
+        assert_eq!(t.tally.handshakes, 1);
+        let good = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets(&good), Some(28));
+        assert_eq!(t.tally.packets, 1);
+        // The same datagram again.
+        assert_eq!(t.a_gets(&good), None);
+        assert_eq!(t.tally.replayed, 1);
+        // A source outside B's subnet, a destination outside ours.
+        let spoofed = t.b_seals([10, 244, 3, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets(&spoofed), None);
+        assert_eq!(t.tally.spoofed, 1);
+        let elsewhere = t.b_seals([10, 244, 2, 5], [10, 244, 9, 9]);
+        assert_eq!(t.a_gets(&elsewhere), None);
+        assert_eq!(t.tally.not_ours, 1);
+        // A flipped bit in the ciphertext.
+        let mut forged = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert_eq!(t.a_gets(&forged), None);
+        assert_eq!(t.tally.auth, 1);
+        // B's lease is gone: its session with it.
+        let later = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        t.table.set(Vec::new());
+        assert_eq!(t.a_gets(&later), None);
+        assert_eq!(t.tally.unknown, 1);
+        assert_eq!(t.tally.packets, 1);
+    }
+
+    #[test]
+    fn a_handshake_from_a_key_that_is_no_peer_is_refused() {
+        let mut t = Pair::new();
+        let (sc, _) = key(3);
+        let (_, pa) = key(1);
+        let mut c = Tunn::new(sc, pa, None, None, 9, None);
+        let mut buf = vec![0u8; 2048];
+        let init = match c.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&init), None);
+        assert_eq!(t.tally.unknown, 1);
+        assert_eq!(t.tally.handshakes, 0);
+    }
+
+    #[test]
+    fn a_response_under_another_psk_marks_the_peer_failing() {
+        let mut t = Pair::new();
+        // A initiates; B (with a PSK A does not have) answers.
+        let (sb, _) = key(2);
+        let (_, pa) = key(1);
+        t.b = Tunn::new(sb, pa, Some([5; 32]), None, 77, None);
+        let snap = t.table.snapshot();
+        let peer = &snap.peers[0];
+        let mut buf = vec![0u8; 2048];
+        let init = match peer
+            .session
+            .tunn()
+            .format_handshake_initiation(&mut buf, false)
+        {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        let resp = match t.b.decapsulate(None, &init, &mut buf) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("B did not answer: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&resp), None);
+        assert!(peer.session.failing.load(Ordering::Relaxed));
+        assert_eq!(t.tally.auth, 1);
     }
 }

@@ -38,6 +38,10 @@ pub struct Session {
     pub said: AtomicBool,
     /// Its handshake initiations we answered since data last came.
     pub answered: AtomicU64,
+    /// New: a handshake is due at once (after our restart the peer still
+    /// sends under a session we no longer have; it would wait 15 s for
+    /// its own timers to give up on it).
+    pub greet: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -120,6 +124,20 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// Where peer indices start: random, so that after a restart a peer's
+/// messages under our old indices name no new session.
+fn random_start() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    match read {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::from(d.subsec_nanos())),
+    }
+}
+
 /// The table the agent writes and the forwarders read.
 #[derive(Debug)]
 pub struct Table {
@@ -144,7 +162,7 @@ impl Table {
             own: subnets,
             generation: AtomicU64::new(0),
             current: Mutex::new(Arc::new(Snapshot::default())),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(random_start()),
         }
     }
 
@@ -167,6 +185,7 @@ impl Table {
             failing: AtomicBool::new(false),
             said: AtomicBool::new(false),
             answered: AtomicU64::new(0),
+            greet: AtomicBool::new(true),
         })
     }
 
