@@ -91,7 +91,12 @@ static NEXT_IF: AtomicU32 = AtomicU32::new(0);
 const UAPI_DIR: &str = "/var/run/wireguard";
 
 /// Debian's `wireguard-go` running one device in a test namespace, in the
-/// foreground, stopped (and its UAPI socket removed) on drop.
+/// foreground, stopped (and its UAPI socket removed) on drop. It opens
+/// /dev/net/tun in the network namespace it runs in, so it is started in
+/// the test's namespace (entered between fork and exec, see
+/// [`crate::netns::spawn_in`]) and its device is made there; its UDP
+/// sockets too. The UAPI socket is in the filesystem, which every
+/// simulated host shares, so `wg` finds the device by name alone.
 #[derive(Debug)]
 pub struct WgGo {
     daemon: Option<Daemon>,

@@ -772,13 +772,38 @@ fn a_stranger_with_its_own_key_reaches_no_pod_and_is_counted() {
     pod_reaches(&c, 0, &b);
 }
 
+/// Sends `msg` from `sock` to host 0's `to` and waits until host 0 counts
+/// it, once, as dropped for `reason`, with nothing delivered (its rx
+/// packets the same).
+fn assert_dropped_as(c: &Cluster, sock: &UdpSocket, to: SocketAddr, msg: &[u8], reason: &str) {
+    let (before, rx) = (dropped(c, 0, reason), rx_packets(c, 0));
+    sock.send_to(msg, to).unwrap();
+    let mut now = before;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            now = dropped(c, 0, reason);
+            now > before
+        }),
+        "a message not counted as {reason} ({before} before, {now} now):\n{}",
+        metrics(c, 0)
+    );
+    assert_eq!(now, before + 1.0, "one message, counted once as {reason}");
+    assert_eq!(
+        rx_packets(c, 0),
+        rx,
+        "a message dropped as {reason} was delivered"
+    );
+}
+
 /// Issue 21, hostile datagrams (2) and (3): a data message from host 1
 /// to host 0, captured on the underlay and sent again (from another source
-/// port), is counted as `replayed` and delivers nothing; once host 1's
-/// lease is removed, the same message is counted as `unknown_peer` (its
-/// session forgotten with the peer) and delivers nothing either.
+/// port), is counted as `replayed` and delivers nothing; so is the same
+/// forged under a new counter (`auth_failed`), and junk (`malformed`);
+/// once host 1's lease is removed, the first message is counted as
+/// `unknown_peer` (its session forgotten with the peer) and delivers
+/// nothing either.
 #[test]
-fn a_replayed_message_and_one_under_a_removed_peer_are_counted_not_delivered() {
+fn replayed_forged_and_removed_peers_messages_are_counted_not_delivered() {
     let mut c = Cluster::with_args(2, 1, &wg4(Some(&genpsk())), &["--healthz-port", HEALTH]);
     let a = c.add_pod(0, 0);
     let b = c.add_pod(1, 0);
@@ -828,19 +853,13 @@ fn a_replayed_message_and_one_under_a_removed_peer_are_counted_not_delivered() {
         .ns
         .run(|| UdpSocket::bind((host1.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap());
     // (2) replayed.
-    let (replayed, rx) = (dropped(&c, 0, "replayed"), rx_packets(&c, 0));
-    sock.send_to(&data, host0).unwrap();
-    let mut now = replayed;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(&c, 0, "replayed");
-            now > replayed
-        }),
-        "a replayed data message was not counted ({replayed} before, {now} now):\n{}",
-        metrics(&c, 0)
-    );
-    assert_eq!(now, replayed + 1.0);
-    assert_eq!(rx_packets(&c, 0), rx, "a replayed message was delivered");
+    assert_dropped_as(&c, &sock, host0, &data, "replayed");
+    // Forged: the same bytes under a counter never used (the nonce, so
+    // they no longer authenticate), and junk that is no WireGuard message.
+    let mut forged = data.clone();
+    forged[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_dropped_as(&c, &sock, host0, &forged, "auth_failed");
+    assert_dropped_as(&c, &sock, host0, b"\x09 not wireguard", "malformed");
     // (3) host 1 leaves: agent stopped, lease removed; host 0 forgets it.
     c.stop(1);
     let lease = c.store().join("subnets").join(c.key(1));
@@ -853,24 +872,8 @@ fn a_replayed_message_and_one_under_a_removed_peer_are_counted_not_delivered() {
         "host 0 did not forget host 1:\n{}",
         metrics(&c, 0)
     );
-    let (unknown, rx) = (dropped(&c, 0, "unknown_peer"), rx_packets(&c, 0));
     let replayed = dropped(&c, 0, "replayed");
-    sock.send_to(&data, host0).unwrap();
-    let mut now = unknown;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(&c, 0, "unknown_peer");
-            now > unknown
-        }),
-        "a removed peer's data message was not counted as unknown_peer ({unknown} before, {now} now):\n{}",
-        metrics(&c, 0)
-    );
-    assert_eq!(now, unknown + 1.0);
+    assert_dropped_as(&c, &sock, host0, &data, "unknown_peer");
     assert_eq!(dropped(&c, 0, "replayed"), replayed);
-    assert_eq!(
-        rx_packets(&c, 0),
-        rx,
-        "a removed peer's message was delivered"
-    );
     assert_eq!(from_b(), 0, "host 1's pod reached host 0's pod by a replay");
 }
