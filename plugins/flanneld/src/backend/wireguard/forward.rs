@@ -64,7 +64,7 @@ struct Running(Arc<Health>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.forwarder_died();
+        self.0.forwarder_died("wireguard");
     }
 }
 
