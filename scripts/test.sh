@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 need_root
-ensure_packages iproute2 iputils-ping nftables iptables ca-certificates containernetworking-plugins etcd-server etcd-client openssl containerd runc busybox-static e2fsprogs xz-utils
+ensure_packages iproute2 iputils-ping nftables iptables ca-certificates containernetworking-plugins etcd-server etcd-client openssl containerd runc busybox-static e2fsprogs xz-utils wireguard-go wireguard-tools tcpdump
 # kubectl for the kube-flannel tests: Debian's (kubernetes-client) only where
 # none is on PATH, since it conflicts with other packagings (e.g. google-cloud-sdk's).
 command -v kubectl >/dev/null || ensure_packages kubernetes-client

@@ -251,13 +251,22 @@ impl Cluster {
     pub fn spawn_binary(&mut self, h: usize, binary: &Path, args: &[String]) {
         // In kube mode the agent learns its Node's name as in a DaemonSet.
         let name = Self::node_name(h);
-        let env: Vec<(&str, &str)> = match self.kube {
-            Some(_) => vec![("NODE_NAME", &name)],
-            None => Vec::new(),
-        };
+        // The simulated hosts share one filesystem: each agent keeps its
+        // WireGuard key in its host's directory, not in /run/flannel.
+        let key = self.wg_key_file(h).display().to_string();
+        let mut env: Vec<(&str, &str)> = vec![("WIREGUARD_KEY_FILE", &key)];
+        if self.kube.is_some() {
+            env.push(("NODE_NAME", &name));
+        }
         let host = &mut self.hosts[h];
         let log = host.dir.join("flanneld.log");
         host.agent = Some(Daemon::start_with_env(binary, args, &host.ns, &log, &env));
+    }
+
+    /// Where host `h`'s agent keeps its WireGuard private key
+    /// (`WIREGUARD_KEY_FILE`).
+    pub fn wg_key_file(&self, h: usize) -> PathBuf {
+        self.hosts[h].dir.join("wgkey")
     }
 
     /// Starts host `h`'s agent with `extra` flags; does not wait (e.g. for

@@ -30,6 +30,7 @@ pub mod tempdir;
 pub mod tool;
 pub mod underlay;
 pub mod util;
+pub mod wireguard;
 pub use tempdir::TempDir;
 pub use tool::Tool;
 pub use underlay::Underlay;

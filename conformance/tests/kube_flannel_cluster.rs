@@ -9,10 +9,12 @@
 //! node) pinging each other and answering behind a ClusterIP Service from
 //! the other node, a rolling restart of the agents losing no ping and
 //! keeping every subnet, and `kubectl delete -f` leaving the app pods
-//! talking, `apply` recovering without restarting anything else. Skipped,
-//! loudly, without the Kubernetes binaries or kubectl.
+//! talking, `apply` recovering without restarting anything else. And the
+//! same manifest with the wireguard backend. Skipped, loudly, without the
+//! Kubernetes binaries or kubectl.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
+#![allow(clippy::print_stdout)] // the shared steps print the figures the tests report
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -366,15 +368,15 @@ fn service_answers_across(c: &KubeCluster, apps: &[App], ip: &str, within: Durat
     }
 }
 
-#[test]
-fn kube_flannel_on_a_two_node_cluster() {
+/// The image built and a two-node cluster up with it; `None` (said
+/// loudly) where the Kubernetes binaries or kubectl are missing.
+fn cluster(scratch: &TempDir) -> Option<KubeCluster> {
     if KubeApi::binaries().is_none()
         || !kubectl_present("the kube-flannel cluster test did not run")
     {
-        return;
+        return None;
     }
     require_root();
-    let scratch = TempDir::new("kfcluster");
     let image = scratch.path().join("cni-rs-flannel.oci.tar");
     let t = Instant::now();
     build_image(&image);
@@ -384,27 +386,132 @@ fn kube_flannel_on_a_two_node_cluster() {
         bin_dir().display(),
         t.elapsed().as_secs_f64()
     );
-
     let t = Instant::now();
-    let Some(mut c) = KubeCluster::start(2, std::slice::from_ref(&image)) else {
-        return;
-    };
+    let c = KubeCluster::start(2, std::slice::from_ref(&image))?;
     println!(
         "cluster up (2 nodes registered with pod CIDRs) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let manifest = repo().join("dist/kube-flannel.yml");
-    let manifest = manifest.to_str().unwrap();
+    Some(c)
+}
 
-    // Rollout.
+/// `kubectl apply -f manifest` and both agents Ready; their pod names.
+fn apply(c: &KubeCluster, manifest: &str) -> Vec<String> {
     let applied = Instant::now();
     c.kubectl_ok(&["apply", "-f", manifest]);
-    let agents = wait_agents_ready(&c, Duration::from_secs(120), "first apply");
-    let rollout = applied.elapsed();
+    let agents = wait_agents_ready(c, Duration::from_secs(120), "first apply");
     println!(
         "kubectl apply -> both flannel pods Ready: {:.1} s",
-        rollout.as_secs_f64()
+        applied.elapsed().as_secs_f64()
     );
+    agents
+}
+
+/// The app Deployment (one pod per node) and its Service, running, each
+/// pod inside its node's pod CIDR and pinging the other; the pods and
+/// their sandboxes' pids.
+fn start_apps(c: &KubeCluster, scratch: &TempDir) -> (Vec<App>, Vec<u32>) {
+    let objects = scratch.path().join("echo.json");
+    std::fs::write(&objects, app_objects().to_string()).unwrap();
+    c.kubectl_ok(&["apply", "-f", objects.to_str().unwrap()]);
+    let mut apps = Vec::new();
+    let ok = wait_for(Duration::from_secs(90), || {
+        apps = app_pods(c);
+        apps.len() == 2 && apps[0].node != apps[1].node
+    });
+    assert!(
+        ok,
+        "the app pods did not run on both nodes: {}\n{}",
+        c.kubectl_text(&["get", "pods", "-o", "wide"]),
+        c.kubectl_text(&["describe", "pods", "-l", "app=echo"])
+    );
+    for a in &apps {
+        let cidr = c.pod_cidr(&a.node);
+        let prefix = cidr.rsplit_once(".0/").unwrap().0;
+        assert!(
+            a.ip.starts_with(&format!("{prefix}.")),
+            "{} on {} has {} outside its node's {cidr}",
+            a.name,
+            a.node,
+            a.ip
+        );
+        println!("app pod {} on {}: {}", a.name, a.node, a.ip);
+    }
+    let pids: Vec<u32> = apps
+        .iter()
+        .map(|a| {
+            c.node(&a.node)
+                .pod_pid(&a.name)
+                .expect("no sandbox for an app pod")
+        })
+        .collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        let ok = wait_for(Duration::from_secs(30), || {
+            ping_burst(pids[i], &apps[j].ip, 1) == 1
+        });
+        assert!(ok, "{} cannot ping {}", apps[i].name, apps[j].ip);
+    }
+    (apps, pids)
+}
+
+/// A rolling restart of the agents with pings every 0.1 s both ways all
+/// along: the new agents, how long it took, and what each Pinger saw.
+fn rolling_restart(
+    c: &KubeCluster,
+    agents: &[String],
+    apps: &[App],
+    pids: &[u32],
+) -> (Vec<String>, Duration, PingCount, PingCount) {
+    let forth = Pinger::start(pids[0], &apps[1].ip);
+    let back = Pinger::start(pids[1], &apps[0].ip);
+    assert!(
+        wait_for(Duration::from_secs(10), || forth.answered() >= 5
+            && back.answered() >= 5),
+        "no pings answered before the restart"
+    );
+    let restarted = Instant::now();
+    c.kubectl_ok(&["-n", FLANNEL_NS, "rollout", "restart", DS]);
+    c.kubectl_ok(&["-n", FLANNEL_NS, "rollout", "status", DS, "--timeout=180s"]);
+    let new_agents = wait_agents_ready(c, Duration::from_secs(60), "rollout restart");
+    let restart_time = restarted.elapsed();
+    assert!(
+        new_agents.iter().all(|a| !agents.contains(a)),
+        "the agents were not replaced: {agents:?} -> {new_agents:?}"
+    );
+    // A second's worth of pings after the new agents are Ready.
+    let (f0, b0) = (forth.answered(), back.answered());
+    assert!(
+        wait_for(Duration::from_secs(10), || forth.answered() >= f0 + 10
+            && back.answered() >= b0 + 10),
+        "pings stopped being answered after the restart"
+    );
+    let (forth, back) = (forth.stop(), back.stop());
+    println!(
+        "rollout restart: {:.1} s; pings {}->{}: {} sent, {} answered, lost {:?}; {}->{}: {} sent, {} answered, lost {:?}",
+        restart_time.as_secs_f64(),
+        apps[0].node,
+        apps[1].node,
+        forth.sent,
+        forth.answered,
+        forth.lost,
+        apps[1].node,
+        apps[0].node,
+        back.sent,
+        back.answered,
+        back.lost
+    );
+    (new_agents, restart_time, forth, back)
+}
+
+#[test]
+fn kube_flannel_on_a_two_node_cluster() {
+    let scratch = TempDir::new("kfcluster");
+    let Some(mut c) = cluster(&scratch) else {
+        return;
+    };
+    let manifest = repo().join("dist/kube-flannel.yml");
+    let manifest = manifest.to_str().unwrap();
+    let agents = apply(&c, manifest);
     // Ready through our /readyz: it answers on each node's address.
     for n in &c.nodes {
         let answer = http_get(&n.ns.path(), &n.ip, 8081, "/readyz");
@@ -447,90 +554,14 @@ fn kube_flannel_on_a_two_node_cluster() {
     }
 
     // App pods, one per node, and their Service.
-    let objects = scratch.path().join("echo.json");
-    std::fs::write(&objects, app_objects().to_string()).unwrap();
-    c.kubectl_ok(&["apply", "-f", objects.to_str().unwrap()]);
-    let mut apps = Vec::new();
-    let ok = wait_for(Duration::from_secs(90), || {
-        apps = app_pods(&c);
-        apps.len() == 2 && apps[0].node != apps[1].node
-    });
-    assert!(
-        ok,
-        "the app pods did not run on both nodes: {}\n{}",
-        c.kubectl_text(&["get", "pods", "-o", "wide"]),
-        c.kubectl_text(&["describe", "pods", "-l", "app=echo"])
-    );
-    for a in &apps {
-        let cidr = c.pod_cidr(&a.node);
-        let prefix = cidr.rsplit_once(".0/").unwrap().0;
-        assert!(
-            a.ip.starts_with(&format!("{prefix}.")),
-            "{} on {} has {} outside its node's {cidr}",
-            a.name,
-            a.node,
-            a.ip
-        );
-        println!("app pod {} on {}: {}", a.name, a.node, a.ip);
-    }
-    let pids: Vec<u32> = apps
-        .iter()
-        .map(|a| {
-            c.node(&a.node)
-                .pod_pid(&a.name)
-                .expect("no sandbox for an app pod")
-        })
-        .collect();
-    for (i, j) in [(0, 1), (1, 0)] {
-        let ok = wait_for(Duration::from_secs(30), || {
-            ping_burst(pids[i], &apps[j].ip, 1) == 1
-        });
-        assert!(ok, "{} cannot ping {}", apps[i].name, apps[j].ip);
-    }
+    let (apps, pids) = start_apps(&c, &scratch);
     let svc = c.get(&["svc", "echo"]).unwrap();
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     service_answers_across(&c, &apps, &cluster_ip, Duration::from_secs(60));
     println!("Service echo ({cluster_ip}) answers each app pod from the other node");
 
     // A rolling restart of the agents, pinging both ways all along.
-    let forth = Pinger::start(pids[0], &apps[1].ip);
-    let back = Pinger::start(pids[1], &apps[0].ip);
-    assert!(
-        wait_for(Duration::from_secs(10), || forth.answered() >= 5
-            && back.answered() >= 5),
-        "no pings answered before the restart"
-    );
-    let restarted = Instant::now();
-    c.kubectl_ok(&["-n", FLANNEL_NS, "rollout", "restart", DS]);
-    c.kubectl_ok(&["-n", FLANNEL_NS, "rollout", "status", DS, "--timeout=180s"]);
-    let new_agents = wait_agents_ready(&c, Duration::from_secs(60), "rollout restart");
-    let restart_time = restarted.elapsed();
-    assert!(
-        new_agents.iter().all(|a| !agents.contains(a)),
-        "the agents were not replaced: {agents:?} -> {new_agents:?}"
-    );
-    // A second's worth of pings after the new agents are Ready.
-    let (f0, b0) = (forth.answered(), back.answered());
-    assert!(
-        wait_for(Duration::from_secs(10), || forth.answered() >= f0 + 10
-            && back.answered() >= b0 + 10),
-        "pings stopped being answered after the restart"
-    );
-    let (forth, back) = (forth.stop(), back.stop());
-    println!(
-        "rollout restart: {:.1} s; pings {}->{}: {} sent, {} answered, lost {:?}; {}->{}: {} sent, {} answered, lost {:?}",
-        restart_time.as_secs_f64(),
-        apps[0].node,
-        apps[1].node,
-        forth.sent,
-        forth.answered,
-        forth.lost,
-        apps[1].node,
-        apps[0].node,
-        back.sent,
-        back.answered,
-        back.lost
-    );
+    let (_, _, forth, back) = rolling_restart(&c, &agents, &apps, &pids);
     for (name, before) in &subnets {
         assert_eq!(
             &flannel_subnet(&c, name),
@@ -595,4 +626,67 @@ fn kube_flannel_on_a_two_node_cluster() {
         assert_eq!(ping_burst(pids[i], &apps[j].ip, 10), 10);
     }
     drop(c);
+}
+
+/// The flannel annotations' backend data of each Node: its public key.
+fn wireguard_keys(c: &KubeCluster) -> Vec<String> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let node = c.get(&["node", &n.name]).unwrap();
+            let a = &node["metadata"]["annotations"];
+            assert_eq!(a["flannel.alpha.coreos.com/backend-type"], "wireguard");
+            let data: Value =
+                serde_json::from_str(a["flannel.alpha.coreos.com/backend-data"].as_str().unwrap())
+                    .unwrap();
+            assert_eq!(data["Port"], 51820, "{}: backend-data {data}", n.name);
+            let key = data["PublicKey"].as_str().unwrap().to_string();
+            assert_eq!(key.len(), 44, "{}: backend-data {data}", n.name);
+            key
+        })
+        .collect()
+}
+
+/// The same manifest with `"Type": "wireguard"` in net-conf.json: pods on
+/// the two nodes talk through our userspace WireGuard (the node kernels
+/// have no WireGuard module), and a rolling restart keeps every node's key
+/// (the host's /run/flannel/wgkey) and costs pings only while each agent is
+/// down (the data plane is the agent's process, unlike vxlan's).
+#[test]
+fn kube_flannel_with_the_wireguard_backend() {
+    let scratch = TempDir::new("kfwg");
+    let Some(c) = cluster(&scratch) else {
+        return;
+    };
+    let text = std::fs::read_to_string(repo().join("dist/kube-flannel.yml")).unwrap();
+    let wg = text.replace("\"Type\": \"vxlan\"", "\"Type\": \"wireguard\"");
+    assert_ne!(wg, text, "no vxlan backend in the manifest to replace");
+    let manifest = scratch.path().join("kube-flannel-wireguard.yml");
+    std::fs::write(&manifest, wg).unwrap();
+    let agents = apply(&c, manifest.to_str().unwrap());
+    let keys = wireguard_keys(&c);
+    println!("wireguard keys: {keys:?}");
+    let (apps, pids) = start_apps(&c, &scratch);
+    for n in &c.nodes {
+        let dev = n.ns.ip(&["link", "show", "flannel-wg"]);
+        assert!(dev.contains("mtu 1420"), "{}: {dev}", n.name);
+    }
+    let (_, _, forth, back) = rolling_restart(&c, &agents, &apps, &pids);
+    assert_eq!(
+        wireguard_keys(&c),
+        keys,
+        "a node's key changed over the restart"
+    );
+    // Each agent is down for a moment in turn (its devices go with it);
+    // nothing more than that may be lost.
+    for (dir, p) in [("forth", &forth), ("back", &back)] {
+        assert!(
+            p.lost.len() < 60,
+            "{dir}: {} pings lost over the rolling restart (more than the agents' own gaps): {p:?}",
+            p.lost.len()
+        );
+    }
+    for (i, j) in [(0, 1), (1, 0)] {
+        assert_eq!(ping_burst(pids[i], &apps[j].ip, 10), 10);
+    }
 }

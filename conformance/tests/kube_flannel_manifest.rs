@@ -199,7 +199,8 @@ fn the_manifest_applies_to_a_real_api_server() {
             "/run/flannel",
             "/opt/cni/bin",
             "/etc/cni/net.d",
-            "/run/xtables.lock"
+            "/run/xtables.lock",
+            "/dev/net/tun"
         ]
     );
 

@@ -260,7 +260,8 @@ pub struct Health {
     /// Why, for `/readyz` (written by the loop, read by the server).
     store_why: Mutex<Option<String>>,
     dataplane_failing: AtomicBool,
-    forwarder_dead: AtomicBool,
+    /// The backend whose forwarding threads stopped ("": none did).
+    forwarder_dead: Mutex<&'static str>,
     conflict: AtomicBool,
     /// Peers the data plane cannot talk to, and why (wireguard handshakes
     /// that fail to authenticate).
@@ -279,7 +280,8 @@ pub struct Snapshot {
     pub store_failing: bool,
     pub store_why: Option<String>,
     pub dataplane_failing: bool,
-    pub forwarder_dead: bool,
+    /// The backend whose forwarding threads stopped ("": none).
+    pub forwarder_dead: &'static str,
     pub conflict: bool,
     pub config_changed: bool,
     pub peers_failing: Option<String>,
@@ -316,7 +318,7 @@ impl Health {
             store_failing: AtomicBool::new(false),
             store_why: Mutex::new(None),
             dataplane_failing: AtomicBool::new(false),
-            forwarder_dead: AtomicBool::new(false),
+            forwarder_dead: Mutex::new(""),
             conflict: AtomicBool::new(false),
             peers_failing: Mutex::new(None),
         }
@@ -357,8 +359,10 @@ impl Health {
     }
 
     /// The forwarding threads (udp, wireguard) stopped.
-    pub fn forwarder_died(&self) {
-        self.forwarder_dead.store(true, Ordering::Relaxed);
+    pub fn forwarder_died(&self, backend: &'static str) {
+        if let Ok(mut d) = self.forwarder_dead.lock() {
+            *d = backend;
+        }
     }
 
     /// The agent's loop went round (it does at least every second).
@@ -393,7 +397,7 @@ impl Health {
             store_failing: self.store_failing.load(Ordering::Relaxed),
             store_why: self.store_why.lock().ok().and_then(|w| w.clone()),
             dataplane_failing: self.dataplane_failing.load(Ordering::Relaxed),
-            forwarder_dead: self.forwarder_dead.load(Ordering::Relaxed),
+            forwarder_dead: self.forwarder_dead.lock().map_or("?", |d| *d),
             conflict: self.conflict.load(Ordering::Relaxed),
             config_changed: self.metrics.config_changed.load(Ordering::Relaxed) != 0,
             peers_failing: self.peers_failing.lock().ok().and_then(|w| w.clone()),
@@ -407,8 +411,11 @@ impl Health {
 
 /// `/healthz`: `Ok(body)` for 200, `Err(body)` for 503.
 pub fn healthz(s: &Snapshot, stale_after: Duration) -> Result<String, String> {
-    if s.forwarder_dead {
-        return Err("the forwarding threads stopped\n".into());
+    if !s.forwarder_dead.is_empty() {
+        return Err(format!(
+            "the {} forwarding threads stopped\n",
+            s.forwarder_dead
+        ));
     }
     let Some(started) = s.loop_started else {
         return Ok("ok: starting\n".into());
@@ -451,8 +458,11 @@ pub fn readyz(s: &Snapshot) -> Result<String, String> {
     if s.dataplane_failing {
         why.push("the data plane could not be programmed".into());
     }
-    if s.forwarder_dead {
-        why.push("the forwarding threads stopped".into());
+    if !s.forwarder_dead.is_empty() {
+        why.push(format!(
+            "the {} forwarding threads stopped",
+            s.forwarder_dead
+        ));
     }
     if let Some(w) = &s.peers_failing {
         why.push(w.clone());
@@ -517,7 +527,7 @@ mod tests {
         assert!(healthz(&failing, STALE).is_ok());
         assert!(readyz(&failing).is_err());
         let dead = Snapshot {
-            forwarder_dead: true,
+            forwarder_dead: "udp",
             ..running(11, 10)
         };
         assert!(

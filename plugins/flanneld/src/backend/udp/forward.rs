@@ -3,19 +3,18 @@
 //! device. Buffers are allocated once; counters are added once per batch.
 
 use std::fs::File;
-use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use super::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
-    Wrote,
 };
+use super::relay::{self, DeviceWriter, Next, Reader, Rejoin, Running};
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
-use super::table::{Reader, Refused};
+use super::table::{Refused, Snapshot};
 use super::{TUN_NAME, packet};
 use crate::health::Health;
 
@@ -40,33 +39,9 @@ const GSO_MAX_SEGS: usize = 64;
 const OUT_BUF: usize = 512 << 10;
 const HDR_ROOM: usize = 128 << 10;
 
-/// Counts a packet that could not be passed on; logs the 1st, 2nd, 4th,
-/// 8th... so a persistent failure shows without flooding the log.
+/// Counts packets that could not be passed on (logged 1st, 2nd, 4th...).
 fn forward_failed(health: &Health, what: std::fmt::Arguments<'_>, e: &io::Error, n: u64) {
-    let before = health
-        .metrics
-        .udp_forward_errors
-        .fetch_add(n, Ordering::Relaxed);
-    let after = before + n;
-    if (before + 1..=after).any(u64::is_power_of_two) {
-        crate::warn!("udp: {what}: {e} ({after} packets lost so far)");
-    }
-}
-
-/// A forwarding thread ended on an error: nothing passes any more until a
-/// restart.
-fn stopped(what: &str, e: &io::Error) {
-    crate::error!("udp: {what}: {e}; the forwarder stopped (restart flanneld)");
-}
-
-/// Held by a forwarding thread: however it ends (an error, a panic), the
-/// health endpoints learn of it.
-struct Running(Arc<Health>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.forwarder_died();
-    }
+    relay::count_lost(&health.metrics.udp_forward_errors, "udp", what, e, n);
 }
 
 #[derive(Default)]
@@ -160,34 +135,17 @@ impl Sender {
         } else {
             (b6, socks.v6.as_ref())
         };
-        if batch.is_empty() {
-            return;
-        }
-        // Never: routes only name families we have a socket for.
-        let Some(sock) = sock else {
-            batch.clear();
-            return;
-        };
         let mut bufs: [&[u8]; 1 + RING] = [&[]; 1 + RING];
         bufs[OUT] = out;
         for (slot, r) in bufs[1..].iter_mut().zip(ring.iter()) {
             *slot = r;
         }
-        let done = batch.flush(sock, &bufs);
-        // Some devices refuse segmentation (EIO): without it from now.
-        if let Some(e) = &done.unsegmented
-            && ctx.off.gso.swap(false, Ordering::Relaxed)
-        {
-            crate::warn!(
-                "udp: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
-            );
-        }
-        if let Some((e, to)) = &done.error {
+        if let Some((e, to, lost)) = relay::flush(batch, sock, &bufs, &ctx.off.gso, "udp") {
             forward_failed(
                 &ctx.health,
                 format_args!("cannot send to {to}"),
-                e,
-                done.lost as u64,
+                &e,
+                lost as u64,
             );
         }
     }
@@ -213,7 +171,14 @@ impl Sender {
     /// header before it and `n` bytes in all. Patched in place, then queued:
     /// a small one copied to `out`, a super-packet as headers in `out` and
     /// its payload where it lies.
-    fn packet(&mut self, skip: usize, n: usize, reader: &mut Reader, tun: &mut File, ctx: &Ctx) {
+    fn packet(
+        &mut self,
+        skip: usize,
+        n: usize,
+        reader: &mut Reader<Snapshot>,
+        tun: &mut File,
+        ctx: &Ctx,
+    ) {
         let cur = self.cur;
         let buf = &mut self.ring[cur];
         let hdr = if ctx.off.vnet {
@@ -302,15 +267,7 @@ impl Sender {
 
 /// Answers a packet for a subnet nobody leases, as a router would.
 fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
-    let Some(reply) = packet::unreachable(p) else {
-        return;
-    };
-    let r = if ctx.off.vnet {
-        tun.write_vectored(&[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&reply)])
-    } else {
-        tun.write(&reply)
-    };
-    if let Err(e) = r {
+    if let Err(e) = relay::answer_unreachable(p, tun, ctx.off.vnet) {
         forward_failed(
             &ctx.health,
             format_args!("cannot answer net unreachable"),
@@ -329,10 +286,10 @@ pub struct Ctx {
 
 /// Reads the device's queue until it is empty, sending in batches; then
 /// waits for more.
-pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx: Ctx) {
-    let _running = Running(ctx.health.clone());
+pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader<Snapshot>, ctx: Ctx) {
+    let _running = Running(ctx.health.clone(), "udp");
     if let Err(e) = sys::set_nonblocking(tun.as_raw_fd()) {
-        return stopped(&format!("cannot set up {TUN_NAME}"), &e);
+        return relay::stopped("udp", &format!("cannot set up {TUN_NAME}"), &e);
     }
     let mut s = Sender {
         socks,
@@ -349,75 +306,38 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
     let skip = if ctx.off.vnet { VNET_HDR_LEN } else { 0 };
     loop {
         s.ready(&ctx);
-        let n = match tun.read(&mut s.ring[s.cur]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+        match relay::read_device(&mut tun, &mut s.ring[s.cur], "udp", TUN_NAME) {
+            Next::Packet(n) if n > skip => s.packet(skip, n, &mut reader, &mut tun, &ctx),
+            Next::Packet(_) => {}
+            Next::Empty => {
                 s.send_all(&ctx);
-                if let Err(e) = sys::wait_readable(tun.as_raw_fd())
-                    && e.kind() != ErrorKind::Interrupted
-                {
-                    return stopped(&format!("cannot wait for {TUN_NAME}"), &e);
+                if !relay::wait_device(&tun, "udp", TUN_NAME) {
+                    return;
                 }
-                continue;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return stopped(&format!("cannot read {TUN_NAME}"), &e),
-        };
-        if n > skip {
-            s.packet(skip, n, &mut reader, &mut tun, &ctx);
+            Next::Stop => return,
         }
     }
 }
 
-/// After the kernel refused a joined run of UDP datagrams that it took
-/// one by one, how long such runs are written one by one before joining
-/// is tried again: a kernel without them costs a refused write (its
-/// datagrams then written alone) a minute, and no single event turns
-/// joining off for good.
-const UDP_REJOIN: Duration = Duration::from_secs(60);
-
 /// Receives datagrams in batches, admits them, and writes them to the
 /// device, consecutive TCP segments joined into one write.
-pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx: Ctx) {
-    let _running = Running(ctx.health.clone());
+pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader<Snapshot>, ctx: Ctx) {
+    let _running = Running(ctx.health.clone(), "udp");
     let mut batch = RecvBatch::new(16);
     let mut joiner = offload::Joiner::default();
     let mut tally = Tally::default();
-    let mut failed: Option<io::Error> = None;
-    let mut lost = 0u64;
-    let mut rejoin: Option<Instant> = None;
-    let mut said = false;
+    let mut out = DeviceWriter::default();
+    let mut rejoin = Rejoin::default();
     loop {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
-            Err(e) => return stopped("cannot receive", &e),
+            Err(e) => return relay::stopped("udp", "cannot receive", &e),
         };
-        if let Some(at) = rejoin
-            && Instant::now() >= at
-        {
-            joiner.udp = true;
-            rejoin = None;
-        }
+        rejoin.before(&mut joiner);
         let snap = reader.get();
         let bytes = batch.bytes();
-        let mut write = |s: &[IoSlice<'_>]| match tun.write_vectored(s) {
-            Ok(_) => Wrote::Taken,
-            Err(e) => {
-                let invalid = e.raw_os_error() == Some(nix::libc::EINVAL);
-                // A joined write refused as invalid is the joiner's to
-                // write again, packet by packet.
-                if !(invalid && offload::joined(s)) {
-                    // A packet for each payload behind the header.
-                    lost += s.len().saturating_sub(1).max(1) as u64;
-                    failed = Some(e);
-                }
-                if invalid {
-                    Wrote::Invalid
-                } else {
-                    Wrote::Failed
-                }
-            }
-        };
+        let mut write = |s: &[IoSlice<'_>]| out.write(&mut tun, s);
         for i in 0..n {
             let (from, start, len, seg) = batch.message(i);
             if len == 0 {
@@ -449,28 +369,17 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader, ctx
         joiner.flush(bytes, &mut write);
         let m = &ctx.health.metrics;
         tally.add_to(&m.udp_rx_packets, &m.udp_rx_bytes, &ctx.health);
-        if joiner.udp_refused() {
-            rejoin = Some(Instant::now() + UDP_REJOIN);
-            if !said {
-                said = true;
-                crate::warn!(
-                    "udp: {TUN_NAME} refused a joined run of UDP datagrams it takes one by one (a kernel before 6.2): written one by one, joined again every {}s to try",
-                    UDP_REJOIN.as_secs()
-                );
-            }
-        }
-        if let Some(e) = failed.take() {
-            // The device is gone: nothing will ever be written again.
-            if e.raw_os_error() == Some(nix::libc::EBADFD) {
-                return stopped(&format!("cannot write {TUN_NAME}"), &e);
-            }
-            forward_failed(
+        rejoin.after(&mut joiner, "udp", TUN_NAME);
+        match out.take() {
+            Ok(None) => {}
+            Ok(Some((e, lost))) => forward_failed(
                 &ctx.health,
                 format_args!("cannot write {TUN_NAME}"),
                 &e,
                 lost,
-            );
-            lost = 0;
+            ),
+            // The device is gone: nothing will ever be written again.
+            Err(e) => return relay::stopped("udp", &format!("cannot write {TUN_NAME}"), &e),
         }
     }
 }

@@ -17,6 +17,7 @@ mod backend;
 mod forward;
 pub mod offload;
 pub mod packet;
+pub mod relay;
 pub mod sys;
 pub mod table;
 

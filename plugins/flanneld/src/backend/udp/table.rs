@@ -1,17 +1,15 @@
 //! Where each peer subnet is sent, and who may send into ours (and only
-//! into ours). The agent
-//! replaces the whole table when a peer comes or goes; the forwarding
-//! threads keep their own reference and look at one atomic generation
-//! number per batch, so the hot path takes no lock.
+//! into ours). The agent replaces the whole table when a peer comes or
+//! goes ([`Published`]): the hot path takes no lock.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
 use super::packet;
+use super::relay::{Published, Reader};
 
 /// One peer as the forwarder needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +180,7 @@ impl Snapshot {
 /// The table the agent writes and the forwarders read.
 #[derive(Debug)]
 pub struct Table {
-    generation: AtomicU64,
-    current: Mutex<Arc<Snapshot>>,
+    current: Arc<Published<Snapshot>>,
     port: u16,
     local4: bool,
     local6: bool,
@@ -205,8 +202,7 @@ impl Table {
         }
         let first = Snapshot::new(Vec::new(), port, local4, local6, subnets.clone());
         Table {
-            generation: AtomicU64::new(0),
-            current: Mutex::new(Arc::new(first)),
+            current: Arc::new(Published::new(first)),
             port,
             local4,
             local6,
@@ -214,52 +210,23 @@ impl Table {
         }
     }
 
-    /// Replaces the table when `entries` differ; `false` only if a
-    /// forwarder panicked while holding the lock.
-    pub fn set(&self, entries: Vec<Entry>) -> bool {
-        let Ok(mut cur) = self.current.lock() else {
-            return false;
-        };
-        if cur.entries != entries {
-            *cur = Arc::new(Snapshot::new(
-                entries,
-                self.port,
-                self.local4,
-                self.local6,
-                self.own.clone(),
-            ));
-            self.generation.fetch_add(1, Ordering::Release);
-        }
-        true
+    /// Replaces the table when `entries` differ.
+    pub fn set(&self, entries: Vec<Entry>) {
+        self.current.update(|cur| {
+            (cur.entries != entries).then(|| {
+                Snapshot::new(
+                    entries,
+                    self.port,
+                    self.local4,
+                    self.local6,
+                    self.own.clone(),
+                )
+            })
+        });
     }
 
-    pub fn reader(self: &Arc<Self>) -> Reader {
-        Reader {
-            table: self.clone(),
-            seen: u64::MAX,
-            snap: Arc::new(Snapshot::default()),
-        }
-    }
-}
-
-/// A forwarder's view: refreshed only when the generation moved.
-#[derive(Debug)]
-pub struct Reader {
-    table: Arc<Table>,
-    seen: u64,
-    snap: Arc<Snapshot>,
-}
-
-impl Reader {
-    pub fn get(&mut self) -> &Snapshot {
-        let g = self.table.generation.load(Ordering::Acquire);
-        if g != self.seen
-            && let Ok(cur) = self.table.current.lock()
-        {
-            self.snap = cur.clone();
-            self.seen = g;
-        }
-        &self.snap
+    pub fn reader(&self) -> Reader<Snapshot> {
+        self.current.reader()
     }
 }
 
@@ -361,12 +328,12 @@ mod tests {
             r.get().admit(peer, &to([10, 244, 9, 9])),
             Err(Refused::NotAPeer)
         );
-        assert!(t.set(vec![entry(
+        t.set(vec![entry(
             "10.244.1.0/24",
             None,
             Some("192.168.77.11"),
-            None
-        )]));
+            None,
+        )]);
         assert_eq!(r.get().admit(peer, &to([10, 244, 9, 9])), Ok(()));
         assert_eq!(
             r.get().admit(peer, &to([10, 244, 8, 9])),
@@ -439,12 +406,15 @@ mod tests {
         let mut r = t.reader();
         assert!(r.get().route("10.244.1.1".parse().unwrap()).is_none());
         let e = vec![entry("10.244.1.0/24", None, Some("192.168.1.1"), None)];
-        assert!(t.set(e.clone()));
+        t.set(e.clone());
         assert!(r.get().route("10.244.1.1".parse().unwrap()).is_some());
-        let g = t.generation.load(Ordering::Relaxed);
-        assert!(t.set(e));
-        assert_eq!(t.generation.load(Ordering::Relaxed), g);
-        assert!(t.set(Vec::new()));
+        let before = r.get().clone();
+        t.set(e);
+        assert!(
+            Arc::ptr_eq(&before, r.get()),
+            "an unchanged table was replaced"
+        );
+        t.set(Vec::new());
         assert!(r.get().route("10.244.1.1".parse().unwrap()).is_none());
     }
 }

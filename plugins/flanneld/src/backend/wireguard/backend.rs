@@ -279,18 +279,19 @@ impl Backend for Wireguard {
                 health: self.health.clone(),
                 off,
                 dev: d.name,
+                mtu: self.mtu as usize,
             };
             for Queue { tun, socks } in queues {
                 let copies = clone_sockets(&socks)?;
                 for sock in [copies.v4, copies.v6].into_iter().flatten() {
-                    let (t, r, c, replies) = (
+                    let (t, tb, c, replies) = (
                         tun.try_clone().map_err(|e| e.to_string())?,
-                        table.reader(),
+                        table.clone(),
                         ctx.clone(),
                         clone_sockets(&socks)?,
                     );
                     udp::spawn("wg-rx", move || {
-                        forward::network_to_device(sock, replies, t, r, c)
+                        forward::network_to_device(sock, replies, t, tb, c)
                     })?;
                 }
                 // The timers send from the first queue's sockets.

@@ -7,7 +7,7 @@
 //! what `/readyz` says about peers that fail to authenticate).
 
 use std::fs::File;
-use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::io::{self, ErrorKind, IoSlice};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
-use super::peers::{Peer, Reader, Snapshot, Table};
+use super::peers::{Peer, Snapshot, Table};
 use crate::backend::udp::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
-    Wrote,
 };
 use crate::backend::udp::packet;
+use crate::backend::udp::relay::{self, DeviceWriter, Next, Reader, Rejoin, Running};
 use crate::backend::udp::sys::{self, BATCH, RecvBatch, SendBatch};
 use crate::backend::udp::{Offloads, Sockets};
 use crate::health::{Health, WgMetrics};
@@ -50,6 +50,8 @@ pub struct Ctx {
     pub health: Arc<Health>,
     pub off: Arc<Offloads>,
     pub dev: &'static str,
+    /// The device's MTU: what packets are padded up to at most.
+    pub mtu: usize,
 }
 
 impl Ctx {
@@ -58,33 +60,11 @@ impl Ctx {
     }
 }
 
-/// Held by a forwarding thread: however it ends, the health endpoints
-/// learn of it.
-struct Running(Arc<Health>);
+const TAG: &str = "wireguard";
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.forwarder_died();
-    }
-}
-
-fn stopped(what: &str, e: &io::Error) {
-    crate::error!("wireguard: {what}: {e}; the forwarder stopped (restart flanneld)");
-}
-
-/// Counts packets that could not be passed on; logs the 1st, 2nd, 4th,
-/// 8th... so a lasting failure shows without flooding the log.
+/// Counts packets that could not be passed on (logged 1st, 2nd, 4th...).
 fn send_failed(ctx: &Ctx, what: std::fmt::Arguments<'_>, e: &io::Error, n: u64) {
-    if n == 0 {
-        return;
-    }
-    let before = ctx.m().drop_send_failed.fetch_add(n, Ordering::Relaxed);
-    if (before + 1..=before + n).any(u64::is_power_of_two) {
-        crate::warn!(
-            "wireguard: {what}: {e} ({} packets lost so far)",
-            before + n
-        );
-    }
+    relay::count_lost(&ctx.m().drop_send_failed, TAG, what, e, n);
 }
 
 /// Sends one handshake or keepalive message on whichever socket has the
@@ -187,28 +167,8 @@ impl Sender {
         } else {
             (b6, socks.v6.as_ref())
         };
-        if batch.is_empty() {
-            return;
-        }
-        let Some(sock) = sock else {
-            batch.clear();
-            return;
-        };
-        let done = batch.flush(sock, &[out]);
-        if let Some(e) = &done.unsegmented
-            && ctx.off.gso.swap(false, Ordering::Relaxed)
-        {
-            crate::warn!(
-                "wireguard: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
-            );
-        }
-        if let Some((e, to)) = &done.error {
-            send_failed(
-                ctx,
-                format_args!("cannot send to {to}"),
-                e,
-                done.lost as u64,
-            );
+        if let Some((e, to, lost)) = relay::flush(batch, sock, &[out], &ctx.off.gso, TAG) {
+            send_failed(ctx, format_args!("cannot send to {to}"), &e, lost as u64);
         }
     }
 
@@ -230,11 +190,20 @@ impl Sender {
         }
     }
 
-    /// Encrypts `plain` for `peer` (under its lock, held by the caller)
-    /// into `out` and queues it.
-    fn seal(&mut self, tunn: &mut Tunn, peer: &Peer, plain: &[u8], ctx: &Ctx) {
+    /// Encrypts the packet at `room[..len]` for `peer` (under its lock,
+    /// held by the caller) into `out` and queues it. Zeros after it pad it
+    /// to a multiple of 16 bytes, at most the device's MTU, as the
+    /// protocol asks (so the wire shows packet sizes only that coarsely);
+    /// the receiver trims them by the IP length.
+    fn seal(&mut self, tunn: &mut Tunn, peer: &Peer, room: &mut [u8], len: usize, ctx: &Ctx) {
+        let padded = len
+            .next_multiple_of(16)
+            .min(ctx.mtu)
+            .max(len)
+            .min(room.len());
+        room[len..padded].fill(0);
         let start = self.used;
-        let len = match tunn.encapsulate(plain, &mut self.out[start..]) {
+        let sealed = match tunn.encapsulate(&room[..padded], &mut self.out[start..]) {
             TunnResult::WriteToNetwork(d) => d.len(),
             // Queued until the handshake in progress completes.
             TunnResult::Done => return,
@@ -248,26 +217,34 @@ impl Sender {
             // A handshake initiation: the packet waits in the session's
             // queue until it completes.
             self.close_run(ctx);
-            self.used += len;
-            self.add(peer.endpoint, start, len, ctx);
+            self.used += sealed;
+            self.add(peer.endpoint, start, sealed, ctx);
             self.close_run(ctx);
             return;
         }
-        self.used += len;
+        self.used += sealed;
         self.packets += 1;
-        self.bytes += plain.len() as u64;
-        self.add(peer.endpoint, start, len, ctx);
+        self.bytes += len as u64;
+        self.add(peer.endpoint, start, sealed, ctx);
     }
 
     /// The packet at `buf[skip..n]`: to its peer, or answered as
     /// unreachable.
-    fn packet(&mut self, buf: &mut [u8], skip: usize, snap: &Snapshot, tun: &mut File, ctx: &Ctx) {
+    fn packet(
+        &mut self,
+        buf: &mut [u8],
+        skip: usize,
+        n: usize,
+        snap: &Snapshot,
+        tun: &mut File,
+        ctx: &Ctx,
+    ) {
         let hdr = if ctx.off.vnet {
             VnetHdr::read(buf).unwrap_or_default()
         } else {
             VnetHdr::default()
         };
-        let p = &mut buf[skip..];
+        let p = &mut buf[skip..n];
         let Some(dst) = packet::destination(p) else {
             return;
         };
@@ -295,7 +272,7 @@ impl Sender {
                 return;
             };
             let mut tunn = session.tunn();
-            return self.seal(&mut tunn, peer, &p[..len], ctx);
+            return self.seal(&mut tunn, peer, &mut buf[skip..], len, ctx);
         }
         if gso != GSO_TCPV4 && gso != GSO_TCPV6 && gso != GSO_UDP_L4 {
             self.malformed += 1;
@@ -315,7 +292,7 @@ impl Sender {
                 }
                 plain[..h.len()].copy_from_slice(h);
                 plain[h.len()..whole].copy_from_slice(data);
-                self.seal(&mut tunn, peer, &plain[..whole], ctx);
+                self.seal(&mut tunn, peer, &mut plain, whole, ctx);
             }
         } else {
             self.malformed += 1;
@@ -327,15 +304,7 @@ impl Sender {
 
 /// Answers a packet for a subnet no peer holds, as a router would.
 fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
-    let Some(reply) = packet::unreachable(p) else {
-        return;
-    };
-    let r = if ctx.off.vnet {
-        tun.write_vectored(&[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&reply)])
-    } else {
-        tun.write(&reply)
-    };
-    if let Err(e) = r {
+    if let Err(e) = relay::answer_unreachable(p, tun, ctx.off.vnet) {
         send_failed(
             ctx,
             format_args!("cannot answer net unreachable on {}", ctx.dev),
@@ -347,10 +316,10 @@ fn unreachable(p: &[u8], tun: &mut File, ctx: &Ctx) {
 
 /// Reads the device's queue until it is empty, sending in batches; then
 /// waits for more.
-pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx: Ctx) {
-    let _running = Running(ctx.health.clone());
+pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader<Snapshot>, ctx: Ctx) {
+    let _running = Running(ctx.health.clone(), TAG);
     if let Err(e) = sys::set_nonblocking(tun.as_raw_fd()) {
-        return stopped(&format!("cannot set up {}", ctx.dev), &e);
+        return relay::stopped(TAG, &format!("cannot set up {}", ctx.dev), &e);
     }
     let mut s = Sender {
         socks,
@@ -371,23 +340,19 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader, ctx:
         if s.out.len() - s.used < SUPER_ROOM {
             s.send_all(&ctx);
         }
-        let n = match tun.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                s.send_all(&ctx);
-                if let Err(e) = sys::wait_readable(tun.as_raw_fd())
-                    && e.kind() != ErrorKind::Interrupted
-                {
-                    return stopped(&format!("cannot wait for {}", ctx.dev), &e);
-                }
-                continue;
+        match relay::read_device(&mut tun, &mut buf, TAG, ctx.dev) {
+            Next::Packet(n) if n > skip => {
+                let snap = reader.get();
+                s.packet(&mut buf, skip, n, snap, &mut tun, &ctx);
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return stopped(&format!("cannot read {}", ctx.dev), &e),
-        };
-        if n > skip {
-            let snap = reader.get();
-            s.packet(&mut buf[..n], skip, &snap, &mut tun, &ctx);
+            Next::Packet(_) => {}
+            Next::Empty => {
+                s.send_all(&ctx);
+                if !relay::wait_device(&tun, TAG, ctx.dev) {
+                    return;
+                }
+            }
+            Next::Stop => return,
         }
     }
 }
@@ -483,24 +448,25 @@ pub fn network_to_device(
     sock: UdpSocket,
     replies: Sockets,
     mut tun: File,
-    mut reader: Reader,
+    table: Arc<Table>,
     ctx: Ctx,
 ) {
-    let _running = Running(ctx.health.clone());
+    let _running = Running(ctx.health.clone(), TAG);
+    let mut reader = table.reader();
     let mut batch = RecvBatch::new(RECV_SLOTS);
     let mut plain = vec![0u8; RECV_SLOTS * sys::RECV_BUF];
     let mut small = vec![0u8; sys::RECV_BUF + DATA_OVERHEAD];
     let mut wrote: Vec<(usize, usize)> = Vec::with_capacity(RECV_SLOTS * GSO_MAX_SEGS);
     let mut joiner = offload::Joiner::default();
     let mut tally = Tally::default();
-    let mut failed: Option<io::Error> = None;
-    let mut lost = 0u64;
-    let table = reader.table.clone();
+    let mut out = DeviceWriter::default();
+    let mut rejoin = Rejoin::default();
     loop {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
-            Err(e) => return stopped("cannot receive", &e),
+            Err(e) => return relay::stopped(TAG, "cannot receive", &e),
         };
+        rejoin.before(&mut joiner);
         let snap = reader.get();
         let bytes = batch.bytes();
         // Decrypted packets go to `plain` at `at`, then to the joiner.
@@ -518,28 +484,14 @@ pub fn network_to_device(
                     small: &mut small,
                 };
                 if let Some(len) = receive(
-                    datagram, from, &snap, &table, bufs, &replies, &mut tally, &ctx,
+                    datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
                 ) {
                     wrote.push((at, len));
                     at += len;
                 }
             }
         }
-        let mut write = |s: &[IoSlice<'_>]| match tun.write_vectored(s) {
-            Ok(_) => Wrote::Taken,
-            Err(e) => {
-                let invalid = e.raw_os_error() == Some(nix::libc::EINVAL);
-                if !(invalid && offload::joined(s)) {
-                    lost += s.len().saturating_sub(1).max(1) as u64;
-                    failed = Some(e);
-                }
-                if invalid {
-                    Wrote::Invalid
-                } else {
-                    Wrote::Failed
-                }
-            }
-        };
+        let mut write = |s: &[IoSlice<'_>]| out.write(&mut tun, s);
         for &(a, l) in &wrote {
             if ctx.off.vnet {
                 joiner.push(&plain, a, l, &mut write);
@@ -549,12 +501,13 @@ pub fn network_to_device(
         }
         joiner.flush(&plain, &mut write);
         tally.add_to(ctx.m());
-        if let Some(e) = failed.take() {
-            if e.raw_os_error() == Some(nix::libc::EBADFD) {
-                return stopped(&format!("cannot write {}", ctx.dev), &e);
+        rejoin.after(&mut joiner, TAG, ctx.dev);
+        match out.take() {
+            Ok(None) => {}
+            Ok(Some((e, lost))) => {
+                send_failed(&ctx, format_args!("cannot write {}", ctx.dev), &e, lost)
             }
-            send_failed(&ctx, format_args!("cannot write {}", ctx.dev), &e, lost);
-            lost = 0;
+            Err(e) => return relay::stopped(TAG, &format!("cannot write {}", ctx.dev), &e),
         }
     }
 }
@@ -705,7 +658,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// Handshake retries, rekeys and keepalives for every device's peers;
 /// and `/readyz`'s word on peers whose handshakes fail.
 pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
-    let _running = Running(health.clone());
+    let _running = Running(health.clone(), TAG);
     let mut buf = vec![0u8; sys::RECV_BUF + DATA_OVERHEAD];
     loop {
         std::thread::sleep(TICK);
@@ -799,6 +752,7 @@ mod tests {
                     gso: AtomicBool::new(false),
                 }),
                 dev: "flannel-wg",
+                mtu: 1420,
             };
             let b = Tunn::new(sb, pa, None, None, 77, None);
             Pair {

@@ -1,7 +1,7 @@
 //! One device's peers as its forwarders see them: where each subnet goes,
 //! which peer a message's receiver index or a handshake's key names, and
 //! each peer's WireGuard state. The agent replaces the whole table when
-//! the leases change; a peer whose key stays keeps its sessions (and its
+//! the leases change ([`Published`]); a peer whose key stays keeps its sessions (and its
 //! index), a peer that is gone is forgotten with everything it held.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use boringtun::noise::Tunn;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
 
+use crate::backend::udp::relay::{Published, Reader};
 use crate::backend::udp::table::{Subnets, mask4, mask6};
 
 /// One peer as the agent gives it.
@@ -145,8 +146,7 @@ pub struct Table {
     /// This node's subnets on this device: the only destinations a
     /// peer's packets may have.
     pub own: Subnets,
-    generation: AtomicU64,
-    current: Mutex<Arc<Snapshot>>,
+    current: Arc<Published<Snapshot>>,
     /// The next peer index to hand out (24 bits, never 0).
     next: AtomicU64,
 }
@@ -160,8 +160,7 @@ impl Table {
         Table {
             identity,
             own: subnets,
-            generation: AtomicU64::new(0),
-            current: Mutex::new(Arc::new(Snapshot::default())),
+            current: Arc::new(Published::new(Snapshot::default())),
             next: AtomicU64::new(random_start()),
         }
     }
@@ -194,10 +193,11 @@ impl Table {
     /// skipped (the agent has refused such leases already).
     pub fn set(&self, mut entries: Vec<Entry>) {
         entries.sort_by_key(|e| e.key);
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if cur.entries == entries {
-            return;
-        }
+        self.current
+            .update(|cur| (cur.entries != entries).then(|| self.build(cur, entries)));
+    }
+
+    fn build(&self, cur: &Snapshot, entries: Vec<Entry>) -> Snapshot {
         let old: HashMap<[u8; 32], Arc<Session>> = cur
             .peers
             .iter()
@@ -241,44 +241,16 @@ impl Table {
             lens.dedup();
         }
         s.entries = entries;
-        *cur = Arc::new(s);
-        self.generation.fetch_add(1, Ordering::Release);
+        s
     }
 
     /// The table now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.get()
     }
 
-    pub fn reader(self: &Arc<Self>) -> Reader {
-        Reader {
-            table: self.clone(),
-            seen: u64::MAX,
-            snap: Arc::new(Snapshot::default()),
-        }
-    }
-}
-
-/// A forwarder's view: refreshed only when the generation moved, so the
-/// hot path takes no lock but its peer's.
-#[derive(Debug)]
-pub struct Reader {
-    pub table: Arc<Table>,
-    seen: u64,
-    snap: Arc<Snapshot>,
-}
-
-impl Reader {
-    pub fn get(&mut self) -> Arc<Snapshot> {
-        let g = self.table.generation.load(Ordering::Acquire);
-        if g != self.seen {
-            self.snap = self.table.snapshot();
-            self.seen = g;
-        }
-        self.snap.clone()
+    pub fn reader(&self) -> Reader<Snapshot> {
+        self.current.reader()
     }
 }
 
