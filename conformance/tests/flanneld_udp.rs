@@ -1,6 +1,7 @@
 //! flanneld's udp backend across simulated hosts: inner IPv4 and IPv6
 //! packets over IPv4 and IPv6 underlays, hosts joining and leaving, long
-//! TCP streams with and without the TUN/UDP offloads, and the path MTU.
+//! TCP streams with and without the TUN/UDP offloads (also through the
+//! wireguard backend, which shares the machinery), and the path MTU.
 //!
 //! Every cluster is the harness's own (network namespaces on a bridge in a
 //! namespace of its own), removed on drop, also when a test fails.
@@ -657,14 +658,24 @@ fn tcp_pair(
 /// After the streams: nothing either agent got was malformed, and each
 /// carried at least a stream's worth each way.
 fn assert_clean_traffic(c: &Cluster, port: &str) {
+    assert_clean_traffic_of(c, port, "udp");
+}
+
+/// [`assert_clean_traffic`] for `backend`'s counters (udp, wireguard).
+fn assert_clean_traffic_of(c: &Cluster, port: &str, backend: &str) {
     let port = port.parse().unwrap();
     for h in 0..2 {
         let page = metrics(c, h, port);
-        assert_eq!(dropped(&page, "malformed"), 0.0, "host {h}:\n{page}");
+        let malformed = udp_metric(
+            &page,
+            &format!("flannel_{backend}_dropped_total"),
+            "reason=\"malformed\"",
+        );
+        assert_eq!(malformed, 0.0, "host {h}:\n{page}");
         for dir in ["tx", "rx"] {
             let bytes = udp_metric(
                 &page,
-                "flannel_udp_bytes_total",
+                &format!("flannel_{backend}_bytes_total"),
                 &format!("direction=\"{dir}\""),
             );
             assert!(
@@ -716,6 +727,32 @@ fn udp_tcp_streams_arrive_intact_with_and_without_offloads_over_ipv6() {
     assert_eq!(server.len(), 2, "{server:?}");
     tcp_both_ways(&c, &server[1]);
     assert_clean_traffic(&c, HEALTH);
+}
+
+/// The wireguard backend on the same machinery, with its cuts, padding
+/// and encryption: long TCP streams both ways over IPv4 and IPv6 between a
+/// host with offloads and one without, intact, nothing malformed.
+#[test]
+fn wireguard_tcp_streams_arrive_intact_with_and_without_offloads() {
+    const HEALTH: &str = "18210";
+    let config = json!({
+        "Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56",
+        "Backend": {"Type": "wireguard"}
+    });
+    let (c, server) = tcp_pair(&config, HEALTH, &[], &["--udp-offload=false"]);
+    assert_eq!(server.len(), 2, "{server:?}");
+    tcp_both_ways(&c, &server[0]);
+    tcp_both_ways(&c, &server[1]);
+    assert_clean_traffic_of(&c, HEALTH, "wireguard");
+}
+
+#[test]
+fn wireguard_tcp_streams_arrive_intact_with_offloads_on_both_sides() {
+    const HEALTH: &str = "18211";
+    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}});
+    let (c, server) = tcp_pair(&config, HEALTH, &[], &[]);
+    tcp_both_ways(&c, &server[0]);
+    assert_clean_traffic_of(&c, HEALTH, "wireguard");
 }
 
 /// Runs of UDP datagrams (16 of 1,200 bytes, then one of 300) between
