@@ -101,8 +101,6 @@ struct Sender {
     run: Option<Run>,
     b4: SendBatch,
     b6: SendBatch,
-    /// One cut packet, made whole for encryption.
-    plain: Vec<u8>,
     hdrs: Vec<u8>,
     packets: u64,
     bytes: u64,
@@ -279,26 +277,29 @@ impl Sender {
             return;
         }
         let mut hdrs = std::mem::take(&mut self.hdrs);
-        let mut plain = std::mem::take(&mut self.plain);
-        if let Some(cut) = offload::segment(p, usize::from(hdr.gso_size), &mut hdrs) {
-            let mut tunn = session.tunn();
-            for i in 0..cut.count {
-                let h = &hdrs[i * cut.hdr..(i + 1) * cut.hdr];
-                let data = &p[cut.payload_of(i)];
-                let whole = h.len() + data.len();
-                if whole > plain.len() {
-                    self.malformed += 1;
-                    continue;
+        match offload::segment(p, usize::from(hdr.gso_size), &mut hdrs) {
+            Some(cut) if cut.payload_of(0).start >= cut.hdr => {
+                let mut tunn = session.tunn();
+                // Each packet is made whole where it lies: its headers go
+                // just before its payload, over the tail of the payload
+                // before it (sealed already), so nothing is copied twice.
+                let room = &mut buf[skip..];
+                for i in 0..cut.count {
+                    let data = cut.payload_of(i);
+                    let at = data.start - cut.hdr;
+                    room[at..data.start].copy_from_slice(&hdrs[i * cut.hdr..(i + 1) * cut.hdr]);
+                    let (len, end) = (data.end - at, data.end);
+                    // The padding goes over the next payload's head: kept.
+                    let keep = 16.min(room.len() - end);
+                    let mut saved = [0u8; 16];
+                    saved[..keep].copy_from_slice(&room[end..end + keep]);
+                    self.seal(&mut tunn, peer, &mut room[at..], len, ctx);
+                    room[end..end + keep].copy_from_slice(&saved[..keep]);
                 }
-                plain[..h.len()].copy_from_slice(h);
-                plain[h.len()..whole].copy_from_slice(data);
-                self.seal(&mut tunn, peer, &mut plain, whole, ctx);
             }
-        } else {
-            self.malformed += 1;
+            _ => self.malformed += 1,
         }
         self.hdrs = hdrs;
-        self.plain = plain;
     }
 }
 
@@ -328,7 +329,6 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader<Snaps
         run: None,
         b4: SendBatch::new(),
         b6: SendBatch::new(),
-        plain: vec![0; sys::RECV_BUF],
         hdrs: vec![0; HDR_ROOM],
         packets: 0,
         bytes: 0,
