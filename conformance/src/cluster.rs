@@ -697,19 +697,11 @@ impl Pinger {
     /// Stops ping as a person does (SIGINT: it prints its summary).
     pub fn stop(&mut self) -> PingReport {
         if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGINT,
-                );
-            }
-            let done = wait_for(Duration::from_secs(5), || {
-                child.try_wait().ok().flatten().is_some()
-            });
-            if !done {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            crate::daemon::end_child(
+                &mut child,
+                nix::sys::signal::Signal::SIGINT,
+                Duration::from_secs(5),
+            );
         }
         PingReport::parse(&self.output())
     }

@@ -170,3 +170,20 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Ends `child` as a person would: `signal` (SIGINT, SIGTERM), then a
+/// kill if it has not exited within `grace`; reaped either way.
+pub fn end_child(
+    child: &mut std::process::Child,
+    signal: nix::sys::signal::Signal,
+    grace: Duration,
+) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+    let exited = wait_for(grace, || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -406,19 +406,11 @@ impl Containerd {
         }
         self.client = None;
         if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let exited = wait_for(Duration::from_secs(10), || {
-                child.try_wait().ok().flatten().is_some()
-            });
-            if !exited {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            crate::daemon::end_child(
+                &mut child,
+                nix::sys::signal::Signal::SIGTERM,
+                Duration::from_secs(10),
+            );
         }
         // What outlived containerd: containers first (a shim killed first
         // leaves its pod to init), then the shims, found by our socket in
