@@ -671,19 +671,22 @@ fn kube_flannel_with_the_wireguard_backend() {
         let dev = n.ns.ip(&["link", "show", "flannel-wg"]);
         assert!(dev.contains("mtu 1420"), "{}: {dev}", n.name);
     }
-    let (_, _, forth, back) = rolling_restart(&c, &agents, &apps, &pids);
+    let (_, took, forth, back) = rolling_restart(&c, &agents, &apps, &pids);
     assert_eq!(
         wireguard_keys(&c),
         keys,
         "a node's key changed over the restart"
     );
-    // Each agent is down for a moment in turn (its devices go with it);
-    // nothing more than that may be lost.
+    // Each agent is down for a moment in turn (its devices go with it):
+    // pings (one per 0.1 s) are lost then, but not over the whole restart
+    // (each node's pods talk again once its new agent is up; rolling_restart
+    // checks that after the last).
     for (dir, p) in [("forth", &forth), ("back", &back)] {
+        let lost = p.lost.len() as f64 * 0.1;
         assert!(
-            p.lost.len() < 60,
-            "{dir}: {} pings lost over the rolling restart (more than the agents' own gaps): {p:?}",
-            p.lost.len()
+            lost < took.as_secs_f64(),
+            "{dir}: {lost:.1} s of pings lost over a {:.1} s rolling restart: {p:?}",
+            took.as_secs_f64()
         );
     }
     for (i, j) in [(0, 1), (1, 0)] {
