@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use super::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
 };
-use super::relay::{self, DeviceWriter, Next, Reader, Rejoin, Running};
+use super::relay::{self, DeviceWriter, Next, Outbound, Reader, Rejoin, Running};
 use super::sys::{self, BATCH, RecvBatch, SendBatch};
 use super::table::{Refused, Snapshot};
 use super::{TUN_NAME, packet};
@@ -97,21 +97,19 @@ const OUT: usize = 0;
 
 /// Device to network.
 struct Sender {
-    socks: Sockets,
+    net: Outbound,
     /// Small packets, copied, and the headers of cut super-packets.
     out: Vec<u8>,
     used: usize,
     /// Read buffers; `cur` is the next to read into.
     ring: Vec<Vec<u8>>,
     cur: usize,
-    b4: SendBatch,
-    b6: SendBatch,
     tally: Tally,
 }
 
 impl Sender {
     fn batch(&mut self, v4: bool) -> &mut SendBatch {
-        if v4 { &mut self.b4 } else { &mut self.b6 }
+        self.net.batch(v4)
     }
 
     /// Makes room for one more message to `to`'s family.
@@ -122,25 +120,12 @@ impl Sender {
     }
 
     fn send(&mut self, v4: bool, ctx: &Ctx) {
-        let Sender {
-            socks,
-            out,
-            ring,
-            b4,
-            b6,
-            ..
-        } = self;
-        let (batch, sock) = if v4 {
-            (b4, socks.v4.as_ref())
-        } else {
-            (b6, socks.v6.as_ref())
-        };
         let mut bufs: [&[u8]; 1 + RING] = [&[]; 1 + RING];
-        bufs[OUT] = out;
-        for (slot, r) in bufs[1..].iter_mut().zip(ring.iter()) {
+        bufs[OUT] = &self.out;
+        for (slot, r) in bufs[1..].iter_mut().zip(self.ring.iter()) {
             *slot = r;
         }
-        if let Some((e, to, lost)) = relay::flush(batch, sock, &bufs, &ctx.off.gso, "udp") {
+        if let Some((e, to, lost)) = self.net.flush(v4, &bufs, &ctx.off.gso, "udp") {
             forward_failed(
                 &ctx.health,
                 format_args!("cannot send to {to}"),
@@ -292,15 +277,13 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader<Snaps
         return relay::stopped("udp", &format!("cannot set up {TUN_NAME}"), &e);
     }
     let mut s = Sender {
-        socks,
+        net: Outbound::new(socks),
         out: vec![0; OUT_BUF],
         used: 0,
         ring: (0..RING)
             .map(|_| vec![0u8; VNET_HDR_LEN + sys::RECV_BUF])
             .collect(),
         cur: 0,
-        b4: SendBatch::new(),
-        b6: SendBatch::new(),
         tally: Tally::default(),
     };
     let skip = if ctx.off.vnet { VNET_HDR_LEN } else { 0 };

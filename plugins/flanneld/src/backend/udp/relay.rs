@@ -6,12 +6,13 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::Sockets;
 use super::offload::{self, VNET_HDR_LEN, Wrote};
 use super::packet;
 use super::sys::{self, SendBatch};
@@ -169,33 +170,63 @@ pub fn answer_unreachable(p: &[u8], tun: &mut File, vnet: bool) -> io::Result<()
     }
 }
 
-/// Sends what `batch` holds on `sock`, its parts read from `bufs`. A
-/// kernel that refuses segmentation turns `gso` off for good (said once).
-/// Returns what was lost: the last error, its destination, how many.
-pub fn flush(
-    batch: &mut SendBatch,
-    sock: Option<&UdpSocket>,
-    bufs: &[&[u8]],
-    gso: &AtomicBool,
-    tag: &str,
-) -> Option<(io::Error, SocketAddr, usize)> {
-    if batch.is_empty() {
-        return None;
+/// A sending thread's sockets (one per underlay family in use) and a
+/// batch of messages queued for each.
+#[derive(Debug)]
+pub struct Outbound {
+    socks: Sockets,
+    b4: SendBatch,
+    b6: SendBatch,
+}
+
+impl Outbound {
+    pub fn new(socks: Sockets) -> Outbound {
+        Outbound {
+            socks,
+            b4: SendBatch::new(),
+            b6: SendBatch::new(),
+        }
     }
-    // Never: routes only name families we have a socket for.
-    let Some(sock) = sock else {
-        batch.clear();
-        return None;
-    };
-    let done = batch.flush(sock, bufs);
-    if let Some(e) = &done.unsegmented
-        && gso.swap(false, Ordering::Relaxed)
-    {
-        crate::warn!(
-            "{tag}: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
-        );
+
+    /// The batch for one underlay family.
+    pub fn batch(&mut self, v4: bool) -> &mut SendBatch {
+        if v4 { &mut self.b4 } else { &mut self.b6 }
     }
-    done.error.map(|(e, to)| (e, to, done.lost))
+
+    /// Sends what the family's batch holds, its parts read from `bufs`. A
+    /// kernel that refuses segmentation turns `gso` off for good (said
+    /// once). Returns what was lost: the last error, its destination, how
+    /// many.
+    pub fn flush(
+        &mut self,
+        v4: bool,
+        bufs: &[&[u8]],
+        gso: &AtomicBool,
+        tag: &str,
+    ) -> Option<(io::Error, SocketAddr, usize)> {
+        let (batch, sock) = if v4 {
+            (&mut self.b4, self.socks.v4.as_ref())
+        } else {
+            (&mut self.b6, self.socks.v6.as_ref())
+        };
+        if batch.is_empty() {
+            return None;
+        }
+        // Never: routes only name families we have a socket for.
+        let Some(sock) = sock else {
+            batch.clear();
+            return None;
+        };
+        let done = batch.flush(sock, bufs);
+        if let Some(e) = &done.unsegmented
+            && gso.swap(false, Ordering::Relaxed)
+        {
+            crate::warn!(
+                "{tag}: the kernel refused UDP segmentation ({e}): one datagram per send from now on"
+            );
+        }
+        done.error.map(|(e, to)| (e, to, done.lost))
+    }
 }
 
 /// Writes to the device, keeping the last failure and how many packets it

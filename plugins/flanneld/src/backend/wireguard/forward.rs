@@ -23,7 +23,7 @@ use crate::backend::udp::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
 };
 use crate::backend::udp::packet;
-use crate::backend::udp::relay::{self, DeviceWriter, Next, Reader, Rejoin, Running};
+use crate::backend::udp::relay::{self, DeviceWriter, Next, Outbound, Reader, Rejoin, Running};
 use crate::backend::udp::sys::{self, BATCH, RecvBatch, SendBatch};
 use crate::backend::udp::{Offloads, Sockets};
 use crate::health::{Health, WgMetrics};
@@ -95,12 +95,10 @@ struct Run {
 
 /// Device to network.
 struct Sender {
-    socks: Sockets,
+    net: Outbound,
     out: Vec<u8>,
     used: usize,
     run: Option<Run>,
-    b4: SendBatch,
-    b6: SendBatch,
     hdrs: Vec<u8>,
     packets: u64,
     bytes: u64,
@@ -109,7 +107,7 @@ struct Sender {
 
 impl Sender {
     fn batch(&mut self, v4: bool) -> &mut SendBatch {
-        if v4 { &mut self.b4 } else { &mut self.b6 }
+        self.net.batch(v4)
     }
 
     /// Queues the open run as one message.
@@ -157,15 +155,7 @@ impl Sender {
     }
 
     fn send(&mut self, v4: bool, ctx: &Ctx) {
-        let Sender {
-            socks, out, b4, b6, ..
-        } = self;
-        let (batch, sock) = if v4 {
-            (b4, socks.v4.as_ref())
-        } else {
-            (b6, socks.v6.as_ref())
-        };
-        if let Some((e, to, lost)) = relay::flush(batch, sock, &[out], &ctx.off.gso, TAG) {
+        if let Some((e, to, lost)) = self.net.flush(v4, &[&self.out], &ctx.off.gso, TAG) {
             send_failed(ctx, format_args!("cannot send to {to}"), &e, lost as u64);
         }
     }
@@ -323,12 +313,10 @@ pub fn device_to_network(mut tun: File, socks: Sockets, mut reader: Reader<Snaps
         return relay::stopped(TAG, &format!("cannot set up {}", ctx.dev), &e);
     }
     let mut s = Sender {
-        socks,
+        net: Outbound::new(socks),
         out: vec![0; OUT_BUF],
         used: 0,
         run: None,
-        b4: SendBatch::new(),
-        b6: SendBatch::new(),
         hdrs: vec![0; HDR_ROOM],
         packets: 0,
         bytes: 0,
