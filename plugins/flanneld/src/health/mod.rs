@@ -74,6 +74,8 @@ pub struct WgMetrics {
     pub drop_spoofed: AtomicU64,
     pub drop_not_ours: AtomicU64,
     pub drop_send_failed: AtomicU64,
+    pub drop_bad_mac: AtomicU64,
+    pub drop_under_load: AtomicU64,
 }
 
 impl Metrics {
@@ -223,6 +225,8 @@ impl Metrics {
                     ("reason=\"spoofed_source\"", &wg.drop_spoofed),
                     ("reason=\"not_for_this_node\"", &wg.drop_not_ours),
                     ("reason=\"send_failed\"", &wg.drop_send_failed),
+                    ("reason=\"bad_mac\"", &wg.drop_bad_mac),
+                    ("reason=\"under_load\"", &wg.drop_under_load),
                 ],
             ),
         ];

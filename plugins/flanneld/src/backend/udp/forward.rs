@@ -327,7 +327,7 @@ pub fn network_to_device(sock: UdpSocket, mut tun: File, mut reader: Reader<Snap
                 tally.malformed += 1;
                 continue;
             }
-            let Some(peer) = from.and_then(|f| snap.sender(f)) else {
+            let Some(peer) = from.and_then(|f| snap.sender(f.ip())) else {
                 tally.not_peer += len.div_ceil(seg) as u64;
                 continue;
             };

@@ -193,20 +193,23 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (s, len as libc::socklen_t)
 }
 
-fn peer_ip(s: &libc::sockaddr_storage) -> Option<IpAddr> {
+fn peer_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(s.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says it is a sockaddr_in.
             let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::V4(Ipv4Addr::from(
-                sin.sin_addr.s_addr.to_ne_bytes(),
-            )))
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says it is a sockaddr_in6.
             let sin6 =
                 unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::new(
+                IpAddr::V6(ip),
+                u16::from_be(sin6.sin6_port),
+            ))
         }
         _ => None,
     }
@@ -465,7 +468,7 @@ pub struct RecvBatch {
     cmsgs: Vec<Cmsg>,
     lens: Vec<usize>,
     segs: Vec<usize>,
-    from: Vec<Option<IpAddr>>,
+    from: Vec<Option<SocketAddr>>,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -534,7 +537,7 @@ impl RecvBatch {
         for (i, m) in msgs.iter_mut().enumerate().take(n) {
             let len = m.msg_len as usize;
             self.lens[i] = len;
-            self.from[i] = peer_ip(&self.names[i]);
+            self.from[i] = peer_addr(&self.names[i]);
             let mut seg = len;
             if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 // Cut short: nothing in it can be trusted whole.
@@ -561,7 +564,7 @@ impl RecvBatch {
 
     /// Message `i` of the last receive: its sender, where its bytes lie in
     /// `bytes()`, and the size its datagrams were cut at.
-    pub fn message(&self, i: usize) -> (Option<IpAddr>, usize, usize, usize) {
+    pub fn message(&self, i: usize) -> (Option<SocketAddr>, usize, usize, usize) {
         (
             self.from[i],
             i * RECV_BUF,

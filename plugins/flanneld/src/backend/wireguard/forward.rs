@@ -32,6 +32,8 @@ use crate::health::{Health, WgMetrics};
 /// ciphertext, the tag after it.
 const DATA_OVERHEAD: usize = 32;
 const MSG_DATA: u8 = 4;
+/// A cookie reply's length.
+const COOKIE_REPLY: usize = 64;
 /// Most bytes and datagrams in one segmented send.
 const GSO_MAX_BYTES: usize = 65000;
 const GSO_MAX_SEGS: usize = 64;
@@ -357,6 +359,8 @@ struct Tally {
     replayed: u64,
     spoofed: u64,
     not_ours: u64,
+    bad_mac: u64,
+    under_load: u64,
 }
 
 impl Tally {
@@ -371,6 +375,8 @@ impl Tally {
             (&m.drop_replayed, self.replayed),
             (&m.drop_spoofed, self.spoofed),
             (&m.drop_not_ours, self.not_ours),
+            (&m.drop_bad_mac, self.bad_mac),
+            (&m.drop_under_load, self.under_load),
         ] {
             if v > 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -513,7 +519,7 @@ struct Bufs<'a> {
 #[allow(clippy::too_many_arguments)]
 fn receive(
     datagram: &[u8],
-    from: Option<IpAddr>,
+    from: Option<SocketAddr>,
     snap: &Snapshot,
     table: &Table,
     bufs: Bufs<'_>,
@@ -528,6 +534,33 @@ fn receive(
             return None;
         }
     };
+    if let Packet::HandshakeInit(_) = packet {
+        // Before any key exchange: refused unless its first MAC is for
+        // our key, answered with a cookie under a flood.
+        let mut cookie = [0u8; COOKIE_REPLY];
+        match table
+            .gate
+            .0
+            .verify_packet(from.map(|a| a.ip()), datagram, &mut cookie)
+        {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                if let Some(to) = from {
+                    send_one(socks, to, reply, ctx);
+                }
+                tally.under_load += 1;
+                return None;
+            }
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+                tally.bad_mac += 1;
+                return None;
+            }
+            Err(_) => {
+                tally.malformed += 1;
+                return None;
+            }
+        }
+    }
     let peer = match &packet {
         Packet::PacketData(p) => snap.by_receiver(p.receiver_idx),
         Packet::HandshakeResponse(p) => snap.by_receiver(p.receiver_idx),
@@ -556,7 +589,7 @@ fn receive(
     let mut tunn = peer.session.tunn();
     let Bufs { data, small } = bufs;
     let out: &mut [u8] = if kind == 4 { data } else { &mut *small };
-    let r = tunn.decapsulate(from, datagram, out);
+    let r = tunn.decapsulate(from.map(|a| a.ip()), datagram, out);
     let inner = match r {
         TunnResult::Done => {
             if kind == 4 {
@@ -652,6 +685,8 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
         std::thread::sleep(TICK);
         let mut failing = Vec::new();
         for (table, socks, ctx) in &tables {
+            // Once a second at most, whatever the tick.
+            table.gate.0.reset_count();
             let snap = table.snapshot();
             for peer in &snap.peers {
                 let mut tunn = peer.session.tunn();
@@ -688,7 +723,7 @@ mod tests {
 
     use boringtun::x25519::{PublicKey, StaticSecret};
 
-    use super::super::peers::{Entry, Identity};
+    use super::super::peers::{Entry, INITIATIONS_PER_SECOND, Identity};
     use super::*;
     use crate::backend::udp::packet::tests::ipv4;
 
@@ -762,7 +797,7 @@ mod tests {
                 data: &mut data,
                 small: &mut small,
             };
-            let from = Some(IpAddr::from([127, 0, 0, 1]));
+            let from = self.b_sock.local_addr().ok();
             receive(
                 d,
                 from,
@@ -854,6 +889,74 @@ mod tests {
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.unknown, 1);
         assert_eq!(t.tally.handshakes, 0);
+    }
+
+    #[test]
+    fn an_initiation_not_made_for_our_key_costs_no_key_exchange() {
+        let mut t = Pair::new();
+        // The right length and type, the rest junk.
+        let mut junk = vec![0x5a; 148];
+        junk[..4].copy_from_slice(&[1, 0, 0, 0]);
+        assert_eq!(t.a_gets(&junk), None);
+        // A real initiation, for another node's key.
+        let (sb, _) = key(2);
+        let (_, pc) = key(3);
+        let mut b = Tunn::new(sb, pc, None, None, 78, None);
+        let mut buf = vec![0u8; 2048];
+        let init = match b.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&init), None);
+        assert_eq!(t.tally.bad_mac, 2);
+        assert_eq!(
+            (t.tally.auth, t.tally.unknown, t.tally.handshakes),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn past_the_limit_an_initiator_proves_its_address_with_a_cookie_and_gets_through() {
+        let mut t = Pair::new();
+        // A stranger's initiation, sent over and over: a flood.
+        let (sc, _) = key(3);
+        let (_, pa) = key(1);
+        let mut c = Tunn::new(sc, pa, None, None, 9, None);
+        let mut buf = vec![0u8; 2048];
+        let flood = match c.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        for _ in 0..INITIATIONS_PER_SECOND {
+            t.a_gets(&flood);
+        }
+        assert_eq!(t.tally.unknown, INITIATIONS_PER_SECOND);
+        // B's initiation now gets a cookie reply, not a key exchange.
+        let init = match t.b.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&init), None);
+        assert_eq!(t.tally.under_load, 1);
+        let cookie = t.b_receives();
+        assert_eq!(cookie[0], 3, "a cookie reply");
+        assert!(matches!(
+            t.b.decapsulate(None, &cookie, &mut buf),
+            TunnResult::Done
+        ));
+        // With the cookie, B's next initiation is answered.
+        let again = match t.b.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&again), None);
+        let resp = t.b_receives();
+        assert_eq!(resp[0], 2, "a handshake response");
+        assert!(matches!(
+            t.b.decapsulate(None, &resp, &mut buf),
+            TunnResult::WriteToNetwork(_)
+        ));
+        assert_eq!(t.tally.under_load, 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
 
@@ -139,10 +140,29 @@ fn random_start() -> u64 {
     }
 }
 
+/// Handshake initiations a device takes a second before it asks their
+/// senders to prove their address first (a cookie reply, WireGuard's
+/// answer to floods): far above what rekeys (one per peer every two
+/// minutes) and restarting peers send, far below what the key exchanges
+/// cost a core.
+pub const INITIATIONS_PER_SECOND: u64 = 1000;
+
+/// The device's gate for handshake initiations: their first MAC must be
+/// for our key (checked before any key exchange is spent on them), and
+/// past [`INITIATIONS_PER_SECOND`] they must carry a cookie.
+pub struct Gate(pub RateLimiter);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
 /// The table the agent writes and the forwarders read.
 #[derive(Debug)]
 pub struct Table {
     pub identity: Identity,
+    pub gate: Gate,
     /// This node's subnets on this device: the only destinations a
     /// peer's packets may have.
     pub own: Subnets,
@@ -158,6 +178,7 @@ impl Table {
             subnets.add(n);
         }
         Table {
+            gate: Gate(RateLimiter::new(&identity.public, INITIATIONS_PER_SECOND)),
             identity,
             own: subnets,
             current: Arc::new(Published::new(Snapshot::default())),
