@@ -4,7 +4,7 @@
 //! [`bench::scale`]).
 //!
 //! usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50]
-//!        [--upstream PATH] [--only single|cluster|kube]
+//!        [--upstream PATH] [--only single|cluster|kube|wireguard]
 
 #![allow(clippy::print_stdout)] // the figures are this program's output
 

@@ -21,8 +21,13 @@
 //! idle (from the API server's audit log). Skipped, loudly, without the
 //! Kubernetes binaries of this workspace.
 //!
+//! Part 4, the wireguard backend: one node on `wireguard` and N fake peers
+//! with keys in their leases; time until the agent holds them all, memory,
+//! CPU while the handshakes it starts with each go unanswered, and idle
+//! CPU once WireGuard has given up on them (100 s on).
+//!
 //! usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50]
-//!        [--upstream PATH] [--only single|cluster|kube]
+//!        [--upstream PATH] [--only single|cluster|kube|wireguard]
 
 // The figures are this program's output.
 #![allow(clippy::print_stdout)]
@@ -44,6 +49,7 @@ pub mod kube;
 pub mod report;
 pub mod setup;
 pub mod single;
+pub mod wireguard;
 
 /// The command line.
 #[derive(Debug)]
@@ -55,9 +61,10 @@ pub struct Opts {
     pub single: bool,
     pub cluster: bool,
     pub kube: bool,
+    pub wireguard: bool,
 }
 
-pub const USAGE: &str = "usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50] [--upstream PATH] [--only single|cluster|kube]";
+pub const USAGE: &str = "usage: bench-flanneld-scale BIN_DIR [--sizes 100,1000,5000] [--agents 50] [--upstream PATH] [--only single|cluster|kube|wireguard]";
 
 impl Opts {
     /// The options from the program's arguments (without its name); the
@@ -71,6 +78,7 @@ impl Opts {
             single: true,
             cluster: true,
             kube: true,
+            wireguard: true,
         };
         let mut bins = None;
         while let Some(a) = args.next() {
@@ -106,12 +114,13 @@ impl Opts {
                 "--upstream" => o.upstream = Some(PathBuf::from(value("--upstream")?)),
                 "--only" => {
                     let only = value("--only")?;
-                    if !["single", "cluster", "kube"].contains(&only.as_str()) {
-                        return Err(format!("--only single|cluster|kube, not {only}"));
+                    if !["single", "cluster", "kube", "wireguard"].contains(&only.as_str()) {
+                        return Err(format!("--only single|cluster|kube|wireguard, not {only}"));
                     }
                     o.single = only == "single";
                     o.cluster = only == "cluster";
                     o.kube = only == "kube";
+                    o.wireguard = only == "wireguard";
                 }
                 "-h" | "--help" => return Err(USAGE.into()),
                 _ if flag.starts_with('-') => return Err(format!("unknown flag {flag}\n{USAGE}")),
@@ -182,6 +191,13 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         progress!("cluster of {} agents: ours", opts.agents);
         let f = cluster::cluster(&ours, opts.agents);
         report::report_cluster(&f);
+    }
+    if opts.wireguard {
+        for &n in &opts.sizes {
+            progress!("wireguard, N = {n}: ours");
+            let f = wireguard::wireguard(&ours, n);
+            report::report_wireguard(n, &f);
+        }
     }
     if opts.kube && kube::available() {
         for &n in &opts.sizes {

@@ -7,6 +7,7 @@ use super::setup::{
     CHANGE_LIMIT, CHURN_SETTLE, CHURN_TIME, DEVICE_LIMIT, HEALTH_IDLE, REPAIR_LIMIT,
 };
 use super::single::{Damage, Single};
+use super::wireguard::WgFigs;
 use crate::stats::percentile;
 use crate::table::{print_table, row, show_mib, show_ms, show_pct};
 
@@ -454,6 +455,61 @@ pub fn report_kube(n: usize, f: &KubeFigs) {
     }
     lines.extend(f.notes.iter().cloned());
     for l in lines {
+        println!("  [ours] {}", l.replace('\n', "\n      "));
+    }
+}
+
+pub fn report_wireguard(n: usize, f: &WgFigs) {
+    let count = |v: Option<u64>| v.map(|t| t as f64);
+    let rows = vec![
+        row(
+            &format!("all {n} peers held after start (flannel_peers)"),
+            None,
+            "",
+            f.programmed_ms,
+            None,
+            show_ms,
+        ),
+        row("RSS after that", None, "", f.rss_mib, None, show_mib),
+        row(
+            "peak RSS (VmHWM) after 100 s",
+            None,
+            "",
+            f.peak_rss_mib,
+            None,
+            show_mib,
+        ),
+        row("threads", None, "", count(f.threads), None, |v| {
+            v.map_or("-".into(), |x| format!("{x:.0}"))
+        }),
+        row(
+            "CPU over 10 s while every handshake goes unanswered (% of a core)",
+            None,
+            "",
+            f.retrying_cpu,
+            None,
+            show_pct,
+        ),
+        row(
+            "idle CPU over 10 s after WireGuard gave up (100 s on)",
+            Some(0.2),
+            "<= 0.2 %",
+            f.idle_cpu,
+            None,
+            show_pct,
+        ),
+    ];
+    print_table(
+        &format!(
+            "== wireguard backend, one node, N = {n} fake peers (keys in their leases, nobody at their addresses) =="
+        ),
+        &rows,
+        false,
+    );
+    if let Some(s) = f.load_s {
+        println!("  [ours] {n} leases loaded in {s:.1} s");
+    }
+    for l in &f.notes {
         println!("  [ours] {}", l.replace('\n', "\n      "));
     }
 }

@@ -107,15 +107,20 @@ pub(crate) const METRICS_PORT: &str = "18471";
 /// The cost of our agent's last full comparison, from its /metrics (read
 /// inside the node's namespace, over bash's /dev/tcp).
 pub(crate) fn full_pass_ms(host: &TestNetns) -> Option<f64> {
+    metric_of(host, "flannel_full_resync_last_microseconds").map(|us| us / 1000.0)
+}
+
+/// One unlabelled sample from our agent's /metrics.
+pub(crate) fn metric_of(host: &TestNetns, name: &str) -> Option<f64> {
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
     );
     let out = host.exec("bash", &["-c", &script]);
+    let prefix = format!("{name} ");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("flannel_full_resync_last_microseconds "))
+        .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|us| us / 1000.0)
 }
 
 /// Idle connections held open while `/healthz` is timed: more than the
@@ -168,7 +173,7 @@ pub(crate) fn health_answers(host: &TestNetns) -> Result<Vec<f64>, String> {
 /// A small deterministic generator (splitmix64): the same seed gives the
 /// same leases and the same changes to every agent measured.
 #[derive(Debug)]
-pub(crate) struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     pub(crate) fn next(&mut self) -> u64 {
