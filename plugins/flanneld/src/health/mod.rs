@@ -63,6 +63,8 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct WgMetrics {
     pub handshakes: AtomicU64,
+    /// Peers with Noise state: talked to since the agent started.
+    pub peers_active: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
@@ -233,6 +235,10 @@ impl Metrics {
         out.push_str(&format!(
             "# HELP flannel_wireguard_handshakes_total WireGuard handshakes completed with peers.\n# TYPE flannel_wireguard_handshakes_total counter\nflannel_wireguard_handshakes_total {}\n",
             wg.handshakes.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP flannel_wireguard_peers_active Peers with WireGuard state (talked to since the agent started).\n# TYPE flannel_wireguard_peers_active gauge\nflannel_wireguard_peers_active {}\n",
+            wg.peers_active.load(Ordering::Relaxed)
         ));
         for (name, help, series) in labelled {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));

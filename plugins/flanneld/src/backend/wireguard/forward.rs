@@ -261,8 +261,7 @@ impl Sender {
                 self.malformed += 1;
                 return;
             };
-            let mut tunn = session.tunn();
-            return self.seal(&mut tunn, peer, &mut buf[skip..], len, ctx);
+            return session.with_tunn(|tunn| self.seal(tunn, peer, &mut buf[skip..], len, ctx));
         }
         if gso != GSO_TCPV4 && gso != GSO_TCPV6 && gso != GSO_UDP_L4 {
             self.malformed += 1;
@@ -270,8 +269,7 @@ impl Sender {
         }
         let mut hdrs = std::mem::take(&mut self.hdrs);
         match offload::segment(p, usize::from(hdr.gso_size), &mut hdrs) {
-            Some(cut) if cut.payload_of(0).start >= cut.hdr => {
-                let mut tunn = session.tunn();
+            Some(cut) if cut.payload_of(0).start >= cut.hdr => session.with_tunn(|tunn| {
                 // Each packet is made whole where it lies: its headers go
                 // just before its payload, over the tail of the payload
                 // before it (sealed already), so nothing is copied twice.
@@ -285,10 +283,10 @@ impl Sender {
                     let keep = 16.min(room.len() - end);
                     let mut saved = [0u8; 16];
                     saved[..keep].copy_from_slice(&room[end..end + keep]);
-                    self.seal(&mut tunn, peer, &mut room[at..], len, ctx);
+                    self.seal(tunn, peer, &mut room[at..], len, ctx);
                     room[end..end + keep].copy_from_slice(&saved[..keep]);
                 }
-            }
+            }),
             _ => self.malformed += 1,
         }
         self.hdrs = hdrs;
@@ -576,17 +574,58 @@ fn receive(
             }
         }
     };
-    let Some(peer) = peer else {
-        tally.unknown += 1;
-        return None;
-    };
     let kind = match packet {
         Packet::HandshakeInit(_) => 1,
         Packet::HandshakeResponse(_) => 2,
         Packet::PacketCookieReply(_) => 3,
         Packet::PacketData(_) => 4,
     };
-    let mut tunn = peer.session.tunn();
+    let Some(peer) = peer else {
+        tally.unknown += 1;
+        if kind == 4
+            && let Some(p) = from.and_then(|a| snap.by_endpoint(a))
+        {
+            greet(p, socks, ctx);
+        }
+        return None;
+    };
+    peer.session.with_tunn(|tunn| {
+        deliver(
+            tunn, peer, kind, datagram, from, bufs, table, socks, tally, ctx,
+        )
+    })
+}
+
+/// A peer's data under a session we do not have: we restarted (or it did
+/// not notice ours expire). It would go on for 15 s before its own timers
+/// give up on it; a handshake now ends that at once. Only while we have no
+/// session with it, so that replayed old messages cannot make handshake
+/// after handshake.
+fn greet(peer: &Peer, socks: &Sockets, ctx: &Ctx) {
+    let mut buf = [0u8; 256];
+    peer.session.with_tunn(|tunn| {
+        if tunn.stats().0.is_none()
+            && let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, false)
+        {
+            send_one(socks, peer.endpoint, p, ctx);
+        }
+    });
+}
+
+/// A message for `peer`, `kind` its type, through its Noise state.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    tunn: &mut Tunn,
+    peer: &Peer,
+    kind: u8,
+    datagram: &[u8],
+    from: Option<SocketAddr>,
+    bufs: Bufs<'_>,
+    table: &Table,
+    socks: &Sockets,
+    tally: &mut Tally,
+    ctx: &Ctx,
+) -> Option<usize> {
     let Bufs { data, small } = bufs;
     let out: &mut [u8] = if kind == 4 { data } else { &mut *small };
     let r = tunn.decapsulate(from.map(|a| a.ip()), datagram, out);
@@ -684,27 +723,47 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
     loop {
         std::thread::sleep(TICK);
         let mut failing = Vec::new();
+        let mut active = 0;
         for (table, socks, ctx) in &tables {
             // Once a second at most, whatever the tick.
             table.gate.0.reset_count();
             let snap = table.snapshot();
+            active += snap.peers.iter().filter(|p| p.session.is_live()).count() as u64;
+            // With a keepalive every peer is talked to from the start, as
+            // upstream's kernel device does (it keeps NAT mappings open);
+            // without, only peers there is traffic for.
+            let keepalive = table.identity.keepalive.is_some();
             for peer in &snap.peers {
-                let mut tunn = peer.session.tunn();
-                if peer.session.greet.swap(false, Ordering::Relaxed)
-                    && let TunnResult::WriteToNetwork(p) =
-                        tunn.format_handshake_initiation(&mut buf, false)
-                {
-                    send_one(socks, peer.endpoint, p, ctx);
+                if keepalive && !peer.session.is_live() {
+                    peer.session.with_tunn(|tunn| {
+                        if let TunnResult::WriteToNetwork(p) =
+                            tunn.format_handshake_initiation(&mut buf, false)
+                        {
+                            send_one(socks, peer.endpoint, p, ctx);
+                        }
+                    });
                 }
-                if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut buf) {
-                    send_one(socks, peer.endpoint, p, ctx);
-                }
-                drop(tunn);
+                // Peers never talked to have no timers to run; those given
+                // up on hold nothing and are dropped.
+                peer.session
+                    .tick(|tunn| match tunn.update_timers(&mut buf) {
+                        TunnResult::WriteToNetwork(p) => {
+                            send_one(socks, peer.endpoint, p, ctx);
+                            true
+                        }
+                        TunnResult::Err(WireGuardError::ConnectionExpired) => keepalive,
+                        _ => true,
+                    });
                 if peer.session.failing.load(Ordering::Relaxed) {
                     failing.push(peer.endpoint.to_string());
                 }
             }
         }
+        health
+            .metrics
+            .wg
+            .peers_active
+            .store(active, Ordering::Relaxed);
         health.peers_failing((!failing.is_empty()).then(|| {
             let more = failing.len().saturating_sub(3);
             failing.truncate(3);
@@ -960,6 +1019,54 @@ mod tests {
     }
 
     #[test]
+    fn noise_state_is_made_on_first_use_and_a_restart_greets_a_peer_that_sends_under_an_old_session()
+     {
+        let mut t = Pair::new();
+        let unmade = |t: &Pair| !t.table.snapshot().peers[0].session.is_live();
+        assert!(unmade(&t), "made before any message");
+        t.handshake();
+        assert!(!unmade(&t));
+        let data = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        // A restarts: same key, a fresh table, nothing of the old session.
+        let (sa, pa) = key(1);
+        let (_, pb) = key(2);
+        let fresh = Arc::new(Table::new(
+            Identity {
+                secret: sa,
+                public: pa,
+                psk: None,
+                keepalive: None,
+            },
+            ["10.244.1.0/24".parse().unwrap()],
+        ));
+        fresh.set(vec![Entry {
+            key: *pb.as_bytes(),
+            endpoint: t.b_sock.local_addr().unwrap(),
+            subnets: vec!["10.244.2.0/24".parse().unwrap()],
+        }]);
+        t.table = fresh;
+        assert_eq!(t.a_gets(&data), None);
+        assert_eq!(t.tally.unknown, 1);
+        let init = t.b_receives();
+        assert_eq!(init[0], 1, "a handshake initiation for B");
+        let mut buf = vec![0u8; 2048];
+        let resp = match t.b.decapsulate(None, &init, &mut buf) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("B did not answer: {other:?}"),
+        };
+        assert_eq!(t.a_gets(&resp), None);
+        assert_eq!(t.tally.handshakes, 2);
+        // A's keepalive confirms the new session to B (the responder).
+        let keepalive = t.b_receives();
+        assert!(matches!(
+            t.b.decapsulate(None, &keepalive, &mut buf),
+            TunnResult::Done
+        ));
+        let after = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets(&after), Some(28));
+    }
+
+    #[test]
     fn a_response_under_another_psk_marks_the_peer_failing() {
         let mut t = Pair::new();
         // A initiates; B (with a PSK A does not have) answers.
@@ -969,14 +1076,12 @@ mod tests {
         let snap = t.table.snapshot();
         let peer = &snap.peers[0];
         let mut buf = vec![0u8; 2048];
-        let init = match peer
-            .session
-            .tunn()
-            .format_handshake_initiation(&mut buf, false)
-        {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let init =
+            peer.session
+                .with_tunn(|t| match t.format_handshake_initiation(&mut buf, false) {
+                    TunnResult::WriteToNetwork(d) => d.to_vec(),
+                    other => panic!("no initiation: {other:?}"),
+                });
         let resp = match t.b.decapsulate(None, &init, &mut buf) {
             TunnResult::WriteToNetwork(d) => d.to_vec(),
             other => panic!("B did not answer: {other:?}"),

@@ -26,12 +26,26 @@ pub struct Entry {
     pub subnets: Vec<IpNetwork>,
 }
 
+/// What a peer's Noise state is made from.
+struct Maker {
+    secret: StaticSecret,
+    peer: [u8; 32],
+    psk: Option<[u8; 32]>,
+    keepalive: Option<u16>,
+}
+
 /// A peer's WireGuard state, kept while its key is.
 pub struct Session {
     /// Our 24-bit index for it: the top bits of every receiver index it
     /// sends us.
     pub index: u32,
-    tunn: Mutex<Tunn>,
+    make: Maker,
+    /// Made when first needed (a packet for the peer, a message from it):
+    /// boringtun's state is 11 KiB whatever it holds, so a node does not
+    /// pay it for peers it never talks to.
+    tunn: Mutex<Option<Box<Tunn>>>,
+    /// `tunn` is made: the timers pass the others by without a lock.
+    live: AtomicBool,
     /// Its handshake responses fail to authenticate (a different PSK, or
     /// a key that is not the one its lease says); cleared by a handshake
     /// that completes.
@@ -40,10 +54,6 @@ pub struct Session {
     pub said: AtomicBool,
     /// Its handshake initiations we answered since data last came.
     pub answered: AtomicU64,
-    /// New: a handshake is due at once (after our restart the peer still
-    /// sends under a session we no longer have; it would wait 15 s for
-    /// its own timers to give up on it).
-    pub greet: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -53,10 +63,49 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// The Noise state; a forwarder that panicked while holding it left
-    /// it as it was, which is still a consistent state to go on from.
-    pub fn tunn(&self) -> MutexGuard<'_, Tunn> {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Tunn>>> {
+        // A forwarder that panicked while holding it left it as it was,
+        // which is still a consistent state to go on from.
         self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` on the Noise state, made first if need be.
+    pub fn with_tunn<R>(&self, f: impl FnOnce(&mut Tunn) -> R) -> R {
+        let mut g = self.lock();
+        let t = g.get_or_insert_with(|| {
+            let m = &self.make;
+            self.live.store(true, Ordering::Relaxed);
+            Box::new(Tunn::new(
+                m.secret.clone(),
+                PublicKey::from(m.peer),
+                m.psk,
+                m.keepalive,
+                self.index,
+                None,
+            ))
+        });
+        f(t)
+    }
+
+    /// Its Noise state is made.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The timers' turn: `f` on the Noise state if it is made; when `f`
+    /// says it holds nothing any more (WireGuard gave up on the peer, its
+    /// keys zeroed), it is dropped (the next message makes it afresh).
+    pub fn tick(&self, f: impl FnOnce(&mut Tunn) -> bool) {
+        if !self.live.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.lock();
+        if let Some(t) = g.as_deref_mut()
+            && !f(t)
+        {
+            *g = None;
+            self.live.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -80,6 +129,7 @@ pub struct Snapshot {
     to6: HashMap<(u128, u8), usize>,
     by_index: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
+    by_endpoint: HashMap<SocketAddr, usize>,
 }
 
 impl Snapshot {
@@ -105,6 +155,11 @@ impl Snapshot {
 
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&Peer> {
         self.peers.get(*self.by_key.get(key)?)
+    }
+
+    /// The peer whose lease names this address and port.
+    pub fn by_endpoint(&self, at: SocketAddr) -> Option<&Peer> {
+        self.peers.get(*self.by_endpoint.get(&at)?)
     }
 }
 
@@ -194,18 +249,17 @@ impl Table {
         let id = &self.identity;
         Arc::new(Session {
             index,
-            tunn: Mutex::new(Tunn::new(
-                id.secret.clone(),
-                PublicKey::from(*key),
-                id.psk,
-                id.keepalive,
-                index,
-                None,
-            )),
+            make: Maker {
+                secret: id.secret.clone(),
+                peer: *key,
+                psk: id.psk,
+                keepalive: id.keepalive,
+            },
+            tunn: Mutex::new(None),
+            live: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             said: AtomicBool::new(false),
             answered: AtomicU64::new(0),
-            greet: AtomicBool::new(true),
         })
     }
 
@@ -250,6 +304,7 @@ impl Table {
             }
             s.by_index.insert(session.index, i);
             s.by_key.insert(e.key, i);
+            s.by_endpoint.entry(e.endpoint).or_insert(i);
             s.peers.push(Peer {
                 key: e.key,
                 endpoint: e.endpoint,
