@@ -1030,3 +1030,70 @@ fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() 
         "flood of {sent} initiations: host 1 back {path} {took:?} after its restart; host 0 sent it {types:?}"
     );
 }
+
+/// `flannel_wireguard_peers_active` on host `h`.
+fn peers_active(c: &Cluster, h: usize) -> Option<f64> {
+    metric(&metrics(c, h), "flannel_wireguard_peers_active")
+}
+
+/// A peer's WireGuard state is made only when there is traffic with it:
+/// two agents without a keepalive hold none until a pod pings across, and
+/// both then hold one; with `PersistentKeepaliveInterval` (as upstream's
+/// kernel device) they shake hands from the start, without any traffic.
+#[test]
+fn peer_state_comes_with_traffic_or_from_the_start_with_a_keepalive() {
+    let c = Cluster::with_args(2, 1, &wg4(None), &["--healthz-port", HEALTH]);
+    assert!(
+        wait_for(REACH, || metric(&metrics(&c, 0), "flannel_peers")
+            == Some(1.0)),
+        "host 0 never saw host 1:\n{}",
+        metrics(&c, 0)
+    );
+    // Watched over a few of the timers' rounds (four a second), which
+    // publish the gauge: none may show state.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(800) {
+        for h in 0..2 {
+            assert_eq!(
+                peers_active(&c, h),
+                Some(0.0),
+                "host {h}: state without traffic"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.add_pod(0, 0);
+    let b = c.add_pod(1, 0);
+    pod_reaches(&c, 0, &b);
+    for h in 0..2 {
+        assert!(
+            wait_for(Duration::from_secs(2), || peers_active(&c, h) == Some(1.0)),
+            "host {h} holds no state after the ping:\n{}",
+            metrics(&c, h)
+        );
+    }
+    drop(c);
+
+    let mut keepalive = wg4(None);
+    keepalive["Backend"]["PersistentKeepaliveInterval"] = json!(25);
+    let c = Cluster::with_args(2, 1, &keepalive, &["--healthz-port", HEALTH]);
+    for h in 0..2 {
+        assert!(
+            wait_for(REACH, || peers_active(&c, h) == Some(1.0)),
+            "host {h} did not talk to its peer from the start:\n{}",
+            metrics(&c, h)
+        );
+    }
+    assert!(
+        wait_for(REACH, || metric(
+            &metrics(&c, 0),
+            "flannel_wireguard_handshakes_total"
+        )
+        .is_some_and(|n| n >= 1.0)
+            || metric(&metrics(&c, 1), "flannel_wireguard_handshakes_total")
+                .is_some_and(|n| n >= 1.0)),
+        "no handshake without traffic under a keepalive:\n{}\n{}",
+        metrics(&c, 0),
+        metrics(&c, 1)
+    );
+}
