@@ -63,7 +63,7 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct WgMetrics {
     pub handshakes: AtomicU64,
-    /// Peers with Noise state: talked to since the agent started.
+    /// Peers with Noise state: talked to, and not given up on.
     pub peers_active: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
@@ -237,7 +237,7 @@ impl Metrics {
             wg.handshakes.load(Ordering::Relaxed)
         ));
         out.push_str(&format!(
-            "# HELP flannel_wireguard_peers_active Peers with WireGuard state (talked to since the agent started).\n# TYPE flannel_wireguard_peers_active gauge\nflannel_wireguard_peers_active {}\n",
+            "# HELP flannel_wireguard_peers_active Peers with WireGuard state (talked to, and not given up on).\n# TYPE flannel_wireguard_peers_active gauge\nflannel_wireguard_peers_active {}\n",
             wg.peers_active.load(Ordering::Relaxed)
         ));
         for (name, help, series) in labelled {

@@ -536,12 +536,8 @@ fn receive(
         // Before any key exchange: refused unless its first MAC is for
         // our key, answered with a cookie under a flood.
         let mut cookie = [0u8; COOKIE_REPLY];
-        match table
-            .gate
-            .0
-            .verify_packet(from.map(|a| a.ip()), datagram, &mut cookie)
-        {
-            Ok(_) => {}
+        match table.gate.check(from, datagram, &mut cookie) {
+            Ok(()) => {}
             Err(TunnResult::WriteToNetwork(reply)) => {
                 if let Some(to) = from {
                     send_one(socks, to, reply, ctx);
@@ -725,10 +721,8 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
         let mut failing = Vec::new();
         let mut active = 0;
         for (table, socks, ctx) in &tables {
-            // Once a second at most, whatever the tick.
-            table.gate.0.reset_count();
+            table.gate.new_second();
             let snap = table.snapshot();
-            active += snap.peers.iter().filter(|p| p.session.is_live()).count() as u64;
             // With a keepalive every peer is talked to from the start, as
             // upstream's kernel device does (it keeps NAT mappings open);
             // without, only peers there is traffic for.
@@ -754,6 +748,7 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
                         TunnResult::Err(WireGuardError::ConnectionExpired) => keepalive,
                         _ => true,
                     });
+                active += u64::from(peer.session.is_live());
                 if peer.session.failing.load(Ordering::Relaxed) {
                     failing.push(peer.endpoint.to_string());
                 }
@@ -795,6 +790,15 @@ mod tests {
         b_sock: UdpSocket,
         ctx: Ctx,
         tally: Tally,
+    }
+
+    /// A handshake initiation from `t` (`force`: even with one in progress).
+    fn initiation(t: &mut Tunn, force: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        match t.format_handshake_initiation(&mut buf, force) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        }
     }
 
     fn key(seed: u8) -> (StaticSecret, PublicKey) {
@@ -879,10 +883,7 @@ mod tests {
 
         fn handshake(&mut self) {
             let mut buf = vec![0u8; 2048];
-            let init = match self.b.format_handshake_initiation(&mut buf, false) {
-                TunnResult::WriteToNetwork(d) => d.to_vec(),
-                other => panic!("no initiation: {other:?}"),
-            };
+            let init = initiation(&mut self.b, false);
             assert_eq!(self.a_gets(&init), None);
             let resp = self.b_receives();
             let keepalive = match self.b.decapsulate(None, &resp, &mut buf) {
@@ -940,11 +941,7 @@ mod tests {
         let (sc, _) = key(3);
         let (_, pa) = key(1);
         let mut c = Tunn::new(sc, pa, None, None, 9, None);
-        let mut buf = vec![0u8; 2048];
-        let init = match c.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let init = initiation(&mut c, false);
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.unknown, 1);
         assert_eq!(t.tally.handshakes, 0);
@@ -961,11 +958,7 @@ mod tests {
         let (sb, _) = key(2);
         let (_, pc) = key(3);
         let mut b = Tunn::new(sb, pc, None, None, 78, None);
-        let mut buf = vec![0u8; 2048];
-        let init = match b.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let init = initiation(&mut b, false);
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.bad_mac, 2);
         assert_eq!(
@@ -982,19 +975,13 @@ mod tests {
         let (_, pa) = key(1);
         let mut c = Tunn::new(sc, pa, None, None, 9, None);
         let mut buf = vec![0u8; 2048];
-        let flood = match c.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let flood = initiation(&mut c, false);
         for _ in 0..INITIATIONS_PER_SECOND {
             t.a_gets(&flood);
         }
         assert_eq!(t.tally.unknown, INITIATIONS_PER_SECOND);
         // B's initiation now gets a cookie reply, not a key exchange.
-        let init = match t.b.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let init = initiation(&mut t.b, false);
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.under_load, 1);
         let cookie = t.b_receives();
@@ -1004,10 +991,7 @@ mod tests {
             TunnResult::Done
         ));
         // With the cookie, B's next initiation is answered.
-        let again = match t.b.format_handshake_initiation(&mut buf, true) {
-            TunnResult::WriteToNetwork(d) => d.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+        let again = initiation(&mut t.b, true);
         assert_eq!(t.a_gets(&again), None);
         let resp = t.b_receives();
         assert_eq!(resp[0], 2, "a handshake response");
@@ -1076,12 +1060,7 @@ mod tests {
         let snap = t.table.snapshot();
         let peer = &snap.peers[0];
         let mut buf = vec![0u8; 2048];
-        let init =
-            peer.session
-                .with_tunn(|t| match t.format_handshake_initiation(&mut buf, false) {
-                    TunnResult::WriteToNetwork(d) => d.to_vec(),
-                    other => panic!("no initiation: {other:?}"),
-                });
+        let init = peer.session.with_tunn(|t| initiation(t, false));
         let resp = match t.b.decapsulate(None, &init, &mut buf) {
             TunnResult::WriteToNetwork(d) => d.to_vec(),
             other => panic!("B did not answer: {other:?}"),

@@ -26,20 +26,15 @@ pub struct Entry {
     pub subnets: Vec<IpNetwork>,
 }
 
-/// What a peer's Noise state is made from.
-struct Maker {
-    secret: StaticSecret,
-    peer: [u8; 32],
-    psk: Option<[u8; 32]>,
-    keepalive: Option<u16>,
-}
-
 /// A peer's WireGuard state, kept while its key is.
 pub struct Session {
     /// Our 24-bit index for it: the top bits of every receiver index it
     /// sends us.
     pub index: u32,
-    make: Maker,
+    /// Ours, shared by every peer of the device: what its Noise state is
+    /// made from, with the peer's key.
+    identity: Arc<Identity>,
+    key: [u8; 32],
     /// Made when first needed (a packet for the peer, a message from it):
     /// boringtun's state is 11 KiB whatever it holds, so a node does not
     /// pay it for peers it never talks to.
@@ -73,13 +68,13 @@ impl Session {
     pub fn with_tunn<R>(&self, f: impl FnOnce(&mut Tunn) -> R) -> R {
         let mut g = self.lock();
         let t = g.get_or_insert_with(|| {
-            let m = &self.make;
+            let id = &self.identity;
             self.live.store(true, Ordering::Relaxed);
             Box::new(Tunn::new(
-                m.secret.clone(),
-                PublicKey::from(m.peer),
-                m.psk,
-                m.keepalive,
+                id.secret.clone(),
+                PublicKey::from(self.key),
+                id.psk,
+                id.keepalive,
                 self.index,
                 None,
             ))
@@ -205,7 +200,29 @@ pub const INITIATIONS_PER_SECOND: u64 = 1000;
 /// The device's gate for handshake initiations: their first MAC must be
 /// for our key (checked before any key exchange is spent on them), and
 /// past [`INITIATIONS_PER_SECOND`] they must carry a cookie.
-pub struct Gate(pub RateLimiter);
+pub struct Gate(RateLimiter);
+
+impl Gate {
+    /// The initiation `datagram` from `from` may go on (Ok), or what to
+    /// do instead: a cookie reply to send, or an error (`InvalidMac`: not
+    /// made for our key). `reply` holds the cookie reply.
+    pub fn check<'a>(
+        &self,
+        from: Option<SocketAddr>,
+        datagram: &[u8],
+        reply: &'a mut [u8],
+    ) -> Result<(), boringtun::noise::TunnResult<'a>> {
+        self.0
+            .verify_packet(from.map(|a| a.ip()), datagram, reply)
+            .map(|_| ())
+    }
+
+    /// Starts a new second's count (once a second at most, however
+    /// often it is called).
+    pub fn new_second(&self) {
+        self.0.reset_count();
+    }
+}
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,7 +233,7 @@ impl std::fmt::Debug for Gate {
 /// The table the agent writes and the forwarders read.
 #[derive(Debug)]
 pub struct Table {
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub gate: Gate,
     /// This node's subnets on this device: the only destinations a
     /// peer's packets may have.
@@ -234,7 +251,7 @@ impl Table {
         }
         Table {
             gate: Gate(RateLimiter::new(&identity.public, INITIATIONS_PER_SECOND)),
-            identity,
+            identity: Arc::new(identity),
             own: subnets,
             current: Arc::new(Published::new(Snapshot::default())),
             next: AtomicU64::new(random_start()),
@@ -246,15 +263,10 @@ impl Table {
         // Wrapping past 2^24 reuses indices of peers long gone; a stale
         // message to one fails to authenticate.
         let index = (self.next.fetch_add(1, Ordering::Relaxed) % ((1 << 24) - 1)) as u32 + 1;
-        let id = &self.identity;
         Arc::new(Session {
             index,
-            make: Maker {
-                secret: id.secret.clone(),
-                peer: *key,
-                psk: id.psk,
-                keepalive: id.keepalive,
-            },
+            identity: self.identity.clone(),
+            key: *key,
             tunn: Mutex::new(None),
             live: AtomicBool::new(false),
             failing: AtomicBool::new(false),
