@@ -78,6 +78,7 @@ pub struct WgMetrics {
     pub drop_send_failed: AtomicU64,
     pub drop_bad_mac: AtomicU64,
     pub drop_under_load: AtomicU64,
+    pub drop_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -229,6 +230,7 @@ impl Metrics {
                     ("reason=\"send_failed\"", &wg.drop_send_failed),
                     ("reason=\"bad_mac\"", &wg.drop_bad_mac),
                     ("reason=\"under_load\"", &wg.drop_under_load),
+                    ("reason=\"rate_limited\"", &wg.drop_rate_limited),
                 ],
             ),
         ];

@@ -18,6 +18,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use super::gate::Refused;
 use super::peers::{Peer, Snapshot, Table};
 use crate::backend::udp::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
@@ -359,6 +360,7 @@ struct Tally {
     not_ours: u64,
     bad_mac: u64,
     under_load: u64,
+    rate_limited: u64,
 }
 
 impl Tally {
@@ -375,6 +377,7 @@ impl Tally {
             (&m.drop_not_ours, self.not_ours),
             (&m.drop_bad_mac, self.bad_mac),
             (&m.drop_under_load, self.under_load),
+            (&m.drop_rate_limited, self.rate_limited),
         ] {
             if v > 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -538,19 +541,19 @@ fn receive(
         let mut cookie = [0u8; COOKIE_REPLY];
         match table.gate.check(from, datagram, &mut cookie) {
             Ok(()) => {}
-            Err(TunnResult::WriteToNetwork(reply)) => {
+            Err(Refused::Cookie(reply)) => {
                 if let Some(to) = from {
                     send_one(socks, to, reply, ctx);
                 }
                 tally.under_load += 1;
                 return None;
             }
-            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+            Err(Refused::BadMac) => {
                 tally.bad_mac += 1;
                 return None;
             }
-            Err(_) => {
-                tally.malformed += 1;
+            Err(Refused::SourceLimited) => {
+                tally.rate_limited += 1;
                 return None;
             }
         }
@@ -777,7 +780,8 @@ mod tests {
 
     use boringtun::x25519::{PublicKey, StaticSecret};
 
-    use super::super::peers::{Entry, INITIATIONS_PER_SECOND, Identity};
+    use super::super::gate::{INITIATIONS_PER_SECOND, SOURCE_BURST};
+    use super::super::peers::{Entry, Identity};
     use super::*;
     use crate::backend::udp::packet::tests::ipv4;
 
@@ -1000,6 +1004,44 @@ mod tests {
             TunnResult::WriteToNetwork(_)
         ));
         assert_eq!(t.tally.under_load, 1);
+    }
+
+    #[test]
+    fn a_proven_address_replaying_its_initiation_gets_only_its_share_of_key_exchanges() {
+        let mut t = Pair::new();
+        let (sc, _) = key(3);
+        let (_, pa) = key(1);
+        let mut c = Tunn::new(sc, pa, None, None, 9, None);
+        let mut buf = vec![0u8; 2048];
+        let flood = initiation(&mut c, false);
+        for _ in 0..INITIATIONS_PER_SECOND {
+            t.a_gets(&flood);
+        }
+        // B proves its address, then sends its cookie-carrying initiation
+        // over and over.
+        let init = initiation(&mut t.b, false);
+        assert_eq!(t.a_gets(&init), None);
+        let cookie = t.b_receives();
+        assert!(matches!(
+            t.b.decapsulate(None, &cookie, &mut buf),
+            TunnResult::Done
+        ));
+        let proven = initiation(&mut t.b, true);
+        let started = std::time::Instant::now();
+        for _ in 0..100 {
+            assert_eq!(t.a_gets(&proven), None);
+        }
+        // A burst, and one more per 1/20 s the loop took.
+        let refills = (started.elapsed().as_secs_f64() * 20.0).ceil() as u64;
+        let spent = 100 - t.tally.rate_limited;
+        assert!(
+            spent >= u64::from(SOURCE_BURST) && spent <= u64::from(SOURCE_BURST) + refills,
+            "{spent} key exchanges"
+        );
+        // The first was answered; the rest were refused as replays of it,
+        // each after its key exchange.
+        assert_eq!(t.b_receives()[0], 2, "a handshake response");
+        assert_eq!(t.tally.auth, spent - 1);
     }
 
     #[test]

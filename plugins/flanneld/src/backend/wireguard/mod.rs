@@ -13,6 +13,7 @@
 
 mod backend;
 mod forward;
+mod gate;
 pub mod key;
 mod peers;
 

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use boringtun::noise::Tunn;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
 
+use super::gate::Gate;
 use crate::backend::udp::relay::{Published, Reader};
 use crate::backend::udp::table::{Subnets, mask4, mask6};
 
@@ -190,46 +190,6 @@ fn random_start() -> u64 {
     }
 }
 
-/// Handshake initiations a device takes a second before it asks their
-/// senders to prove their address first (a cookie reply, WireGuard's
-/// answer to floods): far above what rekeys (one per peer every two
-/// minutes) and restarting peers send, far below what the key exchanges
-/// cost a core.
-pub const INITIATIONS_PER_SECOND: u64 = 1000;
-
-/// The device's gate for handshake initiations: their first MAC must be
-/// for our key (checked before any key exchange is spent on them), and
-/// past [`INITIATIONS_PER_SECOND`] they must carry a cookie.
-pub struct Gate(RateLimiter);
-
-impl Gate {
-    /// The initiation `datagram` from `from` may go on (Ok), or what to
-    /// do instead: a cookie reply to send, or an error (`InvalidMac`: not
-    /// made for our key). `reply` holds the cookie reply.
-    pub fn check<'a>(
-        &self,
-        from: Option<SocketAddr>,
-        datagram: &[u8],
-        reply: &'a mut [u8],
-    ) -> Result<(), boringtun::noise::TunnResult<'a>> {
-        self.0
-            .verify_packet(from.map(|a| a.ip()), datagram, reply)
-            .map(|_| ())
-    }
-
-    /// Starts a new second's count (once a second at most, however
-    /// often it is called).
-    pub fn new_second(&self) {
-        self.0.reset_count();
-    }
-}
-
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Gate")
-    }
-}
-
 /// The table the agent writes and the forwarders read.
 #[derive(Debug)]
 pub struct Table {
@@ -250,7 +210,7 @@ impl Table {
             subnets.add(n);
         }
         Table {
-            gate: Gate(RateLimiter::new(&identity.public, INITIATIONS_PER_SECOND)),
+            gate: Gate::new(&identity.public),
             identity: Arc::new(identity),
             own: subnets,
             current: Arc::new(Published::new(Snapshot::default())),
