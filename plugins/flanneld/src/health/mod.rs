@@ -79,6 +79,7 @@ pub struct WgMetrics {
     pub drop_bad_mac: AtomicU64,
     pub drop_under_load: AtomicU64,
     pub drop_rate_limited: AtomicU64,
+    pub drop_over_budget: AtomicU64,
 }
 
 impl Metrics {
@@ -231,6 +232,7 @@ impl Metrics {
                     ("reason=\"bad_mac\"", &wg.drop_bad_mac),
                     ("reason=\"under_load\"", &wg.drop_under_load),
                     ("reason=\"rate_limited\"", &wg.drop_rate_limited),
+                    ("reason=\"over_budget\"", &wg.drop_over_budget),
                 ],
             ),
         ];

@@ -12,13 +12,13 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
-use super::gate::Refused;
+use super::gate::{Budget, Refused};
 use super::peers::{Peer, Snapshot, Table};
 use crate::backend::udp::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
@@ -361,6 +361,7 @@ struct Tally {
     bad_mac: u64,
     under_load: u64,
     rate_limited: u64,
+    over_budget: u64,
 }
 
 impl Tally {
@@ -378,6 +379,7 @@ impl Tally {
             (&m.drop_bad_mac, self.bad_mac),
             (&m.drop_under_load, self.under_load),
             (&m.drop_rate_limited, self.rate_limited),
+            (&m.drop_over_budget, self.over_budget),
         ] {
             if v > 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -456,6 +458,7 @@ pub fn network_to_device(
     let mut tally = Tally::default();
     let mut out = DeviceWriter::default();
     let mut rejoin = Rejoin::default();
+    let mut lanes = Lanes::new();
     loop {
         let n = match batch.recv(&sock) {
             Ok(n) => n,
@@ -478,12 +481,24 @@ pub fn network_to_device(
                     data: &mut plain[at..at + d],
                     small: &mut small,
                 };
-                if let Some(len) = receive(
-                    datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
-                ) {
-                    wrote.push((at, len));
-                    at += len;
+                let Some(lane) = lanes.lane(datagram, from, snap) else {
+                    if let Some(len) = receive(
+                        datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
+                    ) {
+                        wrote.push((at, len));
+                        at += len;
+                    }
+                    continue;
+                };
+                if !lane.allows(Instant::now()) {
+                    tally.over_budget += 1;
+                    continue;
                 }
+                let began = Instant::now();
+                receive(
+                    datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
+                );
+                lane.spend(began.elapsed());
             }
         }
         let mut write = |s: &[IoSlice<'_>]| out.write(&mut tun, s);
@@ -503,6 +518,40 @@ pub fn network_to_device(
                 send_failed(&ctx, format_args!("cannot write {}", ctx.dev), &e, lost)
             }
             Err(e) => return relay::stopped(TAG, &format!("cannot write {}", ctx.dev), &e),
+        }
+    }
+}
+
+/// A receiving thread's budgets for what is not data (see [`Budget`]).
+struct Lanes {
+    peers: Budget,
+    others: Budget,
+}
+
+impl Lanes {
+    fn new() -> Lanes {
+        let now = Instant::now();
+        Lanes {
+            peers: Budget::new(now),
+            others: Budget::new(now),
+        }
+    }
+
+    /// The budget `datagram` is handled under: none for data messages
+    /// (their cost is bounded by what they carry, and a forged one costs
+    /// a lookup and a failed decryption at most).
+    fn lane(
+        &mut self,
+        datagram: &[u8],
+        from: Option<SocketAddr>,
+        snap: &Snapshot,
+    ) -> Option<&mut Budget> {
+        if datagram.first() == Some(&MSG_DATA) {
+            return None;
+        }
+        match from.and_then(|a| snap.by_endpoint(a)) {
+            Some(_) => Some(&mut self.peers),
+            None => Some(&mut self.others),
         }
     }
 }

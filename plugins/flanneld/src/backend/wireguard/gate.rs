@@ -160,6 +160,50 @@ impl Gate {
     }
 }
 
+/// The share of a receiving thread's time that handshake messages (and
+/// anything else that is not data) may take, per lane: past it they are
+/// dropped unread until time gives it back, so that a flood larger than
+/// the thread can answer, even with cookie replies, leaves the data that
+/// shares its socket most of the thread. One lane is for messages from a
+/// peer's address, one for the rest: a flood from strangers does not take
+/// the peers' handshakes with it.
+const SHARE: i64 = 4;
+/// Most credit a lane saves up while quiet (a burst: 5,000 peers'
+/// handshake responses after a restart take some 300 ms of work).
+const SAVED_MOST: i64 = 50_000_000;
+
+/// One lane's credit, in nanoseconds of handling time (below zero after a
+/// message that took more than was left).
+#[derive(Debug)]
+pub struct Budget {
+    credit: i64,
+    last: Instant,
+}
+
+impl Budget {
+    pub fn new(now: Instant) -> Budget {
+        Budget {
+            credit: SAVED_MOST,
+            last: now,
+        }
+    }
+
+    /// Whether a message may be handled at `now`.
+    pub fn allows(&mut self, now: Instant) -> bool {
+        let gone = now.saturating_duration_since(self.last).as_nanos();
+        self.last = now;
+        let earned = i64::try_from(gone).unwrap_or(i64::MAX) / SHARE;
+        self.credit = self.credit.saturating_add(earned).min(SAVED_MOST);
+        self.credit > 0
+    }
+
+    /// Handling a message took `took`.
+    pub fn spend(&mut self, took: Duration) {
+        let took = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
+        self.credit = self.credit.saturating_sub(took);
+    }
+}
+
 /// The key an address is limited under: an IPv4 address, or an IPv6 /64
 /// (one host may hold all of one).
 fn source(ip: IpAddr) -> u64 {
@@ -215,6 +259,24 @@ mod tests {
         assert!(gate.sources.lock().unwrap().is_empty());
         assert_eq!(gate.seen.load(Ordering::Relaxed), 0);
         assert!(gate.allow(ip(SOURCES_MAX), t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn handshake_work_takes_at_most_its_share_of_a_thread() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(t0);
+        // The saved burst, then nothing until time gives some back.
+        assert!(b.allows(t0));
+        b.spend(Duration::from_millis(60));
+        assert!(!b.allows(t0));
+        assert!(!b.allows(t0 + Duration::from_millis(40)));
+        // 10 ms of work is earned back in 40 ms more.
+        assert!(b.allows(t0 + Duration::from_millis(80)));
+        // Quiet for a long time: the burst, not more.
+        let later = t0 + Duration::from_secs(60);
+        assert!(b.allows(later));
+        b.spend(Duration::from_millis(50));
+        assert!(!b.allows(later));
     }
 
     #[test]
