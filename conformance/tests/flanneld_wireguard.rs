@@ -5,7 +5,8 @@
 //! with `wg`), the key kept across a restart, a PSK mismatch said loudly,
 //! hostile datagrams (from a stranger, replayed, under a removed peer's
 //! session) counted and never delivered, and handshake floods refused
-//! before any key exchange.
+//! before any key exchange and kept from the data's share of the
+//! receiving threads.
 //!
 //! The first test checks the harness itself (wireguard-go, `wg`, tcpdump
 //! and the pcap reader) without flanneld.
