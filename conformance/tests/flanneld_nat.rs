@@ -3,7 +3,9 @@
 //! rewrites what the node sends. The node publishes `--public-ip` in its
 //! lease but sends from (and, for udp, binds to) its own interface address,
 //! the one `--iface=<IP>` names (not the interface's first). Pods on it and
-//! on two nodes on the segment reach each other.
+//! on two nodes on the segment reach each other. On wireguard, also
+//! behind a router that forwards nothing: the others answer it where its
+//! handshakes come from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use conformance::cluster::{Cluster, Host};
 use conformance::{TestNetns, plugin_binary, wait_for};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The router's address on the segment: the NAT'ed node's public one.
 const PUBLIC: &str = "192.168.77.50";
@@ -19,10 +21,12 @@ const PUBLIC: &str = "192.168.77.50";
 const PRIVATE: &str = "10.99.0.2";
 
 /// The router: on the segment at [`PUBLIC`], and at 10.99.0.1 towards the
-/// node. It forwards the tunnel's `port` to the node, rewrites the node's
-/// traffic to come from [`PUBLIC`], and drops what the node sends from
-/// any other address (so a tunnel sent from the wrong one goes nowhere).
-fn router(c: &mut Cluster, port: u16) -> (TestNetns, TestNetns) {
+/// node. It forwards the tunnel's `port` to the node (with `port`; without,
+/// nothing is forwarded and the node's traffic leaves from a port of the
+/// router's choosing, as a home router does), rewrites the node's traffic
+/// to come from [`PUBLIC`], and drops what the node sends from any other
+/// address (so a tunnel sent from the wrong one goes nowhere).
+fn router(c: &mut Cluster, port: Option<u16>) -> (TestNetns, TestNetns) {
     let r = c.net.add_host("natr", &[&format!("{PUBLIC}/24")]);
     let node = TestNetns::new("nath");
     r.ip(&[
@@ -41,10 +45,22 @@ fn router(c: &mut Cluster, port: u16) -> (TestNetns, TestNetns) {
     r.ip(&["link", "set", "lan0", "up"]);
     let out = r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     assert!(out.status.success(), "{out:?}");
+    let (forward, to) = match port {
+        Some(p) => (
+            format!("iifname \"eth0\" ip daddr {PUBLIC} udp dport {p} dnat to {PRIVATE};"),
+            PUBLIC.to_string(),
+        ),
+        None => (String::new(), format!("{PUBLIC}:40000-40999")),
+    };
+    let udp = if port.is_some() {
+        ""
+    } else {
+        "meta l4proto udp"
+    };
     let rules = format!(
         "table ip nat {{
-  chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"eth0\" ip daddr {PUBLIC} udp dport {port} dnat to {PRIVATE}; }}
-  chain postrouting {{ type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr {PRIVATE} snat to {PUBLIC}; }}
+  chain prerouting {{ type nat hook prerouting priority dstnat; {forward} }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr {PRIVATE} {udp} snat to {to}; oifname \"eth0\" ip saddr {PRIVATE} snat to {PUBLIC}; }}
 }}
 table ip filter {{
   chain forward {{ type filter hook forward priority 0; policy drop;
@@ -67,12 +83,15 @@ table ip filter {{
     (r, node)
 }
 
-fn behind_nat(backend: &str, port: u16) {
-    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}});
+/// Pods on the node behind the router and on two nodes on the segment
+/// reach each other; `forwarded`: the router forwards the tunnel's port.
+fn behind_nat(backend: Value, port: u16, forwarded: bool) {
+    let name = backend["Type"].as_str().unwrap_or_default().to_string();
+    let config = json!({"Network": "10.244.0.0/16", "Backend": backend});
     let mut c = Cluster::prepare(2, 1, &config, false);
     c.start(0);
     c.start(1);
-    let (_router, node) = router(&mut c, port);
+    let (_router, node) = router(&mut c, forwarded.then_some(port));
     let dir = c.dir.path().join("host2");
     std::fs::create_dir_all(&dir).unwrap();
     c.hosts.push(Host {
@@ -103,7 +122,7 @@ fn behind_nat(backend: &str, port: u16) {
         "{lease}"
     );
     let ns = &c.hosts[2].ns;
-    if backend == "vxlan" {
+    if name == "vxlan" {
         let dev = ns.ip(&["-d", "link", "show", "flannel.1"]);
         assert!(dev.contains(&format!("local {PRIVATE} ")), "{dev}");
     } else {
@@ -119,7 +138,7 @@ fn behind_nat(backend: &str, port: u16) {
             }
             assert!(
                 wait_for(Duration::from_secs(10), || c.reaches(from, 0, target)),
-                "{backend}: host {from}'s pod cannot reach host {to}'s pod {target}:\n{}",
+                "{name}: host {from}'s pod cannot reach host {to}'s pod {target}:\n{}",
                 c.log(from)
             );
         }
@@ -128,10 +147,28 @@ fn behind_nat(backend: &str, port: u16) {
 
 #[test]
 fn vxlan_node_behind_nat_publishes_its_public_address_and_sends_from_its_own() {
-    behind_nat("vxlan", 8472);
+    behind_nat(json!({"Type": "vxlan"}), 8472, true);
 }
 
 #[test]
 fn udp_node_behind_nat_publishes_its_public_address_and_binds_its_own() {
-    behind_nat("udp", 8285);
+    behind_nat(json!({"Type": "udp"}), 8285, true);
+}
+
+#[test]
+fn wireguard_node_behind_nat_publishes_its_public_address_and_binds_its_own() {
+    behind_nat(json!({"Type": "wireguard"}), 51820, true);
+}
+
+/// No port forward: the node's handshakes reach the others from a port
+/// its router chose, they answer there and send there from then on
+/// (WireGuard's roaming, which upstream's kernel device does too); its
+/// keepalive holds the router's mapping open.
+#[test]
+fn wireguard_node_behind_nat_without_a_port_forward_is_reached_where_it_sends_from() {
+    behind_nat(
+        json!({"Type": "wireguard", "PersistentKeepaliveInterval": 5}),
+        51820,
+        false,
+    );
 }

@@ -19,7 +19,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::gate::{Budget, Refused};
-use super::peers::{Peer, Snapshot, Table};
+use super::peers::{Live, Peer, Snapshot, Table};
 use crate::backend::udp::offload::{
     self, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
 };
@@ -32,6 +32,7 @@ use crate::health::{Health, WgMetrics};
 /// WireGuard's data message: type, receiver, counter before the
 /// ciphertext, the tag after it.
 const DATA_OVERHEAD: usize = 32;
+const MSG_RESPONSE: u8 = 2;
 const MSG_DATA: u8 = 4;
 /// A cookie reply's length.
 const COOKIE_REPLY: usize = 64;
@@ -186,7 +187,7 @@ impl Sender {
     /// to a multiple of 16 bytes, at most the device's MTU, as the
     /// protocol asks (so the wire shows packet sizes only that coarsely);
     /// the receiver trims them by the IP length.
-    fn seal(&mut self, tunn: &mut Tunn, peer: &Peer, room: &mut [u8], len: usize, ctx: &Ctx) {
+    fn seal(&mut self, live: &mut Live, peer: &Peer, room: &mut [u8], len: usize, ctx: &Ctx) {
         let padded = len
             .next_multiple_of(16)
             .min(ctx.mtu)
@@ -194,7 +195,8 @@ impl Sender {
             .min(room.len());
         room[len..padded].fill(0);
         let start = self.used;
-        let sealed = match tunn.encapsulate(&room[..padded], &mut self.out[start..]) {
+        let to = live.endpoint(peer.endpoint);
+        let sealed = match live.encapsulate(&room[..padded], &mut self.out[start..]) {
             TunnResult::WriteToNetwork(d) => d.len(),
             // Queued until the handshake in progress completes.
             TunnResult::Done => return,
@@ -209,14 +211,14 @@ impl Sender {
             // queue until it completes.
             self.close_run(ctx);
             self.used += sealed;
-            self.add(peer.endpoint, start, sealed, ctx);
+            self.add(to, start, sealed, ctx);
             self.close_run(ctx);
             return;
         }
         self.used += sealed;
         self.packets += 1;
         self.bytes += len as u64;
-        self.add(peer.endpoint, start, sealed, ctx);
+        self.add(to, start, sealed, ctx);
     }
 
     /// The packet at `buf[skip..n]`: to its peer, or answered as
@@ -637,9 +639,9 @@ fn receive(
         }
         return None;
     };
-    peer.session.with_tunn(|tunn| {
+    peer.session.with_tunn(|live| {
         deliver(
-            tunn, peer, kind, datagram, from, bufs, table, socks, tally, ctx,
+            live, peer, kind, datagram, from, bufs, table, socks, tally, ctx,
         )
     })
 }
@@ -651,19 +653,23 @@ fn receive(
 /// after handshake.
 fn greet(peer: &Peer, socks: &Sockets, ctx: &Ctx) {
     let mut buf = [0u8; 256];
-    peer.session.with_tunn(|tunn| {
-        if tunn.stats().0.is_none()
-            && let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, false)
+    peer.session.with_tunn(|live| {
+        let to = live.endpoint(peer.endpoint);
+        if live.stats().0.is_none()
+            && let TunnResult::WriteToNetwork(p) = live.format_handshake_initiation(&mut buf, false)
         {
-            send_one(socks, peer.endpoint, p, ctx);
+            send_one(socks, to, p, ctx);
         }
     });
 }
 
-/// A message for `peer`, `kind` its type, through its Noise state.
+/// A message for `peer`, `kind` its type, through its Noise state. One
+/// that authenticates and is fresh moves the peer's endpoint to where it
+/// came from (WireGuard's roaming: a node behind NAT is answered at the
+/// port its router chose).
 #[allow(clippy::too_many_arguments)]
 fn deliver(
-    tunn: &mut Tunn,
+    live: &mut Live,
     peer: &Peer,
     kind: u8,
     datagram: &[u8],
@@ -676,11 +682,17 @@ fn deliver(
 ) -> Option<usize> {
     let Bufs { data, small } = bufs;
     let out: &mut [u8] = if kind == 4 { data } else { &mut *small };
-    let r = tunn.decapsulate(from.map(|a| a.ip()), datagram, out);
+    let r = live.decapsulate(from.map(|a| a.ip()), datagram, out);
+    let heard = |live: &mut Live| {
+        if let Some(f) = from {
+            live.heard_from(peer.endpoint, f);
+        }
+    };
     let inner = match r {
         TunnResult::Done => {
             if kind == 4 {
                 // A keepalive: the session works.
+                heard(live);
                 note_data(peer, tally);
             }
             None
@@ -698,8 +710,19 @@ fn deliver(
             None
         }
         TunnResult::WriteToNetwork(reply) => {
-            send_one(socks, peer.endpoint, reply, ctx);
-            if kind == 1 {
+            // The reply says whether the message authenticated: a response
+            // to an initiation, a keepalive after a response (not a cookie
+            // reply from the peer's own handshake limit).
+            let authentic = matches!(
+                (kind, reply.first()),
+                (1, Some(&MSG_RESPONSE)) | (2, Some(&MSG_DATA))
+            );
+            if authentic {
+                heard(live);
+            }
+            let to = live.endpoint(peer.endpoint);
+            send_one(socks, to, reply, ctx);
+            if authentic && kind == 1 {
                 let n = peer.session.answered.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= UNANSWERED_INITS {
                     handshake_failed(
@@ -708,17 +731,23 @@ fn deliver(
                         ctx,
                     );
                 }
-            } else if kind == 2 {
+            } else if authentic {
                 handshake_done(peer, tally);
             }
             // Packets that waited for the handshake.
-            while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], small) {
-                send_one(socks, peer.endpoint, p, ctx);
+            while let TunnResult::WriteToNetwork(p) = live.decapsulate(None, &[], small) {
+                send_one(socks, to, p, ctx);
             }
             None
         }
-        TunnResult::WriteToTunnelV4(p, src) => admit(peer, table, p, IpAddr::V4(src), tally),
-        TunnResult::WriteToTunnelV6(p, src) => admit(peer, table, p, IpAddr::V6(src), tally),
+        TunnResult::WriteToTunnelV4(p, src) => {
+            heard(live);
+            admit(peer, table, p, IpAddr::V4(src), tally)
+        }
+        TunnResult::WriteToTunnelV6(p, src) => {
+            heard(live);
+            admit(peer, table, p, IpAddr::V6(src), tally)
+        }
     };
     if inner.is_some() {
         note_data(peer, tally);
@@ -781,25 +810,28 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
             let keepalive = table.identity.keepalive.is_some();
             for peer in &snap.peers {
                 if keepalive && !peer.session.is_live() {
-                    peer.session.with_tunn(|tunn| {
+                    peer.session.with_tunn(|live| {
+                        let to = live.endpoint(peer.endpoint);
                         if let TunnResult::WriteToNetwork(p) =
-                            tunn.format_handshake_initiation(&mut buf, false)
+                            live.format_handshake_initiation(&mut buf, false)
                         {
-                            send_one(socks, peer.endpoint, p, ctx);
+                            send_one(socks, to, p, ctx);
                         }
                     });
                 }
                 // Peers never talked to have no timers to run; those given
                 // up on hold nothing and are dropped.
-                peer.session
-                    .tick(|tunn| match tunn.update_timers(&mut buf) {
+                peer.session.tick(|live| {
+                    let to = live.endpoint(peer.endpoint);
+                    match live.update_timers(&mut buf) {
                         TunnResult::WriteToNetwork(p) => {
-                            send_one(socks, peer.endpoint, p, ctx);
+                            send_one(socks, to, p, ctx);
                             true
                         }
                         TunnResult::Err(WireGuardError::ConnectionExpired) => keepalive,
                         _ => true,
-                    });
+                    }
+                });
                 active += u64::from(peer.session.is_live());
                 if peer.session.failing.load(Ordering::Relaxed) {
                     failing.push(peer.endpoint.to_string());
@@ -906,6 +938,11 @@ mod tests {
 
         /// A receives `d`; the inner packet's length if it was delivered.
         fn a_gets(&mut self, d: &[u8]) -> Option<usize> {
+            let from = self.b_sock.local_addr().ok();
+            self.a_gets_from(d, from)
+        }
+
+        fn a_gets_from(&mut self, d: &[u8], from: Option<SocketAddr>) -> Option<usize> {
             let snap = self.table.snapshot();
             let mut data = vec![0u8; 2048];
             let mut small = vec![0u8; 2048];
@@ -913,7 +950,6 @@ mod tests {
                 data: &mut data,
                 small: &mut small,
             };
-            let from = self.b_sock.local_addr().ok();
             receive(
                 d,
                 from,
@@ -986,6 +1022,68 @@ mod tests {
         assert_eq!(t.a_gets(&later), None);
         assert_eq!(t.tally.unknown, 1);
         assert_eq!(t.tally.packets, 1);
+    }
+
+    /// Where A sends to B now.
+    fn endpoint_of_b(t: &Pair) -> SocketAddr {
+        let snap = t.table.snapshot();
+        let peer = &snap.peers[0];
+        peer.session.with_tunn(|l| l.endpoint(peer.endpoint))
+    }
+
+    #[test]
+    fn a_peer_is_sent_to_where_its_fresh_authentic_messages_come_from() {
+        let mut t = Pair::new();
+        let lease = t.b_sock.local_addr().unwrap();
+        t.handshake();
+        assert_eq!(endpoint_of_b(&t), lease);
+        // B behind a NAT that picked another port.
+        let nat: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let good = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets_from(&good, Some(nat)), Some(28));
+        assert_eq!(endpoint_of_b(&t), nat);
+        // A replay, a forgery, and data under nobody's session, each from
+        // elsewhere: no move.
+        let elsewhere: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        assert_eq!(t.a_gets_from(&good, Some(elsewhere)), None);
+        let mut forged = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert_eq!(t.a_gets_from(&forged, Some(elsewhere)), None);
+        assert_eq!((t.tally.replayed, t.tally.auth), (1, 1));
+        assert_eq!(endpoint_of_b(&t), nat);
+        // Back at its lease's address.
+        let again = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets(&again), Some(28));
+        assert_eq!(endpoint_of_b(&t), lease);
+        // Moved again, then its lease names a new endpoint: the lease wins.
+        let more = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        assert_eq!(t.a_gets_from(&more, Some(nat)), Some(28));
+        let moved: SocketAddr = "127.0.0.1:40003".parse().unwrap();
+        let (_, pb) = key(2);
+        t.table.set(vec![Entry {
+            key: *pb.as_bytes(),
+            endpoint: moved,
+            subnets: vec!["10.244.2.0/24".parse().unwrap()],
+        }]);
+        assert_eq!(endpoint_of_b(&t), moved);
+    }
+
+    #[test]
+    fn a_handshake_initiation_from_a_new_address_is_answered_there() {
+        let mut t = Pair::new();
+        t.handshake();
+        // B's NAT mapping changed (its router restarted): its next
+        // initiation comes from a new port, and the response goes there.
+        let nat = UdpSocket::bind("127.0.0.1:0").unwrap();
+        nat.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let init = initiation(&mut t.b, true);
+        assert_eq!(t.a_gets_from(&init, nat.local_addr().ok()), None);
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = nat.recv_from(&mut buf).unwrap();
+        assert_eq!(buf[0], 2, "a handshake response");
+        assert!(n > 0);
+        assert_eq!(endpoint_of_b(&t), nat.local_addr().unwrap());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Session {
     /// Made when first needed (a packet for the peer, a message from it):
     /// boringtun's state is 11 KiB whatever it holds, so a node does not
     /// pay it for peers it never talks to.
-    tunn: Mutex<Option<Box<Tunn>>>,
+    tunn: Mutex<Option<Box<Live>>>,
     /// `tunn` is made: the timers pass the others by without a lock.
     live: AtomicBool,
     /// Its handshake responses fail to authenticate (a different PSK, or
@@ -57,27 +57,70 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A peer's Noise state, and where it was last heard from.
+pub struct Live {
+    tunn: Tunn,
+    /// Where an authenticated message from it last came from, when that
+    /// was not its lease's endpoint (a node behind NAT without a port
+    /// forward: its router picks the port), with the lease endpoint it was
+    /// heard under, so that a new lease wins: WireGuard's roaming.
+    roamed: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Live {
+    /// Where to send to the peer whose lease says `lease`.
+    pub fn endpoint(&self, lease: SocketAddr) -> SocketAddr {
+        match self.roamed {
+            Some((l, at)) if l == lease => at,
+            _ => lease,
+        }
+    }
+
+    /// A message from the peer (lease endpoint `lease`) that came from
+    /// `from` authenticated under its key and was fresh: replies and
+    /// packets go there from now on.
+    pub fn heard_from(&mut self, lease: SocketAddr, from: SocketAddr) {
+        self.roamed = (from != lease).then_some((lease, from));
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Tunn;
+    fn deref(&self) -> &Tunn {
+        &self.tunn
+    }
+}
+
+impl std::ops::DerefMut for Live {
+    fn deref_mut(&mut self) -> &mut Tunn {
+        &mut self.tunn
+    }
+}
+
 impl Session {
-    fn lock(&self) -> MutexGuard<'_, Option<Box<Tunn>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Live>>> {
         // A forwarder that panicked while holding it left it as it was,
         // which is still a consistent state to go on from.
         self.tunn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `f` on the Noise state, made first if need be.
-    pub fn with_tunn<R>(&self, f: impl FnOnce(&mut Tunn) -> R) -> R {
+    pub fn with_tunn<R>(&self, f: impl FnOnce(&mut Live) -> R) -> R {
         let mut g = self.lock();
         let t = g.get_or_insert_with(|| {
             let id = &self.identity;
             self.live.store(true, Ordering::Relaxed);
-            Box::new(Tunn::new(
-                id.secret.clone(),
-                PublicKey::from(self.key),
-                id.psk,
-                id.keepalive,
-                self.index,
-                None,
-            ))
+            Box::new(Live {
+                tunn: Tunn::new(
+                    id.secret.clone(),
+                    PublicKey::from(self.key),
+                    id.psk,
+                    id.keepalive,
+                    self.index,
+                    None,
+                ),
+                roamed: None,
+            })
         });
         f(t)
     }
@@ -90,7 +133,7 @@ impl Session {
     /// The timers' turn: `f` on the Noise state if it is made; when `f`
     /// says it holds nothing any more (WireGuard gave up on the peer, its
     /// keys zeroed), it is dropped (the next message makes it afresh).
-    pub fn tick(&self, f: impl FnOnce(&mut Tunn) -> bool) {
+    pub fn tick(&self, f: impl FnOnce(&mut Live) -> bool) {
         if !self.live.load(Ordering::Relaxed) {
             return;
         }
