@@ -551,9 +551,9 @@ impl Lanes {
         if datagram.first() == Some(&MSG_DATA) {
             return None;
         }
-        match from.and_then(|a| snap.by_endpoint(a)) {
-            Some(_) => Some(&mut self.peers),
-            None => Some(&mut self.others),
+        match from {
+            Some(a) if snap.is_peer_host(a.ip()) => Some(&mut self.peers),
+            _ => Some(&mut self.others),
         }
     }
 }
@@ -633,9 +633,19 @@ fn receive(
     let Some(peer) = peer else {
         tally.unknown += 1;
         if kind == 4
-            && let Some(p) = from.and_then(|a| snap.by_endpoint(a))
+            && let Some(from) = from
         {
-            greet(p, socks, ctx);
+            // The peer whose lease names `from`; else every peer at its
+            // address (behind NAT, a peer sends from a port its router
+            // chose): the others' greetings are refused there unread
+            // (made for another key).
+            let exact = snap.at_host(from.ip()).find(|p| p.endpoint == from);
+            match exact {
+                Some(p) => greet(p, from, socks, ctx),
+                None => snap
+                    .at_host(from.ip())
+                    .for_each(|p| greet(p, from, socks, ctx)),
+            }
         }
         return None;
     };
@@ -646,15 +656,15 @@ fn receive(
     })
 }
 
-/// A peer's data under a session we do not have: we restarted (or it did
-/// not notice ours expire). It would go on for 15 s before its own timers
-/// give up on it; a handshake now ends that at once. Only while we have no
-/// session with it, so that replayed old messages cannot make handshake
-/// after handshake.
-fn greet(peer: &Peer, socks: &Sockets, ctx: &Ctx) {
+/// A peer's data under a session we do not have, from `to`: we restarted
+/// (or it did not notice ours expire). It would go on for 15 s before its
+/// own timers give up on it; a handshake sent where the data came from
+/// ends that at once (behind NAT, also where its lease does not say).
+/// Only while we have no session with it and no handshake in progress, so
+/// that replayed old messages cannot make handshake after handshake.
+fn greet(peer: &Peer, to: SocketAddr, socks: &Sockets, ctx: &Ctx) {
     let mut buf = [0u8; 256];
     peer.session.with_tunn(|live| {
-        let to = live.endpoint(peer.endpoint);
         if live.stats().0.is_none()
             && let TunnResult::WriteToNetwork(p) = live.format_handshake_initiation(&mut buf, false)
         {
@@ -1027,7 +1037,7 @@ mod tests {
     /// Where A sends to B now.
     fn endpoint_of_b(t: &Pair) -> SocketAddr {
         let snap = t.table.snapshot();
-        let peer = &snap.peers[0];
+        let peer = snap.by_key(key(2).1.as_bytes()).unwrap();
         peer.session.with_tunn(|l| l.endpoint(peer.endpoint))
     }
 
@@ -1191,16 +1201,9 @@ mod tests {
         assert_eq!(t.tally.auth, spent - 1);
     }
 
-    #[test]
-    fn noise_state_is_made_on_first_use_and_a_restart_greets_a_peer_that_sends_under_an_old_session()
-     {
-        let mut t = Pair::new();
-        let unmade = |t: &Pair| !t.table.snapshot().peers[0].session.is_live();
-        assert!(unmade(&t), "made before any message");
-        t.handshake();
-        assert!(!unmade(&t));
-        let data = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
-        // A restarts: same key, a fresh table, nothing of the old session.
+    /// A restarts: same key, a fresh table with B (and `more` peers),
+    /// nothing of the old session.
+    fn restart_a(t: &mut Pair, more: Vec<Entry>) {
         let (sa, pa) = key(1);
         let (_, pb) = key(2);
         let fresh = Arc::new(Table::new(
@@ -1212,12 +1215,64 @@ mod tests {
             },
             ["10.244.1.0/24".parse().unwrap()],
         ));
-        fresh.set(vec![Entry {
+        let mut entries = vec![Entry {
             key: *pb.as_bytes(),
             endpoint: t.b_sock.local_addr().unwrap(),
             subnets: vec!["10.244.2.0/24".parse().unwrap()],
-        }]);
+        }];
+        entries.extend(more);
+        fresh.set(entries);
         t.table = fresh;
+    }
+
+    #[test]
+    fn a_restart_greets_a_peer_behind_nat_where_its_data_comes_from() {
+        let mut t = Pair::new();
+        t.handshake();
+        let data = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        // C's lease names B's address too (both behind one router).
+        let (_, pc) = key(3);
+        restart_a(
+            &mut t,
+            vec![Entry {
+                key: *pc.as_bytes(),
+                endpoint: "127.0.0.1:40009".parse().unwrap(),
+                subnets: vec!["10.244.3.0/24".parse().unwrap()],
+            }],
+        );
+        // B's data comes from the port its router chose: both are greeted
+        // there; B takes its own greeting and not C's.
+        let nat = UdpSocket::bind("127.0.0.1:0").unwrap();
+        nat.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let at = nat.local_addr().unwrap();
+        assert_eq!(t.a_gets_from(&data, Some(at)), None);
+        let mut buf = vec![0u8; 2048];
+        let mut resp = None;
+        for _ in 0..2 {
+            let (n, _) = nat.recv_from(&mut buf).unwrap();
+            assert_eq!(buf[0], 1, "a handshake initiation");
+            let mut out = vec![0u8; 2048];
+            if let TunnResult::WriteToNetwork(d) = t.b.decapsulate(None, &buf[..n], &mut out) {
+                assert!(resp.is_none(), "B took both greetings");
+                resp = Some(d.to_vec());
+            }
+        }
+        let resp = resp.expect("B took neither greeting");
+        assert_eq!(t.a_gets_from(&resp, Some(at)), None);
+        assert_eq!(t.tally.handshakes, 2);
+        assert_eq!(endpoint_of_b(&t), at);
+    }
+
+    #[test]
+    fn noise_state_is_made_on_first_use_and_a_restart_greets_a_peer_that_sends_under_an_old_session()
+     {
+        let mut t = Pair::new();
+        let unmade = |t: &Pair| !t.table.snapshot().peers[0].session.is_live();
+        assert!(unmade(&t), "made before any message");
+        t.handshake();
+        assert!(!unmade(&t));
+        let data = t.b_seals([10, 244, 2, 5], [10, 244, 1, 7]);
+        restart_a(&mut t, Vec::new());
         assert_eq!(t.a_gets(&data), None);
         assert_eq!(t.tally.unknown, 1);
         let init = t.b_receives();

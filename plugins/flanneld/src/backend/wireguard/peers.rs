@@ -167,7 +167,8 @@ pub struct Snapshot {
     to6: HashMap<(u128, u8), usize>,
     by_index: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
-    by_endpoint: HashMap<SocketAddr, usize>,
+    /// Peers by their lease endpoint's address.
+    by_host: HashMap<IpAddr, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -195,9 +196,19 @@ impl Snapshot {
         self.peers.get(*self.by_key.get(key)?)
     }
 
-    /// The peer whose lease names this address and port.
-    pub fn by_endpoint(&self, at: SocketAddr) -> Option<&Peer> {
-        self.peers.get(*self.by_endpoint.get(&at)?)
+    /// The peers whose leases name this address (several nodes behind
+    /// one NAT router share theirs).
+    pub fn at_host(&self, ip: IpAddr) -> impl Iterator<Item = &Peer> {
+        self.by_host
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.peers.get(i))
+    }
+
+    /// Whether a peer's lease names this address.
+    pub fn is_peer_host(&self, ip: IpAddr) -> bool {
+        self.by_host.contains_key(&ip)
     }
 }
 
@@ -319,7 +330,7 @@ impl Table {
             }
             s.by_index.insert(session.index, i);
             s.by_key.insert(e.key, i);
-            s.by_endpoint.entry(e.endpoint).or_insert(i);
+            s.by_host.entry(e.endpoint.ip()).or_default().push(i);
             s.peers.push(Peer {
                 key: e.key,
                 endpoint: e.endpoint,
