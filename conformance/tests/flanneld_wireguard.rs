@@ -929,6 +929,48 @@ fn stranger_initiation(c: &Cluster, host0: SocketAddr, pod: &str) -> Vec<u8> {
     init.unwrap()
 }
 
+/// Three hosts, agents on hosts 0 and 1 with a pod each that reach each
+/// other, host 2 the flooder: the cluster, host 0's pod, host 0's
+/// WireGuard address and a stranger's real initiation for it.
+fn flood_target() -> (Cluster, String, SocketAddr, Vec<u8>) {
+    let mut c = Cluster::prepare(3, 1, &wg4(None), false);
+    c.start_with(0, &["--healthz-port", HEALTH]);
+    c.start_with(1, &["--healthz-port", HEALTH]);
+    let a = c.add_pod(0, 0);
+    c.add_pod(1, 0);
+    pod_reaches(&c, 1, &a);
+    let host0: SocketAddr = format!("{}:{PORT4}", c.hosts[0].underlay_ip)
+        .parse()
+        .unwrap();
+    let init = stranger_initiation(&c, host0, &a);
+    (c, a, host0, init)
+}
+
+/// Waits until host 0 answers a flood with cookie replies; its count of
+/// them before.
+fn cookies_flow(c: &Cluster) -> f64 {
+    let loaded = dropped(c, 0, "under_load");
+    assert!(
+        wait_for(Duration::from_secs(5), || dropped(c, 0, "under_load")
+            > loaded + 1000.0),
+        "no cookie replies under the flood:\n{}",
+        metrics(c, 0)
+    );
+    loaded
+}
+
+/// Restarts host 1's agent and pings `a` from its pod until a ping
+/// crosses (12 s at most): whether one did, and when after the restart.
+fn restart_host1_until_it_reaches(c: &mut Cluster, a: &str) -> (bool, Duration) {
+    c.stop(1);
+    c.start_with(1, &["--healthz-port", HEALTH]);
+    let back = Instant::now();
+    let reached = wait_for(Duration::from_secs(12), || {
+        ping(&c.hosts[1].pods[0], &["-c", "1", "-W", "1", a]).0
+    });
+    (reached, back.elapsed())
+}
+
 /// Handshake floods: initiations whose first MAC is not for host 0's key
 /// (junk of the right length and type) are refused before any key
 /// exchange (`bad_mac`, each one counted); a flood of real initiations
@@ -940,17 +982,8 @@ fn stranger_initiation(c: &Cluster, host0: SocketAddr, pod: &str) -> Vec<u8> {
 /// the first 1,000 of a second, 5 % of the time at this rate; said).
 #[test]
 fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() {
-    let mut c = Cluster::prepare(3, 1, &wg4(None), false);
-    c.start_with(0, &["--healthz-port", HEALTH]);
-    c.start_with(1, &["--healthz-port", HEALTH]);
-    let a = c.add_pod(0, 0);
-    c.add_pod(1, 0);
-    pod_reaches(&c, 1, &a);
-    let host0: SocketAddr = format!("{}:{PORT4}", c.hosts[0].underlay_ip)
-        .parse()
-        .unwrap();
+    let (mut c, a, host0, init) = flood_target();
     let host2 = c.hosts[2].underlay_ip.clone();
-    let init = stranger_initiation(&c, host0, &a);
     let sock = c.hosts[2]
         .ns
         .run(|| UdpSocket::bind((host2.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap());
@@ -992,13 +1025,7 @@ fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() 
             sent
         })
     };
-    let loaded = dropped(&c, 0, "under_load");
-    assert!(
-        wait_for(Duration::from_secs(5), || dropped(&c, 0, "under_load")
-            > loaded + 1000.0),
-        "no cookie replies under the flood:\n{}",
-        metrics(&c, 0)
-    );
+    cookies_flow(&c);
     // Host 1 restarts: its first initiation meets the flood.
     let mut replies = Capture::start(
         &c.hosts[1].ns,
@@ -1009,13 +1036,7 @@ fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() 
         ),
         &c.dir.path().join("replies.pcap"),
     );
-    c.stop(1);
-    c.start_with(1, &["--healthz-port", HEALTH]);
-    let back = Instant::now();
-    let reached = wait_for(Duration::from_secs(12), || {
-        ping(&c.hosts[1].pods[0], &["-c", "1", "-W", "1", &a]).0
-    });
-    let took = back.elapsed();
+    let (reached, took) = restart_host1_until_it_reaches(&mut c, &a);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().unwrap();
     let to_host1 = replies.stop();
@@ -1046,16 +1067,7 @@ fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() 
 /// (`over_budget`).
 #[test]
 fn a_flood_past_what_cookies_can_answer_does_not_stop_the_pods_traffic() {
-    let mut c = Cluster::prepare(3, 1, &wg4(None), false);
-    c.start_with(0, &["--healthz-port", HEALTH]);
-    c.start_with(1, &["--healthz-port", HEALTH]);
-    let a = c.add_pod(0, 0);
-    c.add_pod(1, 0);
-    pod_reaches(&c, 1, &a);
-    let host0: SocketAddr = format!("{}:{PORT4}", c.hosts[0].underlay_ip)
-        .parse()
-        .unwrap();
-    let init = stranger_initiation(&c, host0, &a);
+    let (mut c, a, host0, init) = flood_target();
     let host2: std::net::IpAddr = c.hosts[2].underlay_ip.parse().unwrap();
     let socks: Vec<UdpSocket> = (0..8)
         .map(|_| c.hosts[2].ns.run(|| UdpSocket::bind((host2, 0)).unwrap()))
@@ -1084,13 +1096,7 @@ fn a_flood_past_what_cookies_can_answer_does_not_stop_the_pods_traffic() {
             (sent, start.elapsed())
         })
     };
-    let loaded = dropped(&c, 0, "under_load");
-    assert!(
-        wait_for(Duration::from_secs(5), || dropped(&c, 0, "under_load")
-            > loaded + 1000.0),
-        "no cookie replies under the flood:\n{}",
-        metrics(&c, 0)
-    );
+    let loaded = cookies_flow(&c);
     let (_, out) = ping(
         &c.hosts[1].pods[0],
         &["-n", "-c", "25", "-i", "0.2", "-W", "1", &a],
@@ -1098,13 +1104,7 @@ fn a_flood_past_what_cookies_can_answer_does_not_stop_the_pods_traffic() {
     let report = conformance::cluster::PingReport::parse(&out);
     // A peer's handshakes have a lane of their own: host 1, restarted
     // under the flood, is back (with a cookie: WireGuard's 5 s retry).
-    c.stop(1);
-    c.start_with(1, &["--healthz-port", HEALTH]);
-    let back = Instant::now();
-    let reached = wait_for(Duration::from_secs(12), || {
-        ping(&c.hosts[1].pods[0], &["-c", "1", "-W", "1", &a]).0
-    });
-    let again = back.elapsed();
+    let (reached, again) = restart_host1_until_it_reaches(&mut c, &a);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, took) = flood.join().unwrap();
     let page = metrics(&c, 0);

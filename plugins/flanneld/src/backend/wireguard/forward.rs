@@ -1128,29 +1128,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn past_the_limit_an_initiator_proves_its_address_with_a_cookie_and_gets_through() {
-        let mut t = Pair::new();
-        // A stranger's initiation, sent over and over: a flood.
+    /// A stranger's initiation, sent to A over and over up to its limit:
+    /// a flood; then B's initiation gets a cookie reply, not a key
+    /// exchange, and B takes the cookie.
+    fn overload_and_prove_b(t: &mut Pair) {
         let (sc, _) = key(3);
         let (_, pa) = key(1);
         let mut c = Tunn::new(sc, pa, None, None, 9, None);
-        let mut buf = vec![0u8; 2048];
         let flood = initiation(&mut c, false);
         for _ in 0..INITIATIONS_PER_SECOND {
             t.a_gets(&flood);
         }
         assert_eq!(t.tally.unknown, INITIATIONS_PER_SECOND);
-        // B's initiation now gets a cookie reply, not a key exchange.
         let init = initiation(&mut t.b, false);
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.under_load, 1);
         let cookie = t.b_receives();
         assert_eq!(cookie[0], 3, "a cookie reply");
+        let mut buf = vec![0u8; 2048];
         assert!(matches!(
             t.b.decapsulate(None, &cookie, &mut buf),
             TunnResult::Done
         ));
+    }
+
+    #[test]
+    fn past_the_limit_an_initiator_proves_its_address_with_a_cookie_and_gets_through() {
+        let mut t = Pair::new();
+        overload_and_prove_b(&mut t);
+        let mut buf = vec![0u8; 2048];
         // With the cookie, B's next initiation is answered.
         let again = initiation(&mut t.b, true);
         assert_eq!(t.a_gets(&again), None);
@@ -1166,23 +1172,9 @@ mod tests {
     #[test]
     fn a_proven_address_replaying_its_initiation_gets_only_its_share_of_key_exchanges() {
         let mut t = Pair::new();
-        let (sc, _) = key(3);
-        let (_, pa) = key(1);
-        let mut c = Tunn::new(sc, pa, None, None, 9, None);
-        let mut buf = vec![0u8; 2048];
-        let flood = initiation(&mut c, false);
-        for _ in 0..INITIATIONS_PER_SECOND {
-            t.a_gets(&flood);
-        }
         // B proves its address, then sends its cookie-carrying initiation
         // over and over.
-        let init = initiation(&mut t.b, false);
-        assert_eq!(t.a_gets(&init), None);
-        let cookie = t.b_receives();
-        assert!(matches!(
-            t.b.decapsulate(None, &cookie, &mut buf),
-            TunnResult::Done
-        ));
+        overload_and_prove_b(&mut t);
         let proven = initiation(&mut t.b, true);
         let started = std::time::Instant::now();
         for _ in 0..100 {
