@@ -129,6 +129,21 @@ fn dropped(c: &Cluster, h: usize, reason: &str) -> f64 {
     wg_metric(c, h, "dropped_total", &format!("reason=\"{reason}\""))
 }
 
+/// Waits up to `within` for host 0 to count at least `at_least` drops for
+/// `reason`; the count then. `what` names what was sent, for the failure.
+fn wait_dropped(c: &Cluster, reason: &str, at_least: f64, within: Duration, what: &str) -> f64 {
+    let mut now = 0.0;
+    assert!(
+        wait_for(within, || {
+            now = dropped(c, 0, reason);
+            now >= at_least
+        }),
+        "{what} not counted as {reason}: {now} now, {at_least} wanted:\n{}",
+        metrics(c, 0)
+    );
+    now
+}
+
 fn rx_packets(c: &Cluster, h: usize) -> f64 {
     wg_metric(c, h, "packets_total", "direction=\"rx\"")
 }
@@ -537,14 +552,12 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
         !ok,
         "a ping from {spoof} (host 1's subnet) through wireguard-go was answered: {text}"
     );
-    let mut now = spoofed;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(&c, 0, "spoofed_source");
-            now >= spoofed + 2.0
-        }),
-        "packets from {spoof} under wireguard-go's key were not counted as spoofed_source ({spoofed} before, {now} now):\n{}",
-        metrics(&c, 0)
+    wait_dropped(
+        &c,
+        "spoofed_source",
+        spoofed + 2.0,
+        Duration::from_secs(5),
+        &format!("packets from {spoof} under wireguard-go's key ({spoofed} before)"),
     );
     // ... and ours: one for another node's subnet (wireguard-go told to
     // send host 1's pod's packets to host 0) is not this node's to deliver.
@@ -564,14 +577,12 @@ fn a_node_on_wireguard_go_configured_from_the_leases_and_ours_reach_each_other()
     let foreign = dropped(&c, 0, "not_for_this_node");
     let (ok, text) = ping(&ns, &["-c", "2", "-W", "1", &pods[1]]);
     assert!(!ok, "host 1's pod answered through host 0: {text}");
-    let mut now = foreign;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(&c, 0, "not_for_this_node");
-            now >= foreign + 2.0
-        }),
-        "packets for host 1's pod sent to host 0 were not counted as not_for_this_node ({foreign} before, {now} now):\n{}",
-        metrics(&c, 0)
+    wait_dropped(
+        &c,
+        "not_for_this_node",
+        foreign + 2.0,
+        Duration::from_secs(5),
+        &format!("packets for host 1's pod sent to host 0 ({foreign} before)"),
     );
     let reached: Vec<_> = pod0
         .packets()
@@ -755,14 +766,12 @@ fn a_stranger_with_its_own_key_reaches_no_pod_and_is_counted() {
     let before = dropped(&c, 0, "unknown_peer");
     let (ok, text) = ping(&ns, &["-c", "3", "-W", "1", &a]);
     assert!(!ok, "a stranger's ping was answered: {text}");
-    let mut now = before;
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            now = dropped(&c, 0, "unknown_peer");
-            now > before
-        }),
-        "the stranger's handshakes were not counted as unknown_peer ({before} before, {now} now):\n{}",
-        metrics(&c, 0)
+    wait_dropped(
+        &c,
+        "unknown_peer",
+        before + 1.0,
+        Duration::from_secs(10),
+        &format!("the stranger's handshakes ({before} before)"),
     );
     assert_eq!(
         stranger.latest_handshake(&host0),
@@ -789,14 +798,12 @@ fn a_stranger_with_its_own_key_reaches_no_pod_and_is_counted() {
 fn assert_dropped_as(c: &Cluster, sock: &UdpSocket, to: SocketAddr, msg: &[u8], reason: &str) {
     let (before, rx) = (dropped(c, 0, reason), rx_packets(c, 0));
     sock.send_to(msg, to).unwrap();
-    let mut now = before;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(c, 0, reason);
-            now > before
-        }),
-        "a message not counted as {reason} ({before} before, {now} now):\n{}",
-        metrics(c, 0)
+    let now = wait_dropped(
+        c,
+        reason,
+        before + 1.0,
+        Duration::from_secs(5),
+        &format!("a message ({before} before)"),
     );
     assert_eq!(now, before + 1.0, "one message, counted once as {reason}");
     assert_eq!(
@@ -994,15 +1001,12 @@ fn a_handshake_flood_is_refused_cheaply_and_a_peer_gets_through_with_a_cookie() 
     for _ in 0..500 {
         sock.send_to(&junk, host0).unwrap();
     }
-    let mut now = bad;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            now = dropped(&c, 0, "bad_mac");
-            now >= bad + 500.0
-        }),
-        "500 junk initiations, {} counted as bad_mac:\n{}",
-        now - bad,
-        metrics(&c, 0)
+    let now = wait_dropped(
+        &c,
+        "bad_mac",
+        bad + 500.0,
+        Duration::from_secs(5),
+        &format!("500 junk initiations ({bad} before)"),
     );
     assert_eq!(now, bad + 500.0);
     assert_eq!(dropped(&c, 0, "unknown_peer"), unknown);

@@ -483,24 +483,25 @@ pub fn network_to_device(
                     data: &mut plain[at..at + d],
                     small: &mut small,
                 };
-                let Some(lane) = lanes.lane(datagram, from, snap) else {
-                    if let Some(len) = receive(
-                        datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
-                    ) {
-                        wrote.push((at, len));
-                        at += len;
-                    }
-                    continue;
-                };
-                if !lane.allows(Instant::now()) {
+                // Anything but data is timed against its lane's budget.
+                let mut lane = lanes
+                    .lane(datagram, from, snap)
+                    .map(|l| (l, Instant::now()));
+                if let Some((l, began)) = &mut lane
+                    && !l.allows(*began)
+                {
                     tally.over_budget += 1;
                     continue;
                 }
-                let began = Instant::now();
-                receive(
+                if let Some(len) = receive(
                     datagram, from, snap, &table, bufs, &replies, &mut tally, &ctx,
-                );
-                lane.spend(began.elapsed());
+                ) {
+                    wrote.push((at, len));
+                    at += len;
+                }
+                if let Some((l, began)) = lane {
+                    l.spend(began.elapsed());
+                }
             }
         }
         let mut write = |s: &[IoSlice<'_>]| out.write(&mut tun, s);
@@ -656,12 +657,13 @@ fn receive(
     })
 }
 
-/// A peer's data under a session we do not have, from `to`: we restarted
-/// (or it did not notice ours expire). It would go on for 15 s before its
-/// own timers give up on it; a handshake sent where the data came from
-/// ends that at once (behind NAT, also where its lease does not say).
-/// Only while we have no session with it and no handshake in progress, so
-/// that replayed old messages cannot make handshake after handshake.
+/// A handshake with `peer`, sent to `to`, unless we have a session with it
+/// or a handshake is in progress (so that replayed old messages cannot make
+/// handshake after handshake). For a peer's data under a session we do not
+/// have, `to` is where the data came from: we restarted (or it did not
+/// notice ours expire), and it would go on for 15 s before its own timers
+/// give up on it; behind NAT that is also where its lease does not say.
+/// With a keepalive, every peer is greeted at its lease from the start.
 fn greet(peer: &Peer, to: SocketAddr, socks: &Sockets, ctx: &Ctx) {
     let mut buf = [0u8; 256];
     peer.session.with_tunn(|live| {
@@ -820,14 +822,7 @@ pub fn timers(tables: Vec<(Arc<Table>, Sockets, Ctx)>, health: Arc<Health>) {
             let keepalive = table.identity.keepalive.is_some();
             for peer in &snap.peers {
                 if keepalive && !peer.session.is_live() {
-                    peer.session.with_tunn(|live| {
-                        let to = live.endpoint(peer.endpoint);
-                        if let TunnResult::WriteToNetwork(p) =
-                            live.format_handshake_initiation(&mut buf, false)
-                        {
-                            send_one(socks, to, p, ctx);
-                        }
-                    });
+                    greet(peer, peer.endpoint, socks, ctx);
                 }
                 // Peers never talked to have no timers to run; those given
                 // up on hold nothing and are dropped.
@@ -1096,13 +1091,17 @@ mod tests {
         assert_eq!(endpoint_of_b(&t), nat.local_addr().unwrap());
     }
 
+    /// A real initiation for A from a key that is no peer of A's.
+    fn strangers_initiation() -> Vec<u8> {
+        let (sc, _) = key(3);
+        let (_, pa) = key(1);
+        initiation(&mut Tunn::new(sc, pa, None, None, 9, None), false)
+    }
+
     #[test]
     fn a_handshake_from_a_key_that_is_no_peer_is_refused() {
         let mut t = Pair::new();
-        let (sc, _) = key(3);
-        let (_, pa) = key(1);
-        let mut c = Tunn::new(sc, pa, None, None, 9, None);
-        let init = initiation(&mut c, false);
+        let init = strangers_initiation();
         assert_eq!(t.a_gets(&init), None);
         assert_eq!(t.tally.unknown, 1);
         assert_eq!(t.tally.handshakes, 0);
@@ -1132,10 +1131,7 @@ mod tests {
     /// a flood; then B's initiation gets a cookie reply, not a key
     /// exchange, and B takes the cookie.
     fn overload_and_prove_b(t: &mut Pair) {
-        let (sc, _) = key(3);
-        let (_, pa) = key(1);
-        let mut c = Tunn::new(sc, pa, None, None, 9, None);
-        let flood = initiation(&mut c, false);
+        let flood = strangers_initiation();
         for _ in 0..INITIATIONS_PER_SECOND {
             t.a_gets(&flood);
         }

@@ -38,9 +38,9 @@ pub struct Session {
     /// Made when first needed (a packet for the peer, a message from it):
     /// boringtun's state is 11 KiB whatever it holds, so a node does not
     /// pay it for peers it never talks to.
-    tunn: Mutex<Option<Box<Live>>>,
-    /// `tunn` is made: the timers pass the others by without a lock.
-    live: AtomicBool,
+    state: Mutex<Option<Box<Live>>>,
+    /// `state` is made: the timers pass the others by without a lock.
+    made: AtomicBool,
     /// Its handshake responses fail to authenticate (a different PSK, or
     /// a key that is not the one its lease says); cleared by a handshake
     /// that completes.
@@ -101,7 +101,7 @@ impl Session {
     fn lock(&self) -> MutexGuard<'_, Option<Box<Live>>> {
         // A forwarder that panicked while holding it left it as it was,
         // which is still a consistent state to go on from.
-        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `f` on the Noise state, made first if need be.
@@ -109,7 +109,7 @@ impl Session {
         let mut g = self.lock();
         let t = g.get_or_insert_with(|| {
             let id = &self.identity;
-            self.live.store(true, Ordering::Relaxed);
+            self.made.store(true, Ordering::Relaxed);
             Box::new(Live {
                 tunn: Tunn::new(
                     id.secret.clone(),
@@ -127,14 +127,14 @@ impl Session {
 
     /// Its Noise state is made.
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Relaxed)
+        self.made.load(Ordering::Relaxed)
     }
 
     /// The timers' turn: `f` on the Noise state if it is made; when `f`
     /// says it holds nothing any more (WireGuard gave up on the peer, its
     /// keys zeroed), it is dropped (the next message makes it afresh).
     pub fn tick(&self, f: impl FnOnce(&mut Live) -> bool) {
-        if !self.live.load(Ordering::Relaxed) {
+        if !self.made.load(Ordering::Relaxed) {
             return;
         }
         let mut g = self.lock();
@@ -142,7 +142,7 @@ impl Session {
             && !f(t)
         {
             *g = None;
-            self.live.store(false, Ordering::Relaxed);
+            self.made.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -281,8 +281,8 @@ impl Table {
             index,
             identity: self.identity.clone(),
             key: *key,
-            tunn: Mutex::new(None),
-            live: AtomicBool::new(false),
+            state: Mutex::new(None),
+            made: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             said: AtomicBool::new(false),
             answered: AtomicU64::new(0),
